@@ -1,0 +1,140 @@
+"""`SpineResult`: the one type that carries a case through every stage.
+
+Body masks live in one instance map on the image grid (value = `Vertebra.instance`), so renaming a
+vertebra never touches voxels; the level-code label map is derived on demand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import anatomy
+from .volume import Volume
+
+SOURCES = ("detector", "manual", "phantom", "truth", "file")
+
+
+@dataclass
+class Vertebra:
+    """One vertebra: its level name ('' when unknown), body centroid in RAS mm, and provenance."""
+
+    level: str
+    centroid_ras: np.ndarray
+    instance: int = 0                 # value in SpineResult.instances; 0 = no mask
+    score: float = 1.0                # detector confidence 0..1 (1 for person-given)
+    source: str = "detector"
+    locked: bool = False              # a person's statement: software never changes it
+    level_scores: dict[str, float] | None = None   # per-level probabilities from the detector
+
+    def __post_init__(self) -> None:
+        self.centroid_ras = np.asarray(self.centroid_ras, dtype=float).reshape(3)
+        if self.level and self.level not in anatomy.CODE_BY_NAME:
+            raise ValueError(f"unknown vertebral level {self.level!r}")
+
+    @property
+    def code(self) -> int:
+        return anatomy.code_of(self.level) if self.level else 0
+
+
+@dataclass
+class SpineResult:
+    """A case: the image, vertebrae, their body masks, and everything later stages add."""
+
+    case_id: str
+    image: Volume | None = None
+    vertebrae: list[Vertebra] = field(default_factory=list)
+    instances: np.ndarray | None = None        # (k, j, i) uint16 on image grid; 0 = background
+    modality: str = "unknown"                  # 'ct' | 'mr' | 'unknown'
+    input_path: str = ""
+    input_sha256: str = ""
+    models: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    distances: list[dict[str, Any]] = field(default_factory=list)
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    # --- access ---------------------------------------------------------------------------
+    def by_level(self, level: str) -> Vertebra | None:
+        return next((v for v in self.vertebrae if v.level == level), None)
+
+    def by_instance(self, instance: int) -> Vertebra | None:
+        return next((v for v in self.vertebrae if v.instance == instance), None)
+
+    @property
+    def levels(self) -> list[str]:
+        return [v.level for v in self.vertebrae]
+
+    def mask(self, vertebra: Vertebra) -> np.ndarray:
+        """Boolean body mask of one vertebra on the image grid (all False without a mask)."""
+        if self.instances is None or vertebra.instance == 0:
+            shape = self.image.array.shape if self.image is not None else (1, 1, 1)
+            return np.zeros(shape, dtype=bool)
+        return self.instances == vertebra.instance
+
+    def sort_cranio_caudal(self) -> None:
+        """Order vertebrae head to feet: by level where known, else by superior coordinate."""
+        def key(v: Vertebra):
+            return (-v.centroid_ras[2],)
+        self.vertebrae.sort(key=key)
+
+    def next_instance(self) -> int:
+        used = [v.instance for v in self.vertebrae]
+        if self.instances is not None and self.instances.size:
+            used.append(int(self.instances.max()))
+        return max(used, default=0) + 1
+
+    # --- derived maps ---------------------------------------------------------------------
+    def level_map(self) -> np.ndarray:
+        """(k, j, i) label map of level codes (0 background; unlabelled vertebrae are dropped)."""
+        if self.instances is None:
+            raise ValueError("this result has no body masks")
+        lookup = np.zeros(int(self.instances.max()) + 1, dtype=np.uint8)
+        for v in self.vertebrae:
+            if v.instance and v.level and v.instance < lookup.size:
+                lookup[v.instance] = v.code
+        return lookup[self.instances]
+
+    def level_volume(self) -> Volume:
+        if self.image is None:
+            raise ValueError("this result has no image grid")
+        return self.image.with_array(self.level_map())
+
+    def record(self, action: str, **details: Any) -> None:
+        """Append to the correction record (what a person changed), kept for export."""
+        self.corrections.append({"action": action, **details})
+
+    @classmethod
+    def from_level_map(cls, case_id: str, image: Volume, level_map: np.ndarray,
+                       source: str = "file", **kwargs) -> "SpineResult":
+        """Build a result from a label map of level codes: one vertebra per code present."""
+        if level_map.shape != image.array.shape:
+            raise ValueError(f"label map shape {level_map.shape} differs from image {image.array.shape}")
+        codes = [int(c) for c in np.unique(level_map) if c != 0]
+        instances = np.zeros(level_map.shape, dtype=np.uint16)
+        vertebrae = []
+        for n, code in enumerate(codes, start=1):
+            voxels = np.argwhere(level_map == code)
+            instances[tuple(voxels.T)] = n
+            centroid = image.kji_to_ras(voxels.mean(axis=0))[0]
+            vertebrae.append(Vertebra(anatomy.name_of(code), centroid, instance=n, source=source))
+        result = cls(case_id, image, vertebrae, instances, **kwargs)
+        result.sort_cranio_caudal()
+        return result
+
+    def recompute_centroids(self) -> None:
+        """Centroids from the body masks (after a person edits a mask); maskless ones stay."""
+        if self.instances is None or self.image is None:
+            return
+        from scipy import ndimage
+
+        ids = [v.instance for v in self.vertebrae if v.instance]
+        if not ids:
+            return
+        centres = ndimage.center_of_mass(np.ones(self.instances.shape, np.uint8), self.instances, ids)
+        for v, centre in zip([v for v in self.vertebrae if v.instance], centres):
+            if not np.any(np.isnan(centre)):
+                v.centroid_ras = self.image.kji_to_ras(np.array(centre))[0]
