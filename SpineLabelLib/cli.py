@@ -1,0 +1,238 @@
+"""The `spinelabel` command: translates arguments into engine calls, errors into one line and an exit code.
+
+Exit status: 0 success, 1 when a case or the command failed (one line on stderr), 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SpineLabelError
+
+PROG = "spinelabel"
+
+
+def _floats(text: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}") from None
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _spacing(text: str) -> tuple[float, ...]:
+    values = _floats(text, 3)
+    if any(not 0.05 <= v <= 20 for v in values):
+        raise argparse.ArgumentTypeError(f"spacing must be between 0.05 and 20 mm, got {text!r}")
+    return values
+
+
+def _fracture(text: str) -> tuple[str, str, float]:
+    parts = text.split(":")
+    if len(parts) != 3 or parts[1] not in ("wedge", "biconcave", "crush"):
+        raise argparse.ArgumentTypeError(f"fracture must look like L1:wedge:30 (wedge|biconcave|crush), got {text!r}")
+    try:
+        percent = float(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fracture percentage must be a number, got {parts[2]!r}") from None
+    if not 0 <= percent <= 80:
+        raise argparse.ArgumentTypeError(f"fracture percentage must be 0-80, got {percent}")
+    return parts[0].upper(), parts[1], percent
+
+
+# --- commands -----------------------------------------------------------------------------
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from . import anatomy
+    from .phantom import generate_phantom, write_phantom
+
+    try:
+        levels = anatomy.parse_level_range(args.levels, t13=args.t13, l6=args.l6)
+    except ValueError as error:
+        raise SpineLabelError(str(error)) from None
+    fractures = {}
+    for level, kind, percent in args.fracture or []:
+        if level not in levels:
+            raise SpineLabelError(f"fracture level {level} is not among the generated levels {levels[0]}-{levels[-1]}")
+        fractures[level] = (kind, percent)
+    phantom = generate_phantom(
+        levels, modality=args.modality, spacing=args.spacing, seed=args.seed, fractures=fractures,
+        lordosis_deg=args.lordosis, scoliosis_deg=args.scoliosis, rotation_deg=args.rotation)
+    from .paths import safe_name
+
+    name = safe_name(args.case or f"phantom_{levels[0]}-{levels[-1]}_{args.modality}_s{args.seed}")
+    paths = write_phantom(phantom, Path(args.out), name)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    def report(path: str, message: str) -> None:
+        print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
+
+    status = run(args.inputs, args.out, model=args.model, modality=args.modality,
+                 progress_bar=not args.quiet, on_error=report)
+    if status == 0 and not args.quiet:
+        print(f"outputs in {Path(args.out).resolve()}")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from .labelling import relabel_markups_file
+
+    levels = relabel_markups_file(args.input, args.out)
+    print(" ".join(level or "-" for level in levels))
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .pipeline import measure
+    from .segfile import read_segmentation_as_result
+    from .tables import write_distances_csv, write_measurements_csv
+    from .volume import case_id, load_volume
+
+    image = load_volume(args.image)
+    result = read_segmentation_as_result(args.seg, image, case_id(args.image))
+    if args.centroids:
+        from .markups import read_markups
+
+        _apply_point_flags(result, read_markups(args.centroids))
+    measure(result)
+    out = Path(args.out)
+    write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
+    write_distances_csv(result, out / f"{result.case_id}.distances.csv")
+    print(f"measured {len(result.measurements)} vertebrae; tables in {out.resolve()}")
+    return 0
+
+
+def _apply_point_flags(result, points) -> None:
+    """Carry confidence and lock state from a point list onto the segmented vertebrae."""
+    for point in points:
+        vertebra = result.by_level(point.level)
+        if vertebra is not None:
+            vertebra.score, vertebra.locked = point.score, point.locked
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .dataset import export_case
+
+    record = export_case(args.dataset, args.image, args.seg, centroids=args.centroids,
+                         original=args.original, replace=args.replace)
+    print(f"exported as {record.case_id} into {Path(args.dataset).resolve()}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    models = list_models()
+    if not models:
+        print("no models found")
+        return 1
+    for card in models:
+        print(f"{card['name']}\t{card.get('version', '')}\t{card.get('modality', '')}\t{card.get('task', '')}")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Find, name, segment and measure vertebrae in spine CT and MRI.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="detect, name, segment and measure vertebrae; write the output files",
+                       description="Run the full pipeline on image files (NIfTI/NRRD/MHA) or DICOM folders. "
+                                   "Each case goes to OUT/<case>/.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="bundled model name or a model folder (default: chosen by modality)")
+    p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the pipeline on a bundled sample and say where the outputs are")
+    p.add_argument("--out", default="spinelabel_demo", help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("phantom", help="generate a synthetic spine with exact ground truth",
+                       description="Write <case>.nii.gz, <case>.seg.nrrd, <case>.mrk.json and <case>_truth.json.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--levels", default="T12-L5", help="level range, e.g. T11-L3 (default: %(default)s)")
+    p.add_argument("--modality", choices=("ct", "t1", "t2", "random"), default="ct")
+    p.add_argument("--spacing", type=_spacing, default=(1.0, 1.0, 1.0), help="voxel size i,j,k in mm, e.g. 0.8,0.8,2")
+    p.add_argument("--fracture", type=_fracture, action="append", metavar="LEVEL:TYPE:PCT",
+                   help="e.g. L1:wedge:30 (wedge|biconcave|crush); repeatable")
+    p.add_argument("--lordosis", type=float, default=0.0, help="sagittal curvature in degrees")
+    p.add_argument("--scoliosis", type=float, default=0.0, help="coronal curvature in degrees")
+    p.add_argument("--rotation", type=lambda t: _floats(t, 3), default=(0.0, 0.0, 0.0),
+                   help="acquisition rotation about R,A,S axes in degrees (oblique grid)")
+    p.add_argument("--t13", action="store_true", help="include a T13")
+    p.add_argument("--l6", action="store_true", help="include an L6")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--case", help="case name (default: from levels, modality and seed)")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("relabel", help="assign levels to a centroid point list by anatomical order",
+                       description="Locked points keep their labels and anchor the rest; spurious points get an empty label.")
+    p.add_argument("input", metavar="IN.mrk.json")
+    p.add_argument("--out", required=True, metavar="OUT.mrk.json")
+    p.set_defaults(func=cmd_relabel)
+
+    p = sub.add_parser("measure", help="measure vertebral bodies from an image and a body segmentation")
+    p.add_argument("--image", required=True)
+    p.add_argument("--seg", required=True, help=".seg.nrrd or a label map of level codes")
+    p.add_argument("--centroids", help=".mrk.json point list (confidence and locks)")
+    p.add_argument("--out", required=True, help="output folder for the CSV tables")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("export", help="add a corrected case to a training dataset (nnU-Net layout)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--seg", required=True, help="corrected segmentation (.seg.nrrd or label map)")
+    p.add_argument("--centroids", help="corrected .mrk.json")
+    p.add_argument("--original", help="the model's prediction before correction")
+    p.add_argument("--dataset", required=True, help="dataset folder (created if missing)")
+    p.add_argument("--replace", action="store_true", help="replace an earlier export of the same image, keeping it in history/")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list the bundled models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format=f"{PROG}: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SpineLabelError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The stages of a case, one function each, and `run` over many inputs.
+
+load -> detect (finds and names vertebrae, body masks) -> measure -> write outputs. The Slicer
+module, the headless batch script and the `spinelabel` command all call these functions.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import SpineLabelError
+from .result import SpineResult
+from .volume import Volume, case_id as case_id_of, load_volume
+
+log = logging.getLogger("spinelabel")
+
+Progress = Callable[[float, str], None]
+Cancel = Callable[[], bool]
+
+
+@contextmanager
+def timed(result: SpineResult, stage: str):
+    start = time.perf_counter()
+    yield
+    result.timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def load_case(path: str | Path) -> SpineResult:
+    """Read an image file or DICOM folder into a new result (image, case id, input hash)."""
+    from .summary import sha256_file
+
+    path = Path(path)
+    result = SpineResult(case_id_of(path), input_path=str(path))
+    with timed(result, "load"):
+        result.image = load_volume(path)
+        result.input_sha256 = sha256_file(path)
+    return result
+
+
+def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
+    """A result for an image already in memory (a Slicer volume node, say)."""
+    from .paths import safe_name
+
+    return SpineResult(safe_name(case_id), image=volume)
+
+
+def detect(result: SpineResult, model: str | None = None, modality: str = "auto",
+           progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
+    """Find the vertebral bodies, segment them and name them in anatomical order."""
+    from . import detector, labelling
+
+    with timed(result, "detect"):
+        detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
+    with timed(result, "label"):
+        labelling.relabel_result(result)
+    return result
+
+
+def measure(result: SpineResult) -> SpineResult:
+    """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body."""
+    from .measure import measure_result
+
+    with timed(result, "measure"):
+        measure_result(result)
+    return result
+
+
+def write_outputs(result: SpineResult, out_root: str | Path) -> Path:
+    """All files of the output contract into ``out_root/<case>/``, atomically."""
+    from .outputs import write_case_outputs
+
+    start = time.perf_counter()
+    result.timings["write"] = 0.0
+    folder = write_case_outputs(result, out_root)
+    log.debug("wrote %s in %.2f s", folder, time.perf_counter() - start)
+    return folder
+
+
+def run_case(path: str | Path, out_root: str | Path, model: str | None = None, modality: str = "auto",
+             progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
+    """load -> detect -> measure -> write for one input."""
+    result = load_case(path)
+    detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
+    measure(result)
+    write_outputs(result, out_root)
+    return result
+
+
+def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = None,
+        modality: str = "auto", progress_bar: bool = True,
+        on_error: Callable[[str, str], None] | None = None) -> int:
+    """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
+    from tqdm import tqdm
+
+    inputs = [Path(p) for p in inputs]
+    failures = 0
+    bar = tqdm(inputs, desc="spinelabel run", unit="case", disable=not progress_bar or len(inputs) < 2)
+    for path in bar:
+        bar.set_postfix_str(path.name[:30])
+        try:
+            run_case(path, out_root, model=model, modality=modality)
+        except SpineLabelError as error:
+            failures += 1
+            (on_error or _log_error)(str(path), str(error))
+    return 1 if failures else 0
+
+
+def _log_error(path: str, message: str) -> None:
+    log.error("%s", message if message.startswith(path) else f"{path}: {message}")
