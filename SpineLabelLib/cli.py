@@ -232,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: still one line for the user, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"{PROG}: internal error: {type(error).__name__}: {error} (run with -v for details)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
