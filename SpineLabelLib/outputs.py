@@ -1,0 +1,75 @@
+"""All contract files of one case, written into `out_root/<case>/` as a whole or not at all.
+
+Everything goes into a hidden temporary sibling folder first; only when every file is complete
+does that folder take the final name. A previous output folder for the case survives any failure.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .markups import write_markups
+from .paths import safe_name
+from .qc import write_qc_png
+from .result import SpineResult
+from .segfile import write_label_nifti, write_seg_nrrd
+from .summary import write_summary_json
+from .tables import write_distances_csv, write_measurements_csv
+
+
+def case_files(case: str) -> dict[str, str]:
+    """Contract file names of a case (DESIGN.md, output contract of `spinelabel run`)."""
+    return {
+        "segmentation": f"{case}.seg.nrrd",
+        "label_map": f"{case}_seg.nii.gz",
+        "markups": f"{case}.mrk.json",
+        "measurements": f"{case}.measurements.csv",
+        "distances": f"{case}.distances.csv",
+        "summary": f"{case}.json",
+        "qc": f"{case}.qc.png",
+    }
+
+
+def _write_all(result: SpineResult, folder: Path, case: str) -> None:
+    names = case_files(case)
+    write_seg_nrrd(result, folder / names["segmentation"])
+    write_label_nifti(result, folder / names["label_map"])
+    write_markups(result, folder / names["markups"])
+    write_measurements_csv(result, folder / names["measurements"])
+    write_distances_csv(result, folder / names["distances"])
+    write_summary_json(result, folder / names["summary"])
+    write_qc_png(result, folder / names["qc"])
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Move ``new`` to ``final``; an existing ``final`` is set aside first and restored on failure."""
+    if not final.exists():
+        os.rename(new, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    old.rmdir()
+    os.rename(final, old)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_case_outputs(result: SpineResult, out_root: str | os.PathLike) -> Path:
+    """Write every contract file for the case; returns `out_root/<case>/`."""
+    case = safe_name(result.case_id)
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / case
+    staging = Path(tempfile.mkdtemp(prefix=f".{case}.tmp-", dir=out_root))
+    try:
+        _write_all(result, staging, case)
+        _replace_folder(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
