@@ -1,0 +1,197 @@
+"""The MRML scene adapter against real Slicer classes (PyPI `slicer-core`).
+
+result -> nodes -> files written by Slicer's storage nodes -> read back by them -> result: identical,
+on an oblique, anisotropic grid. And the edits a person makes in the views come back as a result
+with a correction record.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("slicer.util")
+
+from conftest import FIXTURES, box_result, oblique_image  # noqa: E402
+
+from SpineLabelLib import anatomy, scene  # noqa: E402
+
+
+@pytest.fixture
+def mrml():
+    return scene.new_scene()
+
+
+def _centroids(result):
+    return np.array([v.centroid_ras for v in result.vertebrae])
+
+
+def test_volume_node_round_trip_keeps_voxels_and_geometry(mrml):
+    image = oblique_image()
+    node = scene.volume_to_node(mrml, image, "oblique")
+    back = scene.node_to_volume(node)
+    assert np.array_equal(back.array, image.array)
+    assert back.array.dtype == image.array.dtype
+    assert np.allclose(back.ijk_to_ras, image.ijk_to_ras, atol=1e-9)
+    assert node.GetSpacing() == pytest.approx(tuple(image.spacing))
+
+
+def test_nodes_carry_levels_codes_terminology_colours_and_locks(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    segmentation = nodes.segmentation.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == ["L1", "L2", "L3"]
+    for level in ("L1", "L2", "L3"):
+        segment = segmentation.GetSegment(level)
+        assert segment.GetName() == level
+        assert segment.GetLabelValue() == anatomy.code_of(level)
+        assert segment.GetColor() == pytest.approx(anatomy.COLOUR_BY_NAME[level], abs=1e-4)
+        assert anatomy.SNOMED_BY_NAME[level] in segment.GetTerminology()
+    points = nodes.points
+    assert [points.GetNthControlPointLabel(i) for i in range(3)] == ["L1", "L2", "L3"]
+    assert [bool(points.GetNthControlPointLocked(i)) for i in range(3)] == [False, True, False]
+    assert points.GetNthControlPointAssociatedNodeID(0) == nodes.segmentation.GetID()
+    assert "score=0.800" in points.GetNthControlPointDescription(0)
+
+
+def _save_and_reload(nodes, folder):
+    """Write with Slicer's storage nodes, read into a fresh scene with them."""
+    scene.write_volume_file(nodes.volume, folder / "image.nrrd")
+    scene.write_segmentation_file(nodes.segmentation, folder / "case.seg.nrrd")
+    scene.write_markups_file(nodes.points, folder / "case.mrk.json")
+    fresh = scene.new_scene()
+    volume = scene.read_volume_file(fresh, folder / "image.nrrd")
+    segmentation = scene.read_segmentation_file(fresh, folder / "case.seg.nrrd")
+    points = scene.read_markups_file(fresh, folder / "case.mrk.json")
+    return scene.SceneNodes(volume, segmentation, points)
+
+
+def test_result_nodes_files_nodes_result_is_identical(mrml, tmp_path):
+    result = box_result()
+    reread = scene.nodes_to_result(_save_and_reload(scene.result_to_nodes(mrml, result), tmp_path))
+    assert reread.levels == result.levels
+    assert np.allclose(_centroids(reread), _centroids(result), atol=1e-6)
+    assert [v.locked for v in reread.vertebrae] == [v.locked for v in result.vertebrae]
+    assert [v.score for v in reread.vertebrae] == pytest.approx([v.score for v in result.vertebrae], abs=1e-3)
+    assert [v.source for v in reread.vertebrae] == ["detector"] * 3
+    assert np.allclose(reread.image.ijk_to_ras, result.image.ijk_to_ras, atol=1e-6)
+    assert np.array_equal(reread.image.array, result.image.array)
+    assert np.array_equal(reread.level_map(), result.level_map())          # voxel for voxel
+    assert reread.corrections == []
+
+
+def test_files_written_by_slicer_are_standard(mrml, tmp_path):
+    import jsonschema
+    import slicerio
+
+    nodes = scene.result_to_nodes(mrml, box_result())
+    scene.write_segmentation_file(nodes.segmentation, tmp_path / "case.seg.nrrd")
+    scene.write_markups_file(nodes.points, tmp_path / "case.mrk.json")
+    seg = slicerio.read_segmentation(str(tmp_path / "case.seg.nrrd"))
+    assert {s["name"]: s["labelValue"] for s in seg["segments"]} == {"L1": 20, "L2": 21, "L3": 22}
+    assert seg["segments"][0]["terminology"]["type"][1] == anatomy.SNOMED_BY_NAME["L1"]
+    document = json.loads((tmp_path / "case.mrk.json").read_text())
+    schema = json.loads((FIXTURES / "markups-schema-v1.0.4.json").read_text())
+    jsonschema.validate(document, schema)
+    assert [p["label"] for p in document["markups"][0]["controlPoints"]] == ["L1", "L2", "L3"]
+    assert not list(tmp_path.glob(".*part*"))                               # atomic writes left nothing
+
+
+def test_table_holds_measurements_with_units(mrml):
+    result = box_result()
+    result.measurements = [{"level": "L1", "code": 20, "height_anterior_mm": 21.5, "volume_mm3": 900.0,
+                            "ratios": {"wedge": 0.9}, "genant_grade": 0},
+                           {"level": "L2", "code": 21, "height_anterior_mm": None, "volume_mm3": 950.0,
+                            "ratios": {"wedge": 0.8}, "genant_grade": 1}]
+    nodes = scene.result_to_nodes(mrml, result)
+    table = nodes.table
+    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert names == ["level", "code", "height_anterior_mm", "volume_mm3", "ratios.wedge", "genant_grade"]
+    assert table.GetNumberOfRows() == 2
+    assert table.GetColumnUnitLabel("height_anterior_mm") == "mm"
+    assert table.GetColumnUnitLabel("volume_mm3") == "mm3"
+    assert table.GetCellText(1, 0) == "L2"
+    assert float(table.GetCellText(0, 2)) == pytest.approx(21.5)
+
+
+def _erase_in_segment(nodes, mrml, level, kji_box):
+    """What the Segment Editor's Erase effect does: remove voxels from one segment."""
+    import vtk
+
+    ids, positions = scene._export_segments(mrml, nodes.segmentation, nodes.volume)
+    mask = positions == ids.index(level) + 1
+    mask[kji_box] = False
+    labelmap = scene.volume_to_node(mrml, scene.node_to_volume(nodes.volume).with_array(mask.astype(np.uint8)),
+                                    "edit", labelmap=True)
+    one = vtk.vtkStringArray()
+    one.InsertNextValue(level)
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, nodes.segmentation, one)
+    mrml.RemoveNode(labelmap)
+    return int((positions == ids.index(level) + 1).sum() - mask.sum())
+
+
+def test_edits_in_the_views_come_back_with_a_record(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    points = nodes.points
+    # A person drags L1 by 4 mm, renames L3's point to L4, deletes L2's point, clicks a new point,
+    # and erases a slab of L3's mask.
+    moved = result.vertebrae[0].centroid_ras + [0.0, 0.0, 4.0]
+    points.SetNthControlPointPosition(0, *moved)
+    points.SetNthControlPointLabel(2, "L4")
+    points.RemoveNthControlPoint(1)
+    points.AddControlPoint(1.0, 2.0, 3.0, "")
+    erased = _erase_in_segment(nodes, mrml, "L3", (slice(0, 4),))
+    assert erased > 0
+    after = scene.nodes_to_result(nodes, previous=result)
+    # L2's point is gone but its segment remains: it comes back as a vertebra from the mask.
+    assert after.levels == ["L1", "L4", "", "L2"]
+    assert np.allclose(after.vertebrae[0].centroid_ras, moved)
+    assert np.allclose(after.by_level("L2").centroid_ras, result.vertebrae[1].centroid_ras, atol=1e-6)
+    assert "delete" not in [c["action"] for c in after.corrections]
+    actions = [(c["action"], c.get("level", c.get("to"))) for c in after.corrections]
+    assert ("move", "L1") in actions
+    assert ("relabel", "L4") in actions
+    assert ("edit_mask", "L4") in actions
+    assert ("add", "") in actions
+    edit = next(c for c in after.corrections if c["action"] == "edit_mask")
+    assert edit["voxels_removed"] == erased and edit["voxels_added"] == 0
+    move = next(c for c in after.corrections if c["action"] == "move")
+    assert move["distance_mm"] == pytest.approx(4.0, abs=1e-3)
+    assert all(c["origin"] == "scene" for c in after.corrections)
+    l4 = after.by_level("L4")
+    assert (after.instances == l4.instance).sum() == (result.instances == 3).sum() - erased
+
+
+def test_deleting_point_and_segment_records_a_delete(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    nodes.points.RemoveNthControlPoint(1)
+    nodes.segmentation.GetSegmentation().RemoveSegment("L2")
+    after = scene.nodes_to_result(nodes, previous=result)
+    assert after.levels == ["L1", "L3"]
+    delete = [c for c in after.corrections if c["action"] == "delete"]
+    assert len(delete) == 1 and delete[0]["level"] == "L2"
+    assert delete[0]["voxels"] == int((result.instances == 2).sum())
+    assert not np.any(after.instances == 2)
+
+
+def test_painted_segment_without_point_becomes_a_vertebra(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    import vtk
+
+    painted = np.zeros(result.image.array.shape, np.uint8)
+    painted[20:24, 5:10, 4:9] = 1
+    labelmap = scene.volume_to_node(mrml, result.image.with_array(painted), "paint", labelmap=True)
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue("T12")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, nodes.segmentation, ids)
+    after = scene.nodes_to_result(nodes, previous=result)
+    t12 = after.by_level("T12")
+    assert t12 is not None and t12.source == "manual"
+    assert np.allclose(t12.centroid_ras, result.image.kji_to_ras(np.array([21.5, 7.0, 6.0]))[0], atol=1e-6)
+    assert (after.instances == t12.instance).sum() == painted.sum()
+    assert {v.instance for v in after.vertebrae} == {1, 2, 3, 4}
