@@ -188,6 +188,22 @@ def _check_gzip(path: Path) -> None:
         raise InputError(f"{path}: damaged or truncated gzip file ({error})") from None
 
 
+class _QuietITK:
+    """Silence ITK/GDCM warnings printed to stderr while reading: failures become one InputError line."""
+
+    def __enter__(self):
+        import SimpleITK as sitk
+
+        self.previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+    def __exit__(self, *exc):
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(self.previous)
+        return False
+
+
 def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a validated `Volume`."""
     import SimpleITK as sitk
@@ -196,15 +212,19 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        with _QuietITK():
+            image = _read_dicom_folder(path)
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: file is empty")
         if path.name.lower().endswith(".gz"):
             _check_gzip(path)
         try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
+            with _QuietITK():
+                image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            if "Zero-valued spacing" in str(error):   # ITK refuses it before we can look
+                raise InputError(f"{path}: voxel spacing is zero along at least one axis") from None
             raise InputError(f"{path}: not a readable image (NIfTI, NRRD, MHA or a DICOM folder expected)") from None
     try:
         volume = Volume.from_sitk(image, source=str(path))
