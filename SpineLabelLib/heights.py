@@ -80,11 +80,23 @@ class MaskSampler:
         self.grid = grid
 
     def __call__(self, ras: np.ndarray, array: np.ndarray | None = None) -> np.ndarray:
+        """Values at RAS points (..., 3); `array` (same crop) replaces the mask, e.g. the image."""
         shape = ras.shape[:-1]
         kji = self.grid.ras_to_kji(ras.reshape(-1, 3)) - self.low
-        values = ndimage.map_coordinates(self.crop if array is None else array, kji.T, order=1,
-                                         mode="constant", cval=0.0)
-        return values.reshape(shape)
+        return self._sample(kji.T, array).reshape(shape)
+
+    def local(self, frame: "BodyFrame", s, t, w=0.0) -> np.ndarray:
+        """Values at local frame coordinates (broadcast arrays), without building RAS points."""
+        inv = self.grid.ras_to_ijk[:3][::-1]                  # rows k, j, i of RAS -> index
+        axes = (inv[:, :3] @ frame.superior, -(inv[:, :3] @ frame.anterior), inv[:, :3] @ frame.lateral)
+        origin = inv[:, :3] @ frame.centre + inv[:, 3] - self.low
+        s, t, w = np.broadcast_arrays(np.asarray(s, float), np.asarray(t, float), np.asarray(w, float))
+        kji = np.stack([origin[a] + s * axes[0][a] + t * axes[1][a] + w * axes[2][a] for a in range(3)])
+        return self._sample(kji.reshape(3, -1), None).reshape(s.shape)
+
+    def _sample(self, kji: np.ndarray, array: np.ndarray | None) -> np.ndarray:
+        return ndimage.map_coordinates(self.crop if array is None else array, kji, order=1,
+                                       mode="constant", cval=0.0)
 
 
 # --- frame ------------------------------------------------------------------------------------
@@ -149,8 +161,8 @@ def section(sampler: MaskSampler, frame: BodyFrame, radius: float, slab: float =
     """Slab-averaged occupancy of the mid-sagittal section: (P[s, t], s coords, t coords)."""
     coords = np.arange(-radius, radius + step / 2, step)
     widths = _slab_offsets(slab, 0.5)
-    s, t, w = np.meshgrid(coords, coords, widths, indexing="ij")
-    occupancy = sampler(frame.to_ras(s, t, w)).mean(axis=-1)
+    occupancy = sampler.local(frame, coords[:, None, None], coords[None, :, None],
+                              widths[None, None, :]).mean(axis=-1)
     return occupancy, coords, coords
 
 
@@ -164,8 +176,7 @@ def height_at(sampler: MaskSampler, frame: BodyFrame, t: float, radius: float):
     s = np.arange(-radius, radius + LINE_STEP_MM / 2, LINE_STEP_MM)
     ts = t + _slab_offsets(LINE_HALF_WINDOW_MM, 0.25)
     ws = _slab_offsets(SLAB_HALF_WIDTH_MM, 0.5)
-    S, T, W = np.meshgrid(s, ts, ws, indexing="ij")
-    profile = sampler(frame.to_ras(S, T, W)).mean(axis=(1, 2))
+    profile = sampler.local(frame, s[:, None, None], ts[None, :, None], ws[None, None, :]).mean(axis=(1, 2))
     return extent(profile, s)
 
 
