@@ -26,6 +26,9 @@ MIN_VOLUME_FRACTION = 0.1   # of the level's typical body volume: less is a frag
 # "Vertebral fracture assessment using a semiquantitative technique", J Bone Miner Res 1993;8:1137-48
 # (as summarised in peers.md section 8): grade 0 < 20 %, 1 = 20-25 %, 2 = 25-40 %, 3 > 40 %.
 GENANT_GRADE_1, GENANT_GRADE_2, GENANT_GRADE_3 = 20.0, 25.0, 40.0
+#: Levels without a comparable vertebral body (atlas, axis with dens, sacrum): heights are reported,
+#: but they get no Genant grade and do not serve as a neighbour's crush reference.
+NOT_GRADED = frozenset({"C1", "C2", "S1"})
 
 
 # --- Genant ----------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def _crush_reference(bodies: list[dict], n: int) -> tuple[float | None, float | 
         other = bodies[m]
         pair = (other["level"], here["level"]) if m < n else (here["level"], other["level"])
         hp = other["heights"].get("posterior")
-        if hp is None or not adjacent(*pair):
+        if hp is None or other["level"] in NOT_GRADED or not adjacent(*pair):
             continue
         raw.append(hp)
         scaled.append(hp * anatomy.body_size(here["level"]).height / anatomy.body_size(other["level"]).height)
@@ -177,7 +180,8 @@ def _row(body: dict, neighbour_hp: float | None, crush_reference: float | None) 
     v: Vertebra = body["vertebra"]
     ha, hm, hp = (body["heights"].get(name) for name in HEIGHT_NAMES)
     measured = None not in (ha, hm, hp) and hp > 0
-    loss, grade, kind = genant(ha, hm, hp, crush_reference) if measured else (None, None, "")
+    graded = measured and v.level not in NOT_GRADED
+    loss, grade, kind = genant(ha, hm, hp, crush_reference) if graded else (None, None, "")
     partial = "touches_border" in body["flags"]
     row: dict[str, Any] = {
         "level": v.level, "code": v.code,
