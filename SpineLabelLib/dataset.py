@@ -17,6 +17,15 @@ Layout of a dataset folder (all names generated; nothing from the patient or the
 same whatever levels the site's cases happen to contain. Levels present are counted in the
 "spinelabel" block.
 
+Manifest line (JSON): export_id, case_id, exported_utc, spinelabel_version, source_sha256 and
+source_hashed ("file", "dicom-series" = `summary.sha256_file` of the folder, or "voxels" for an
+in-memory image), modality, models [{name, version, sha256, ...}], levels, corrections {basis ("label
+maps" | "correction record" | "none"), relabelled [{from, to}], added, deleted, voxels_changed {level:
+n}, voxels_changed_total, actions (the record reduced to action names, level names and counts)},
+centroids_from ("given" | "label map"), files {role: {path, sha256}}, image_geometry, and
+replaced_previous ({export_id, exported_utc, history} or null). Never a patient name, id, date or
+input path: the input is identified by its SHA-256 only. The newest line of a case id wins.
+
 Safety. Every export holds an exclusive lock for its whole duration, reads and checks all inputs
 before touching the dataset, writes every file into a hidden ``.staging-*`` folder inside the
 dataset with an ``intent.json`` journal, then moves files into place with ``os.replace``; the
@@ -684,7 +693,11 @@ def export_case(dataset_dir: PathLike, image: Volume | PathLike, labels: Volume 
                 raise SpineLabelError(f"export failed, dataset left as it was: {error}") from None
             raise
         _discard_staging(staging)
-        _write_dataset_json(dataset)
+        try:
+            _write_dataset_json(dataset)
+        except OSError as error:   # the case is committed; recovery rebuilds dataset.json next time
+            raise SpineLabelError(f"exported as {case_id}, but dataset.json could not be rebuilt ({error}); "
+                                  "the next export or validation rebuilds it") from None
     paths = {role: dataset / rel["path"] for role, rel in info.items()}
     return ExportRecord(case_id, {**paths, "manifest": dataset / MANIFEST, "dataset_json": dataset / DATASET_JSON},
                         entry)

@@ -355,7 +355,11 @@ def test_dicom_input_never_leaks_patient_name_id_or_date(tmp_path):
     loaded = load_volume(folder)
     np.testing.assert_array_equal(loaded.array, image.array)            # the series is the image we meant
     np.testing.assert_allclose(loaded.ijk_to_ras, image.ijk_to_ras, atol=1e-3)
-    record = ds.export_case(tmp_path / "set", folder, labels, model={"name": "m"})
+    from SpineLabelLib.markups import write_markups
+    points = write_markups([Vertebra("L1", [1.0, 2.0, 3.0], source="manual")], tmp_path / "p.mrk.json",
+                           name="DOE^JOHN 12345 20190412")                 # a point list named after the patient
+    record = ds.export_case(tmp_path / "set", folder, labels, centroids=points, model={"name": "m"},
+                            corrections=[{"action": "relabel", "from": "L1", "to": "L2", "note": "DOE^JOHN"}])
     assert record.manifest_entry["source_hashed"] == "dicom-series"
     np.testing.assert_array_equal(load_volume(record.paths["image"]).array, image.array)
 
@@ -371,3 +375,17 @@ def test_dicom_input_never_leaks_patient_name_id_or_date(tmp_path):
                 assert not any(token in data for token in forbidden[1:]), path
                 data = gzip.decompress(data)
             assert not any(token in data.upper() for token in forbidden), path
+
+
+def test_cli_export_and_one_line_refusal(tmp_path, capsys):
+    from SpineLabelLib.cli import main
+
+    image_path, label_path, _, _ = write_case(tmp_path / "in")
+    arguments = ["export", "--image", str(image_path), "--seg", str(label_path), "--dataset", str(tmp_path / "set")]
+    assert main(arguments) == 0
+    assert "spl_0001" in capsys.readouterr().out
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "already in the dataset as spl_0001" in error
+    assert main(arguments + ["--replace"]) == 0
+    assert ds.validate_dataset(tmp_path / "set") == []
