@@ -239,3 +239,12 @@ def test_label_map_with_unknown_code_is_rejected(spine_result, tmp_path):
     save_volume(spine_result.image.with_array(float_labels), tmp_path / "float.nii.gz")
     with pytest.raises(InputError, match="non-integer"):
         segfile.read_label_map(tmp_path / "float.nii.gz")
+
+
+def test_result_without_masks_writes_an_empty_segmentation_on_the_grid(spine_result, tmp_path):
+    spine_result.instances = None
+    path = segfile.write_seg_nrrd(spine_result, tmp_path / "empty.seg.nrrd")
+    _, _, node, _ = slicer_read_segmentation(path)
+    assert node.GetSegmentation().GetNumberOfSegments() == 0
+    labels, codes = segfile.read_seg_nrrd(path)
+    assert codes == {} and labels.same_grid(spine_result.image, 1e-9) and not labels.array.any()
