@@ -632,19 +632,18 @@ def _next_case_id(dataset: Path, entries: Sequence[dict]) -> str:
 def _manifest_entry(case_id: str, prepared: _Prepared, info: dict, model, corrections, modality: str,
                     replaced: dict | None) -> dict:
     from . import __version__
-    if prepared.original is not None:
+    if prepared.original is not None:    # the maps are the truth; the record only adds the action list
         summary = corrections_from_maps(prepared.original, prepared.labels)
-        summary["actions"] = _sanitised_actions(corrections or [])
     else:
-        summary = {**corrections_from_record(corrections or []), "actions": _sanitised_actions(corrections or [])}
+        summary = corrections_from_record(corrections or [])
+    summary["actions"] = _sanitised_actions(corrections or [])
+    present = set(np.unique(prepared.labels).tolist())
     return {
         "export_id": uuid.uuid4().hex, "case_id": case_id, "exported_utc": _utc_now(),
         "spinelabel_version": __version__, "source_sha256": prepared.sha256, "source_hashed": prepared.hashed,
         "modality": modality if modality in ("ct", "mr") else "unknown",
         "models": _sanitised_models(model),
-        "levels": [anatomy.name_of(c) for c in sorted(np.unique(prepared.labels).tolist(),
-                                                      key=lambda c: anatomy.order_index(anatomy.name_of(c))
-                                                      if c else -1) if c],
+        "levels": [name for name in anatomy.ORDER if anatomy.code_of(name) in present],
         "corrections": summary, "centroids_from": prepared.points_from, "files": info,
         "image_geometry": {"shape_ijk": [int(n) for n in prepared.image.shape_ijk],
                            "spacing_mm": [round(float(s), 6) for s in prepared.image.spacing]},
