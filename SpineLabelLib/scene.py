@@ -547,3 +547,14 @@ def read_markups_file(scene, path, name: str | None = None):
                  name or "centroids")
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def segment_id_of(segmentation_node, vertebra: Vertebra) -> str:
+    """The segment holding a vertebra's body: by instance tag, else by level name ('' when none)."""
+    segmentation = segmentation_node.GetSegmentation()
+    ids = list(segmentation.GetSegmentIDs())
+    if vertebra.instance:
+        for segment_id in ids:
+            if _int_tag(segmentation.GetSegment(segment_id), INSTANCE_TAG) == vertebra.instance:
+                return segment_id
+    return next((i for i in ids if vertebra.level and segmentation.GetSegment(i).GetName() == vertebra.level), "")
