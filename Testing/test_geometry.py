@@ -65,3 +65,21 @@ def test_resample_to_spacing_keeps_physical_centre():
     centre = lambda v: v.kji_to_ras([(np.array(v.array.shape) - 1) / 2.0])[0]
     assert coarse.array.shape == (5, 5, 5)
     assert np.allclose(centre(coarse), centre(volume), atol=1e-6)
+
+
+def test_atomic_path_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
+    import os
+
+    from SpineLabelLib.paths import atomic_path, atomic_write_text
+
+    target = tmp_path / "a.nii.gz"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
