@@ -19,6 +19,7 @@ from .volume import Volume, resample_to_canonical
 CT_WINDOW = (400.0, 1800.0)         # bone window: centre, width in HU
 MAX_VOXELS = 24_000_000             # coarser QC grid for very large inputs (memory and time)
 LONG_SIDE_PX = 900
+VIEW_MARGIN_MM = 40.0
 
 
 def _qc_spacing(image: Volume) -> float:
@@ -58,8 +59,9 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
 
     image = canonical.array[x].astype(float)
     rows, cols = image.shape
-    zoom = LONG_SIDE_PX / max(rows, cols)                # output pixels per slice pixel
-    figure = Figure(figsize=(cols * zoom / 100, rows * zoom / 100), dpi=100)
+    (row0, row1), (col0, col1) = _view_box(result, canonical, labels, rows, cols)
+    zoom = LONG_SIDE_PX / max(row1 - row0, col1 - col0)  # output pixels per slice pixel
+    figure = Figure(figsize=((col1 - col0) * zoom / 100, (row1 - row0) * zoom / 100), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_axes([0, 0, 1, 1])
     axes.set_axis_off()
@@ -81,11 +83,28 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
         if v.level and (labels is None or not np.any(labels[x] == v.code)):
             axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
     _draw_lines(result, canonical, axes)
-    axes.set_xlim(-0.5, cols - 0.5)
-    axes.set_ylim(rows - 0.5, -0.5)
-    axes.text(2, 2, f"{result.case_id}  {result.modality.upper()}  sagittal R={canonical.kji_to_ras([x, 0, 0])[0][0]:.1f} mm"
-              "  (head up, anterior left)", color="white", fontsize=8, va="top", ha="left")
+    axes.set_xlim(col0 - 0.5, col1 - 0.5)
+    axes.set_ylim(row1 - 0.5, row0 - 0.5)
+    axes.text(0.01, 0.99, f"{result.case_id}  {result.modality.upper()}  sagittal R={canonical.kji_to_ras([x, 0, 0])[0][0]:.1f} mm"
+              "  (head up, anterior left)", color="white", fontsize=8, va="top", ha="left", transform=axes.transAxes,
+              bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
     return figure
+
+
+def _view_box(result: SpineResult, canonical: Volume, labels: np.ndarray | None, rows: int, cols: int):
+    """Rows and columns to show: the spine (bodies and centroids) with a margin, not the whole field of view."""
+    points = [np.array(_to_row_col(canonical, v.centroid_ras)) for v in result.vertebrae
+              if np.all(np.isfinite(v.centroid_ras))]
+    if labels is not None and labels.any():
+        projection = np.argwhere(labels.any(axis=0))
+        points += [projection.min(axis=0), projection.max(axis=0)]
+    if not points:
+        return (0, rows), (0, cols)
+    low, high = np.min(points, axis=0), np.max(points, axis=0)
+    margin = VIEW_MARGIN_MM / canonical.spacing[0]
+    box = [(int(max(0, np.floor(lo - margin))), int(min(size, np.ceil(hi + margin) + 1)))
+           for lo, hi, size in zip(low, high, (rows, cols))]
+    return box[0], box[1]
 
 
 def _draw_lines(result: SpineResult, canonical: Volume, axes) -> None:

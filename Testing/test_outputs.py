@@ -194,3 +194,19 @@ def test_failure_leaves_previous_folder_untouched(spine_result, tmp_path, monkey
         outputs.write_case_outputs(spine_result, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["synthetic_case"]
+
+
+def test_phantom_measured_case_folder(tmp_path):
+    """End to end with the engine's own phantom and measurements (when those modules are present)."""
+    phantom = pytest.importorskip("SpineLabelLib.phantom")
+    measure = pytest.importorskip("SpineLabelLib.measure")
+    result = phantom.make_phantom("L1-L2", case_id="ph", spacing=(1.5, 1.5, 2.0), lateral_fov_mm=80,
+                                  rotation_deg=(10, 5, 0))
+    measure.measure_result(result)
+    folder = outputs.write_case_outputs(result, tmp_path)
+    rows = tables.read_csv_rows(folder / "ph.measurements.csv")
+    assert [r["level"] for r in rows] == ["L1", "L2"]
+    assert all(15 < r["height_posterior_mm"] < 40 for r in rows)
+    assert "lines_ras" not in rows[0]
+    distances = tables.read_csv_rows(folder / "ph.distances.csv")
+    assert [(d["upper"], d["lower"]) for d in distances] == [("L1", "L2")]
