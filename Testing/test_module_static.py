@@ -1,0 +1,112 @@
+"""The Slicer-facing files stay glue: they compile, import only the engine's facade, and hold no
+measurement, labelling or file I/O logic; the catalog entry is valid. (Real Slicer is not run here.)"""
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "SpineLabel" / "SpineLabel.py"
+BATCH = ROOT / "SpineLabel" / "Scripts" / "batch.py"
+
+STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "copy", "tempfile", "argparse", "unittest"}
+SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils"}
+ENGINE_FACADE = {"pipeline", "scene", "correction", "dataset", "background", "errors", "phantom",
+                 "outputs", "summary", "volume"}
+FORBIDDEN_CALLS = {"open", "measure_result", "assign_levels", "relabel_result", "write_seg_nrrd",
+                   "write_markups", "write_case_outputs", "savez", "load", "dump", "read_text", "write_text"}
+
+
+def imports(tree: ast.AST) -> list[tuple[str, list[str]]]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.module or "", [alias.name for alias in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("path", [MODULE, BATCH], ids=["SpineLabel.py", "batch.py"])
+def test_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+@pytest.mark.parametrize("path", [MODULE, BATCH], ids=["SpineLabel.py", "batch.py"])
+def test_imports_only_slicer_and_the_engine_facade(path):
+    for module, names in imports(ast.parse(path.read_text(encoding="utf-8"))):
+        top = module.split(".")[0]
+        if top == "SpineLabelLib":
+            used = [module.split(".")[1]] if "." in module else [n for n in names if n != "*"]
+            assert set(used) <= ENGINE_FACADE, f"{path.name} reaches into the engine: {module} {names}"
+        else:
+            assert top in STDLIB_OK | SLICER_OK, f"{path.name} imports {module}: logic belongs in SpineLabelLib"
+
+
+def test_module_imports_nothing_heavy_at_load():
+    """Module-level imports: Slicer/Qt/stdlib only; the engine comes in lazily inside methods."""
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0] for n in top_level}
+    assert names <= STDLIB_OK | {"qt", "vtk", "slicer"}
+
+
+@pytest.mark.parametrize("path", [MODULE, BATCH], ids=["SpineLabel.py", "batch.py"])
+def test_no_measurement_labelling_or_io_logic(path):
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert not called & FORBIDDEN_CALLS, f"{path.name} does engine work itself: {called & FORBIDDEN_CALLS}"
+    assert "numpy" not in text and "np." not in text          # arrays are the engine's business
+
+
+def test_module_declares_metadata_and_the_four_classes():
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"SpineLabel", "SpineLabelWidget", "SpineLabelLogic", "SpineLabelTest"} <= classes
+    text = MODULE.read_text(encoding="utf-8")
+    for field in ("title", "categories", "contributors", "helpText", "acknowledgementText"):
+        assert f"self.parent.{field} =" in text
+    assert '_("Segmentation")' in text
+
+
+def test_catalog_entry_is_valid():
+    import jsonschema
+
+    raw = (ROOT / "SpineLabel.json").read_bytes()
+    assert b"\r" not in raw                                    # ExtensionsIndex requires LF line endings
+    entry = json.loads(raw)
+    schema = json.loads((FIXTURES / "slicer-extension-catalog-entry-schema-v1.0.1.json").read_text())
+    assert entry["$schema"] == schema["$id"]
+    jsonschema.validate(entry, schema)
+    assert entry["category"] in {"Segmentation", "Quantification", "Training", "Utilities", "Examples"}
+    assert entry["build_dependencies"] == ["PyTorch"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**entry, "colour": "red"}, schema)
+
+
+def test_s4ext_has_the_required_keys_one_line_each():
+    pairs = [line.split(" ", 1) for line in (ROOT / "SpineLabel.s4ext").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    keys = {p[0] for p in pairs}
+    assert {"scm", "scmurl", "scmrevision", "homepage", "category", "depends"} <= keys
+    assert dict(pairs)["depends"] == "PyTorch"
+
+
+def test_ui_binds_parameters_that_the_wrapper_declares():
+    import re
+
+    ui = (ROOT / "SpineLabel" / "Resources" / "UI" / "SpineLabel.ui").read_text(encoding="utf-8")
+    bound = set(re.findall(r'name="SlicerParameterName" stdset="0"><string>(\w+)</string>', ui))
+    declared = set(re.findall(r"^    (\w+): ", MODULE.read_text(encoding="utf-8"), re.M))
+    assert bound and bound <= declared
+    for button in ("applyButton", "setLevelButton", "addButton", "deleteButton", "recomputeButton",
+                   "segmentEditorButton", "exportButton", "progressBar"):
+        assert f'name="{button}"' in ui
