@@ -85,7 +85,8 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
     _draw_lines(result, canonical, axes)
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
-    axes.text(0.01, 0.99, f"{result.case_id}  {result.modality.upper()}  sagittal R={canonical.kji_to_ras([x, 0, 0])[0][0]:.1f} mm"
+    right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
+    axes.text(0.01, 0.99, f"{result.case_id}  {result.modality.upper()}  sagittal R={right_mm:.1f} mm"
               "  (head up, anterior left)", color="white", fontsize=8, va="top", ha="left", transform=axes.transAxes,
               bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
     return figure

@@ -16,7 +16,8 @@ def oblique_directions(degrees: float = 20.0) -> np.ndarray:
     """A rotation about an oblique axis (columns = RAS directions of i, j, k), not axis-aligned."""
     from scipy.spatial.transform import Rotation
 
-    return Rotation.from_rotvec(np.deg2rad(degrees) * np.array([1.0, 0.5, 0.3]) / np.linalg.norm([1.0, 0.5, 0.3])).as_matrix()
+    axis = np.array([1.0, 0.5, 0.3]) / np.linalg.norm([1.0, 0.5, 0.3])
+    return Rotation.from_rotvec(np.deg2rad(degrees) * axis).as_matrix()
 
 
 def oblique_image(shape_kji=(24, 20, 16), spacing=(1.3, 0.9, 2.1), seed: int = 0) -> Volume:

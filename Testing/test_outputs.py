@@ -41,7 +41,8 @@ def test_measurements_csv_columns_and_cells(spine_result, tmp_path):
     assert rows[0]["height_middle_mm"] is None and rows[0]["height_posterior_mm"] is None
     assert rows[1]["volume_mm3"] == pytest.approx(1000.33, abs=1e-9)          # 6 significant digits
     assert rows[0]["radiomic_energy"] is None and rows[2]["radiomic_energy"] == pytest.approx(1.5e-7)
-    assert np.allclose([rows[0][k] for k in ("r_mm", "a_mm", "s_mm")], spine_result.vertebrae[0].centroid_ras, atol=1e-3)
+    centroid = [rows[0][k] for k in ("r_mm", "a_mm", "s_mm")]
+    assert np.allclose(centroid, spine_result.vertebrae[0].centroid_ras, atol=1e-3)
 
 
 def test_measurements_csv_without_measurements_still_lists_vertebrae(spine_result, tmp_path):

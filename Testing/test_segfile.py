@@ -40,7 +40,8 @@ def slicer_export_labels(scene, logic, node, segment_ids):
     ids = vtk.vtkStringArray()
     for segment_id in segment_ids:
         ids.InsertNextValue(segment_id)
-    assert logic.ExportSegmentsToLabelmapNode(node, ids, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+    full_grid = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+    assert logic.ExportSegmentsToLabelmapNode(node, ids, labelmap, None, full_grid)
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetIJKToRASMatrix(matrix)
     return util.arrayFromVolume(labelmap).copy(), util.arrayFromVTKMatrix(matrix)
@@ -80,7 +81,8 @@ def test_seg_nrrd_read_by_slicerio(spine_result, tmp_path):
     for level, segment in by_name.items():
         assert segment["id"] == level and segment["layer"] == 0
         assert segment["labelValue"] == anatomy.code_of(level)
-        assert slicerio.segmentation.terminology_entry_to_string(segment["terminology"]) == anatomy.terminology_entry(level)
+        terminology = slicerio.segmentation.terminology_entry_to_string(segment["terminology"])
+        assert terminology == anatomy.terminology_entry(level)
         mask_ijk = slicerio.segment_mask(segmentation, level)
         assert np.array_equal(mask_ijk.transpose(2, 1, 0), spine_result.mask(spine_result.by_level(level)))
 

@@ -1,9 +1,6 @@
 """Volume reading: bad inputs give one InputError line; good inputs keep oblique, anisotropic geometry."""
 from __future__ import annotations
 
-import gzip
-import os
-import struct
 import subprocess
 import sys
 
@@ -112,9 +109,12 @@ def test_bad_inputs_print_no_traceback_or_itk_noise(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no images here")
     (tmp_path / "text.nrrd").write_text("hello")
-    code = ("import sys\nfrom SpineLabelLib.volume import load_volume\nfrom SpineLabelLib.errors import SpineLabelError\n"
-            "for p in sys.argv[1:]:\n    try:\n        load_volume(p)\n    except SpineLabelError as e:\n"
-            "        print(e, file=sys.stderr)\n")
+    code = ("import sys\n"
+            "from SpineLabelLib.volume import load_volume\n"
+            "from SpineLabelLib.errors import SpineLabelError\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n        load_volume(p)\n"
+            "    except SpineLabelError as e:\n        print(e, file=sys.stderr)\n")
     paths = [str(tmp_path / "notes"), str(tmp_path / "text.nrrd"), str(tmp_path / "absent.nii")]
     run = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=120)
     lines = run.stderr.strip().splitlines()
