@@ -10,13 +10,14 @@ import enum
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -71,7 +72,7 @@ class SpineLabelParameterNode:
     segmentation: vtkMRMLSegmentationNode
     points: vtkMRMLMarkupsFiducialNode
     table: vtkMRMLTableNode
-    level: str = "L1"
+    level: Annotated[str, Choice(LEVELS)] = "L1"
     exportFolder: Path
     replaceExport: bool = False
 
@@ -99,9 +100,6 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpineLabelLogic()
-        for modality in Modality:
-            self.ui.modalityComboBox.addItem(modality.name)
-        self.ui.levelComboBox.addItems(list(LEVELS))
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self.onPollJob)
@@ -396,13 +394,13 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         return self.nodes
 
-    def _write(self, volumeNode=None) -> None:
+    def _write(self, volumeNode=None, segments: bool = True) -> None:
         from SpineLabelLib import scene
 
         self.writing = True
         try:
-            self.nodes = scene.result_to_nodes(slicer.mrmlScene, self.result,
-                                               volumeNode or self.nodes.volume, nodes=self.nodes)
+            self.nodes = scene.result_to_nodes(slicer.mrmlScene, self.result, volumeNode or self.nodes.volume,
+                                               nodes=self.nodes, segments=segments)
         finally:
             self.writing = False
 
@@ -414,7 +412,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         self.result = scene.nodes_to_result(self.nodes, previous=self.result)
         if remeasure:
             pipeline.measure(self.result)
-        self._write()
+        self._write(segments=False)     # the segments already show what the person did
 
     def _correct(self, operation, *args) -> None:
         from SpineLabelLib import pipeline, scene

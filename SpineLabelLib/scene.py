@@ -179,8 +179,12 @@ def _fill_points(points_node, result: SpineResult, associated_id: str) -> None:
 
 
 def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNodes | None = None,
-                    name: str | None = None) -> SceneNodes:
-    """Show a result: create (or refill ``nodes``) segmentation, point list and measurement table."""
+                    name: str | None = None, segments: bool = True) -> SceneNodes:
+    """Show a result: create (or refill ``nodes``) segmentation, point list and measurement table.
+
+    ``segments=False`` keeps an existing segmentation as it is (after `nodes_to_result` read a person's
+    edits from it: rewriting it would disturb the Segment Editor mid-work).
+    """
     name = name or result.case_id
     if volume_node is None:
         volume_node = nodes.volume if nodes is not None else None
@@ -192,10 +196,11 @@ def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNo
         nodes.segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} vertebrae")
         nodes.segmentation.CreateDefaultDisplayNodes()
     seg = nodes.segmentation
-    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    # Also a node reference: Slicer's DICOM SEG export looks for it.
-    seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
-    _fill_segmentation(scene, seg, volume_node, result)
+    if segments or seg.GetSegmentation().GetNumberOfSegments() == 0:
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        # Also a node reference: Slicer's DICOM SEG export looks for it.
+        seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
+        _fill_segmentation(scene, seg, volume_node, result)
     if nodes.points is None:
         nodes.points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{name} centroids")
         nodes.points.CreateDefaultDisplayNodes()
@@ -359,6 +364,7 @@ def nodes_to_result(nodes, previous: SpineResult | None = None, scene=None) -> S
     vertebrae, claimed = _link_points(_read_points(nodes.points), segments)
     vertebrae += _unlinked_segments(segments, claimed, vertebrae)
     instances = _renumber(positions, segments, vertebrae, previous)
+    _stamp_instances(nodes.segmentation, segments, vertebrae)
     result = _new_result(previous, image, vertebrae, instances)
     _finish_new_segments(result)
     if previous is not None:
@@ -437,6 +443,15 @@ def _renumber(positions: np.ndarray, segments: list[dict], vertebrae: list[Verte
         v.instance = wanted[id(v)]
         lookup[position] = v.instance
     return lookup[positions]
+
+
+def _stamp_instances(seg_node, segments: list[dict], vertebrae: list[Vertebra]) -> None:
+    """Tag segments a person painted with their vertebra's instance, so the next reading keeps it."""
+    by_position = {s["position"]: s for s in segments}
+    for v in vertebrae:
+        s = by_position.get(getattr(v, "_position", 0))
+        if s and v.instance and s["instance"] != v.instance:
+            seg_node.GetSegmentation().GetSegment(s["id"]).SetTag(INSTANCE_TAG, str(v.instance))
 
 
 def _finish_new_segments(result: SpineResult) -> None:

@@ -32,6 +32,7 @@ def _stub_modules(monkeypatch) -> None:
 
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: None
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
 
     base = types.ModuleType("slicer.ScriptedLoadableModule")

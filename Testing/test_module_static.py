@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SpineLabel" / "SpineLabel.py"
 BATCH = ROOT / "SpineLabel" / "Scripts" / "batch.py"
 
-STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "copy", "tempfile", "argparse", "unittest"}
+STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "typing", "copy", "tempfile", "argparse", "unittest"}
 SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils"}
 ENGINE_FACADE = {"pipeline", "scene", "correction", "dataset", "background", "errors", "phantom",
                  "outputs", "summary", "volume"}

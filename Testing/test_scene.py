@@ -195,3 +195,19 @@ def test_painted_segment_without_point_becomes_a_vertebra(mrml):
     assert np.allclose(t12.centroid_ras, result.image.kji_to_ras(np.array([21.5, 7.0, 6.0]))[0], atol=1e-6)
     assert (after.instances == t12.instance).sum() == painted.sum()
     assert {v.instance for v in after.vertebrae} == {1, 2, 3, 4}
+    # Reading stamped the new segment with its instance: reading again changes nothing.
+    again = scene.nodes_to_result(nodes, previous=after)
+    assert again.by_level("T12").instance == t12.instance
+    assert again.corrections == after.corrections
+
+
+def test_keeping_the_segmentation_when_only_points_and_table_change(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    segment = nodes.segmentation.GetSegmentation().GetSegment("L1")
+    result.vertebrae[0].level = "T12"
+    scene.result_to_nodes(mrml, result, nodes=nodes, segments=False)
+    assert nodes.segmentation.GetSegmentation().GetSegment("L1") is segment
+    assert nodes.points.GetNthControlPointLabel(0) == "T12"
+    scene.result_to_nodes(mrml, result, nodes=nodes)
+    assert list(nodes.segmentation.GetSegmentation().GetSegmentIDs()) == ["T12", "L2", "L3"]
