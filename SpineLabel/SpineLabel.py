@@ -220,21 +220,26 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         points = nodes.points if nodes else None
         segmentation = nodes.segmentation if nodes else None
         if points is not self._observedPoints:
-            if self._observedPoints is not None:
-                self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPointDropped)
-                self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked)
-                self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
-            if points is not None:
-                self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPointDropped)
-                self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked)
-                self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+            for event, method in self._pointEvents():
+                if self._observedPoints is not None:
+                    self.removeObserver(self._observedPoints, event, method)
+                if points is not None:
+                    self.addObserver(points, event, method)
             self._observedPoints = points
         if segmentation is not self._observedSegmentation:
+            event = slicer.vtkSegmentation.SegmentModified
             if self._observedSegmentation is not None:
-                self.removeObserver(self._observedSegmentation.GetSegmentation(), slicer.vtkSegmentation.SegmentModified, self.onSegmentEdited)
+                self.removeObserver(self._observedSegmentation.GetSegmentation(), event, self.onSegmentEdited)
             if segmentation is not None:
-                self.addObserver(segmentation.GetSegmentation(), slicer.vtkSegmentation.SegmentModified, self.onSegmentEdited)
+                self.addObserver(segmentation.GetSegmentation(), event, self.onSegmentEdited)
             self._observedSegmentation = segmentation
+
+    def _pointEvents(self):
+        """One handler per markups event (their call data is the point index; never branch on the event)."""
+        markups = slicer.vtkMRMLMarkupsNode
+        return ((markups.PointEndInteractionEvent, self.onPointDropped),
+                (markups.PointStartInteractionEvent, self.onPointClicked),
+                (markups.PointPositionDefinedEvent, self.onPointPlaced))
 
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointClicked(self, caller, event, index) -> None:

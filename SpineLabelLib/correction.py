@@ -188,14 +188,13 @@ def diff_results(before: SpineResult, after: SpineResult) -> list[dict]:
                             "voxels_added": added, "voxels_removed": removed})
     paired_before = {id(a) for a, _ in pairs}
     paired_after = {id(b) for _, b in pairs}
-    for a in before.vertebrae:
-        if id(a) not in paired_before:
-            changes.append({"action": "delete", "level": a.level, "instance": a.instance,
-                            "centroid_ras": _ras_list(a.centroid_ras),
-                            "voxels": int((before.instances == a.instance).sum()) if a.instance and before.instances is not None else 0})
-    for b in after.vertebrae:
-        if id(b) not in paired_after:
-            changes.append({"action": "add", "level": b.level, "instance": b.instance,
-                            "centroid_ras": _ras_list(b.centroid_ras),
-                            "voxels": int((after.instances == b.instance).sum()) if b.instance and after.instances is not None else 0})
+    for action, result, paired in (("delete", before, paired_before), ("add", after, paired_after)):
+        for v in result.vertebrae:
+            if id(v) not in paired:
+                changes.append({"action": action, "level": v.level, "instance": v.instance,
+                                "centroid_ras": _ras_list(v.centroid_ras), "voxels": _voxels(result, v)})
     return changes
+
+
+def _voxels(result: SpineResult, v: Vertebra) -> int:
+    return int((result.instances == v.instance).sum()) if v.instance and result.instances is not None else 0
