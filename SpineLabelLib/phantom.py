@@ -311,7 +311,10 @@ def _paint_atlas_posterior(canvas: _Canvas, level: _Level) -> None:
     canvas.chain(level, back, 3.0 * s)
     for side in (-1, 1):
         canvas.capsule(level, (side * 20 * s, -6 * s, 0), (side * 36 * s, -8 * s, 0), 4.0 * s)
-    canvas.elliptic_tube(level, -16 * s, 13 * s, 10 * s, -level.height / 2 - level.disc - 1, level.height / 2 + 2, FAT)
+    z_low, z_high = -level.height / 2 - level.disc - 2, level.height / 2 + 2
+    canvas.elliptic_tube(level, -16 * s, 13 * s, 10 * s, z_low, z_high, FAT)
+    canvas.elliptic_tube(level, -16 * s, 11 * s, 8.5 * s, z_low, z_high, CSF)
+    canvas.elliptic_tube(level, -16 * s, 7 * s, 5 * s, z_low, z_high, CORD)
 
 
 def _paint_posterior(canvas: _Canvas, level: _Level) -> None:
@@ -367,7 +370,7 @@ def _paint_ribs(canvas: _Canvas, level: _Level) -> None:
     z = 0.15 * level.body_height
     tubercle_x = p["canal_width"] / 2 + p["transverse"] * 0.85
     start = math.asin(min(0.95, tubercle_x / half_x))
-    angles = np.linspace(start, reach + start * 0.5, 8)
+    angles = math.pi - np.linspace(start, reach + start * 0.5, 8)     # _ring_points: 0 = anterior
     radius = 3.5 * s if index == 0 else 4.0 * s
     for side in (-1, 1):
         head = (side * (level.width / 2 + 1.0), back + 4.0, z + 2.0)
@@ -601,49 +604,67 @@ def _crop_superior_inferior(shape, affine, levels: list[_Level], cuts) -> tuple[
     return tuple(size_ijk[::-1]), affine
 
 
-def _outline_lookup(row, offset, i, j, k, level_s, table) -> list[np.ndarray]:
-    """Outline parameters at each voxel's S. When S depends on one array axis only (the usual case)
-    they are computed per plane; otherwise looked up in a 0.25 mm table (np.interp per voxel is slow)."""
-    if np.count_nonzero(np.abs(row) > 1e-9) <= 1:
-        axis = int(np.argmax(np.abs(row)))
-        sup = row[axis] * (i, j, k)[axis] + offset
-        return [np.interp(sup, level_s, table[:, c]).astype(np.float32) for c in range(table.shape[1])]
-    corners = [row[0] * a + row[1] * b + row[2] * c + offset for a in (i.min(), i.max())
-               for b in (j.min(), j.max()) for c in (k.min(), k.max())]
-    low, step = float(min(corners)), 0.25
-    fine_s = np.arange(low, float(max(corners)) + 2 * step, step)
-    fine = np.stack([np.interp(fine_s, level_s, table[:, c]) for c in range(table.shape[1])]).astype(np.float32)
-    index = ((row[0] * i + row[1] * j + row[2] * k + (offset - low)) / step + 0.5).astype(np.int32)
-    return [column[index] for column in fine]
+_BLOCK = 4   # outline parameters are evaluated once per 4 x 4 voxels in (j, i): they vary slowly
+
+
+def _outline_columns(level_s: np.ndarray, table: np.ndarray, s_values: np.ndarray) -> np.ndarray:
+    """Derived outline quantities at given S (rows), so that each voxel needs only a few operations."""
+    cr, ca, depth, width, ap, back, fat, lung, airway = (np.interp(s_values, level_s, table[:, c]) for c in range(9))
+    big = 1e12                                   # inverse square of a vanishing radius: nothing inside
+    lung_on, airway_on = lung > 0.05, airway > 0.05
+    return np.stack([
+        cr, ca - back + ap / 2, (width / 2) ** -2, (ap / 2) ** -2, (width / 2 - fat) ** -2, (ap / 2 - fat) ** -2,
+        ca + depth / 2,                                                  # organs lie anterior to this
+        0.22 * width, np.where(lung_on, np.maximum(0.16 * width * lung, 1e-3) ** -2.0, big), ca + 0.12 * ap,
+        np.where(lung_on, np.maximum(0.3 * ap * lung, 1e-3) ** -2.0, big),
+        ca + depth / 2 + 22.0, np.where(airway_on, np.maximum(8.0 * airway, 1e-3) ** -2.0, big),
+    ], axis=-1).astype(np.float32)
+
+
+def _linear(coefficients, axes, offset) -> np.ndarray:
+    """sum(c * axis) + offset over broadcastable axes, skipping zero terms so that an axis-aligned grid
+    keeps small broadcast shapes (an R coordinate that depends on i only stays a row)."""
+    total = np.asarray(offset).reshape((1,) * axes[0].ndim)
+    for c, axis in zip(coefficients, axes):
+        if abs(float(c)) > 1e-12:
+            total = total + c * axis
+    return total
 
 
 # --- body outline, lungs, airway: one chunked pass over the grid in world coordinates ---------------
 def _paint_outline(canvas: _Canvas, levels: list[_Level], chunk_voxels: int = 4_000_000) -> None:
-    """Axial cross-sections (perpendicular to world S, as a standing torso): skin, fat, muscle, organs."""
+    """Axial cross-sections (perpendicular to world S, as a standing torso): skin, fat, muscle, organs,
+    lungs and airway. Works on (k, j/4, 4, i/4, 4) views so per-voxel work is a few float operations."""
     level_s, table = _outline_table(levels)
     nk, nj, ni = canvas.shape
-    per_chunk = max(1, chunk_voxels // (nj * ni))
-    a, t = canvas.affine[:3, :3].astype(np.float32), canvas.affine[:3, 3].astype(np.float32)
-    i = np.arange(ni, dtype=np.float32)[None, None, :]
-    j = np.arange(nj, dtype=np.float32)[None, :, None]
+    bj, bi = -(-nj // _BLOCK), -(-ni // _BLOCK)
+    per_chunk = max(1, chunk_voxels // (bj * bi * _BLOCK * _BLOCK))
+    a, t = canvas.affine[:3, :3], canvas.affine[:3, 3]
+    i = np.arange(bi * _BLOCK, dtype=np.float32).reshape(1, 1, 1, bi, _BLOCK)
+    j = np.arange(bj * _BLOCK, dtype=np.float32).reshape(1, bj, _BLOCK, 1, 1)
+    i_centre = (np.arange(bi) * _BLOCK + (_BLOCK - 1) / 2).reshape(1, 1, 1, bi, 1)
+    j_centre = (np.arange(bj) * _BLOCK + (_BLOCK - 1) / 2).reshape(1, bj, 1, 1, 1)
     for k0 in range(0, nk, per_chunk):
-        k = np.arange(k0, min(nk, k0 + per_chunk), dtype=np.float32)[:, None, None]
-        r, ant = (a[n, 0] * i + a[n, 1] * j + a[n, 2] * k + t[n] for n in range(2))
-        p = _outline_lookup(a[2], t[2], i, j, k, level_s, table)
-        centre_r, centre_a, depth, width, ap, back, fat, lung, airway = p
-        dx, da = r - centre_r, ant - (centre_a - back + ap / 2)
-        outer = (dx / (width / 2)) ** 2 + (da / (ap / 2)) ** 2 <= 1.0
-        inner = (dx / (width / 2 - fat)) ** 2 + (da / (ap / 2 - fat)) ** 2 <= 1.0
-        out = np.where(outer, np.uint8(FAT), np.uint8(AIR))
-        out[inner] = MUSCLE
-        out[inner & (ant > centre_a + depth / 2)] = ORGAN
-        for side in (-1.0, 1.0):
-            lx, ly = 0.2 * width * lung + 1e-3, 0.36 * ap * lung + 1e-3
-            inside = ((dx - side * 0.26 * width) / lx) ** 2 + ((ant - centre_a - 0.05 * ap) / ly) ** 2 <= 1.0
-            out[inside & (lung > 0.05) & inner] = LUNG
-        tube = (dx ** 2 + (ant - centre_a - depth / 2 - 22.0) ** 2) <= (8.0 * airway) ** 2
-        out[tube & (airway > 0.05)] = AIR
-        canvas.tissues[k0:k0 + len(k)] = out
+        k = np.arange(k0, min(nk, k0 + per_chunk), dtype=np.float32).reshape(-1, 1, 1, 1, 1)
+        sup = _linear(a[2], (i_centre, j_centre, k.astype(float)), t[2])
+        c = np.moveaxis(_outline_columns(level_s, table, sup), -1, 0)
+        r, ant = (_linear(a[n].astype(np.float32), (i, j, k), np.float32(t[n])) for n in range(2))
+        dx, da = r - c[0], ant - c[1]
+        dx2, da2 = dx * dx, da * da
+        # np.copyto(where=...) broadcasts masks that lack an axis (axis-aligned grids keep them small)
+        out = np.zeros((len(k), bj, _BLOCK, bi, _BLOCK), dtype=np.uint8)
+        np.copyto(out, np.uint8(FAT), where=dx2 * c[2] + da2 * c[3] <= 1.0)
+        inner = dx2 * c[4] + da2 * c[5] <= 1.0
+        np.copyto(out, np.uint8(MUSCLE), where=inner)
+        np.copyto(out, np.uint8(ORGAN), where=inner & (ant > c[6]))
+        if np.any(c[8] < 1e11):
+            lung_da2 = (ant - c[9]) ** 2 * c[10]
+            for side in (-1.0, 1.0):
+                np.copyto(out, np.uint8(LUNG), where=inner & ((dx - side * c[7]) ** 2 * c[8] + lung_da2 <= 1.0))
+        if np.any(c[12] < 1e11):
+            np.copyto(out, np.uint8(AIR), where=(dx2 + (ant - c[11]) ** 2) * c[12] <= 1.0)
+        out = out.reshape(len(k), bj * _BLOCK, bi * _BLOCK)
+        canvas.tissues[k0:k0 + len(k)] = out[:, :nj, :ni]
 
 
 # --- intensities -------------------------------------------------------------------------------
@@ -686,13 +707,20 @@ def render(tissues: np.ndarray, modality: str, seed: int = 0, noise: float | Non
     """
     rng = np.random.default_rng([int(seed), 1])
     values = tissue_intensities(modality, rng)
-    image = values[tissues]
-    if bias_field and modality != "ct":
-        for factor in _bias_field(image.shape, rng):
-            image *= factor
+    bias = _bias_field(tissues.shape, rng) if bias_field and modality != "ct" else ()
     sigma = DEFAULT_NOISE[modality] if noise is None else float(noise)
-    if sigma > 0:
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
+    image = np.empty(tissues.shape, dtype=np.float32)
+    if sigma > 0:                      # noise drawn straight into the output buffer, then scaled in place
+        rng.standard_normal(dtype=np.float32, out=image)
+        image *= np.float32(sigma)
+    else:
+        image.fill(0.0)
+    step = max(1, 4_000_000 // max(1, tissues[0].size))      # in slabs: no second full-size float array
+    for k0 in range(0, tissues.shape[0], step):
+        clean = np.take(values, tissues[k0:k0 + step])
+        for factor in bias:
+            clean *= factor[k0:k0 + step] if factor.shape[0] > 1 else factor
+        image[k0:k0 + step] += clean
     if modality != "ct":
         np.maximum(image, 0.0, out=image)
     return image
@@ -748,16 +776,19 @@ def _truth_entry(level: _Level, inside: int, total: int, centroid) -> dict:
 
 def _centroid(canvas: _Canvas, code: int, level: _Level) -> np.ndarray | None:
     """Centroid (RAS) of the final label mask of one code, searched in the level's neighbourhood."""
-    reach = max(level.width, level.depth, level.height) + 20.0
+    reach = max(level.width / 2, level.depth / 2, level.height / 2 + DENS_LENGTH + DENS_RADIUS, 30.0 * level.scale) + 2.0
     block = canvas.block(level.origin, level.axes, (-reach,) * 3, (reach,) * 3)
     if block is None:
         return None
     ranges = block[0]
     view = canvas.labels[tuple(slice(a, b) for a, b in ranges)]
-    voxels = np.argwhere(view == code)
-    if not len(voxels):
+    mask = view == code
+    count = int(mask.sum())
+    if not count:
         return None
-    kji = voxels.mean(axis=0) + np.array([a for a, _ in ranges])
+    # mean index per axis from the projections: far cheaper than listing every voxel
+    kji = np.array([(mask.sum(axis=tuple(a for a in range(3) if a != n)) * np.arange(mask.shape[n])).sum() / count
+                    for n in range(3)]) + np.array([a for a, _ in ranges])
     ijk = kji[::-1]
     return canvas.affine[:3, :3] @ ijk + canvas.affine[:3, 3]
 
