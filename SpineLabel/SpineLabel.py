@@ -196,7 +196,7 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = False
         with slicer.util.tryWithErrorDisplay(_("SpineLabel failed."), waitCursor=True):
             try:
-                nodes = self.logic.finishProcess(job, self._parameterNode.inputVolume)
+                nodes = self.logic.finishProcess(job, self._outputNodes())
             finally:
                 self._updateButtons()
             self._parameterNode.segmentation = nodes.segmentation
@@ -204,6 +204,13 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.table = nodes.table
             self.ui.statusLabel.text = _("{count} vertebrae found.").format(count=len(self.logic.result.vertebrae))
         self._updateButtons()
+
+    def _outputNodes(self):
+        """The output nodes chosen in the panel (empty selectors: the logic creates nodes)."""
+        from SpineLabelLib.scene import SceneNodes
+
+        params = self._parameterNode
+        return SceneNodes(None, params.segmentation, params.points, params.table)
 
     def _cancelJob(self) -> None:
         if self._timer:
@@ -374,25 +381,38 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         from SpineLabelLib.background import BackgroundRun
 
         job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), model, modality)
+        job.volumeNodeID = volumeNode.GetID()      # results go onto this volume even if the selection changes
         job.start()
         return job
 
-    def finishProcess(self, job, volumeNode):
+    def finishProcess(self, job, outputs=None):
+        """Show a finished background job's result on the volume it was started for."""
         try:
             from SpineLabelLib.background import DONE
 
             status = job.poll()
             if status.state != DONE:
                 raise RuntimeError(status.message)
-            return self.show(job.result(), volumeNode)
+            volumeNode = slicer.mrmlScene.GetNodeByID(job.volumeNodeID)
+            if volumeNode is None:
+                raise RuntimeError(_("The input volume was removed while SpineLabel was running."))
+            return self.show(job.result(), volumeNode, outputs)
         finally:
             job.cleanup()
 
-    def show(self, result, volumeNode):
-        """Put a result into the scene (reusing this case's nodes) and show it in 2-D and 3-D."""
+    def show(self, result, volumeNode, outputs=None):
+        """Put a result into the scene and show it in 2-D and 3-D.
+
+        ``outputs`` (scene.SceneNodes) names nodes to fill; missing ones are created.
+        """
         import copy
 
         self.result, self.original = result, copy.deepcopy(result)
+        if outputs is not None:
+            outputs.volume = volumeNode
+            self.nodes = outputs
+        elif self.nodes is not None and self.nodes.volume is not volumeNode:
+            self.nodes = None                   # another case: new nodes, the previous case's stay
         self._write(volumeNode)
         segmentation = self.nodes.segmentation
         segmentation.CreateClosedSurfaceRepresentation()

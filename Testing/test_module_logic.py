@@ -97,3 +97,32 @@ def test_logic_records_scene_edits_before_a_correction(module):
     assert logic.result.corrections[-2]["origin"] == "scene"
     assert nodes.table.GetNumberOfRows() == 3
     assert scene.segment_id_of(nodes.segmentation, logic.result.vertebrae[2]) == "L3"
+
+
+def test_blocking_process_and_background_finish_show_results(module, monkeypatch):
+    import SpineLabelLib.detector as detector
+    from test_batch import fake_detect
+    from test_correction import lumbar_result
+
+    from SpineLabelLib.background import BackgroundRun
+
+    monkeypatch.setattr(detector, "detect", fake_detect, raising=False)
+    image = lumbar_result().image
+    first = scene.volume_to_node(slicer.mrmlScene, image, "first")
+    logic = module.SpineLabelLogic()
+    nodes = logic.process(first, modality="ct")
+    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
+    assert nodes.table.GetNumberOfRows() == 5
+
+    second = scene.volume_to_node(slicer.mrmlScene, image, "second")
+    job = BackgroundRun(image, "second", modality="ct", detector="test_batch:fake_detect")
+    job.volumeNodeID = second.GetID()
+    job.start()
+    job.wait(timeout=120)
+    chosen_table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "my table")
+    shown = logic.finishProcess(job, scene.SceneNodes(None, None, None, chosen_table))
+    assert shown.volume is second and shown.table is chosen_table
+    assert shown.segmentation is not nodes.segmentation                  # the first case keeps its nodes
+    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
+    assert chosen_table.GetNumberOfRows() == 5
+    assert not job.folder.exists()
