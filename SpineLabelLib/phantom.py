@@ -476,8 +476,32 @@ def _tilt(axes: np.ndarray, about_right_deg: float, about_anterior_deg: float) -
     return axes @ rx @ ry
 
 
+# Typical adult sagittal angles per region (degrees, + = lordosis), spread over the region's levels.
+REGIONAL_CURVES = {"cervical": 25.0, "thoracic": -40.0, "lumbar": 50.0}
+
+
+def _regional_profile(levels: list[_Level], tops: list[float], origins: list[float]) -> list[tuple]:
+    """(start_s, stop_s, angle_rad, mean ramp over the spine) per region present, for physiological curves.
+
+    A partial region gets the share of its angle its levels represent."""
+    ends = [o - lv.stack_bottom() for lv, o in zip(levels, origins)]
+    length = max(ends[-1], 1.0)
+    samples = np.linspace(0.0, length, 200)
+    profile = []
+    for region, angle in REGIONAL_CURVES.items():
+        members = [n for n, lv in enumerate(levels) if anatomy.region(lv.name) == region
+                   or (region == "lumbar" and lv.name == "S1")]
+        if not members:
+            continue
+        total = sum(1 for n in anatomy.STANDARD_ORDER if anatomy.region(n) == region) + (region == "lumbar")
+        start, stop = tops[members[0]], max(ends[members[-1]], tops[members[0]] + 1.0)
+        mean = float(np.mean(np.clip((samples - start) / (stop - start), 0.0, 1.0)))
+        profile.append((start, stop, math.radians(angle) * min(1.0, len(members) / total), mean))
+    return profile
+
+
 def _place(levels: list[_Level], lordosis_deg: float, scoliosis_deg: float, axial_apex_deg: float,
-           angle_jitter: np.ndarray) -> np.ndarray:
+           angle_jitter: np.ndarray, physiological: bool = False) -> np.ndarray:
     """Set each level's origin and axes; return the sampled centre line (N, 3) from head to feet.
 
     Arc length s runs caudally. The sagittal tilt grows linearly along s from -lordosis/2 to
@@ -492,9 +516,13 @@ def _place(levels: list[_Level], lordosis_deg: float, scoliosis_deg: float, axia
         s = origins[-1] - level.stack_bottom() + (level.disc if n + 1 < len(levels) else 0.0)
     length = max(s, 1.0)
 
+    profile = _regional_profile(levels, tops, origins) if physiological else []
+
     def superior_at(s: np.ndarray) -> np.ndarray:
         fraction = np.clip(s / length, 0.0, 1.0) - 0.5
         alpha = math.radians(lordosis_deg) * fraction
+        for start, stop, angle, mean in profile:
+            alpha = alpha + angle * (np.clip((s - start) / (stop - start), 0.0, 1.0) - mean)
         for top, level in zip(tops, levels):
             alpha = alpha + level.wedge_angle() * (s < top)
         beta = math.radians(scoliosis_deg) * fraction
@@ -799,7 +827,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                      field_of_view: tuple[float, float] | None = None, noise: float | None = None,
                      bias_field: bool = True, direction=None, axial_rotation_deg: float | None = None,
                      size_jitter: float = 0.03, angle_jitter_deg: float = 0.0,
-                     lateral_fov_mm: float | None = 200.0, crop_to_spine: bool = False) -> Phantom:
+                     lateral_fov_mm: float | None = 200.0, crop_to_spine: bool = False,
+                     physiological_curves: bool = False) -> Phantom:
     """Build a spine phantom with exact truth (see the module docstring for the construction).
 
     levels: contiguous names from anatomy.ORDER, cranial first. spacing: (i, j, k) mm.
@@ -814,6 +843,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     bodies losing voxels are marked partial. lateral_fov_mm: width of the image (None = whole
     torso); crop_to_spine: image only the vertebrae with a small margin (small, fast volumes).
     size_jitter: relative SD of per-level size; angle_jitter_deg: SD of per-level tilt and rotation.
+    physiological_curves: add typical regional curves (cervical lordosis 25, thoracic kyphosis 40,
+    lumbar lordosis 50 degrees, pro rata for partial regions) on top of lordosis_deg.
     """
     names = _check_levels(levels)
     modality = str(modality).lower()
@@ -827,7 +858,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     built = _make_levels(names, fractures, rng, size_jitter)
     jitter = angle_jitter_deg * rng.standard_normal((len(built), 3))
     axial_apex = 0.4 * scoliosis_deg if axial_rotation_deg is None else axial_rotation_deg
-    _place(built, lordosis_deg, scoliosis_deg, axial_apex, jitter)
+    _place(built, lordosis_deg, scoliosis_deg, axial_apex, jitter, physiological_curves)
     shape, affine = _grid(_content_box(built, lateral_fov_mm, crop_to_spine), spacing,
                           _directions(rotation_deg, direction))
     if field_of_view is not None:
@@ -849,7 +880,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                        "rotation_deg": [float(r) for r in rotation_deg],
                        "field_of_view": None if field_of_view is None else [float(c) for c in field_of_view],
                        "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
-                       "angle_jitter_deg": angle_jitter_deg},
+                       "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves},
         "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % of "
                              "the body depth from the anterior edge",
         "tissues": list(TISSUE_NAMES),

@@ -8,7 +8,7 @@ from scipy import ndimage
 from SpineLabelLib import anatomy
 from SpineLabelLib.errors import InputError
 from SpineLabelLib.phantom import (CANCELLOUS, CORTICAL, CSF, FAT, MUSCLE, ANNULUS, NUCLEUS, AIR, Phantom,
-                                   generate_phantom, genant_grade, write_phantom)
+                                   generate_phantom, genant_grade, make_phantom, write_phantom)
 from SpineLabelLib.volume import load_volume
 
 LUMBAR = ["L1", "L2", "L3"]
@@ -186,3 +186,32 @@ def test_write_phantom(tmp_path):
     truth = json.loads(paths["truth"].read_text())
     assert truth["case_id"] == "case_1" and [v["level"] for v in truth["vertebrae"]] == ["L2", "L3"]
     assert truth["vertebrae"][0]["centroid_ras"] == pytest.approx(phantom.truth["vertebrae"][0]["centroid_ras"])
+
+
+def test_physiological_curves_bend_the_regions():
+    phantom = small(["T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"], physiological_curves=True,
+                    spacing=1.5)
+    superior = {v["level"]: np.array(v["axes_ras"]["superior"]) for v in phantom.truth["vertebrae"]}
+    # lumbar lordosis: from L1 to S1 the superior axis turns from pointing backwards to pointing forwards
+    assert superior["L1"][1] < superior["S1"][1] - 0.5
+    assert [v["level"] for v in phantom.truth["vertebrae"]][-1] == "S1"
+    assert not phantom.truth["vertebrae"][-1]["partial"]
+
+
+def test_make_phantom_gives_a_spine_result():
+    result = make_phantom("L2-L3", spacing=2.0, crop_to_spine=True)
+    assert result.levels == ["L2", "L3"] and result.modality == "ct"
+    assert result.instances.shape == result.image.array.shape
+
+
+def test_write_phantom_slicer_files_when_writers_exist(tmp_path):
+    pytest.importorskip("SpineLabelLib.segfile")
+    pytest.importorskip("SpineLabelLib.markups")
+    from SpineLabelLib.markups import read_markups
+
+    phantom = small(["L2", "L3"], spacing=1.5)
+    paths = write_phantom(phantom, tmp_path, "ph")
+    assert paths["segmentation"].name == "ph.seg.nrrd" and paths["segmentation"].stat().st_size > 0
+    points = read_markups(paths["markups"])
+    assert [p.level for p in points] == ["L2", "L3"]
+    np.testing.assert_allclose(points[0].centroid_ras, phantom.vertebra("L2")["centroid_ras"], atol=1e-3)
