@@ -727,28 +727,68 @@ def _bias_field(shape, rng: np.random.Generator, strength: float = 0.15) -> tupl
     return tuple(factors)
 
 
-def render(tissues: np.ndarray, modality: str, seed: int = 0, noise: float | None = None,
-           bias_field: bool = True) -> np.ndarray:
-    """Image (float32) from a tissue-class map: intensity table, bias field (MR-like only) and noise.
+# Relative texture amplitude per tissue class (order as TISSUE_NAMES): organs and marrow are the most
+# heterogeneous, fluid the least.
+TEXTURE_WEIGHT = np.array([0.0, 0.5, 0.8, 1.5, 0.5, 0.3, 1.0, 0.5, 0.6, 0.15, 0.3], dtype=np.float32)
+TEXTURE_SCALE_MM = 12.0
 
-    CT has no bias field (bias_field is ignored for "ct"); MR-like images are clipped at 0.
+
+def _smooth_field(shape, spacing_kji, rng: np.random.Generator, scale_mm: float = TEXTURE_SCALE_MM) -> np.ndarray:
+    """Smooth random field (about unit SD, features ~scale_mm): coarse Gaussian noise interpolated with
+    per-axis Gaussian weight matrices, applied as three matrix products (BLAS, no 3-D resampling)."""
+    matrices = []
+    for n, s in zip(shape, spacing_kji):
+        coarse = int(math.ceil(n * s / scale_mm)) + 4
+        position = np.arange(n) * s / scale_mm + 2.0
+        weights = np.exp(-0.5 * ((position[:, None] - np.arange(coarse)[None, :]) / 0.8) ** 2)
+        weights /= np.sqrt((weights ** 2).sum(axis=1, keepdims=True))      # unit variance after mixing
+        matrices.append(weights.astype(np.float32))
+    wk, wj, wi = matrices
+    field = rng.standard_normal((wk.shape[1], wj.shape[1], wi.shape[1]), dtype=np.float32)
+    field = field @ wi.T                                         # (ck, cj, ni)
+    field = np.einsum("kjn,Jj->kJn", field, wj)                  # (ck, nj, ni)
+    return (wk @ field.reshape(field.shape[0], -1)).reshape(shape)
+
+
+def render(tissues: np.ndarray, modality: str, seed: int = 0, noise: float | None = None,
+           bias_field: bool = True, *, texture: float = 0.0, blur_mm: float = 0.0,
+           spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Image (float32) from a tissue-class map: intensity table, texture, bias field, blur, then noise.
+
+    texture: relative SD of a smooth (~12 mm) multiplicative variation of each tissue's contrast to
+    air, weighted per tissue (TEXTURE_WEIGHT). blur_mm: Gaussian point-spread SD in mm. spacing (i, j, k)
+    mm is needed for both. CT has no bias field (bias_field is ignored for "ct"); MR-like images are
+    clipped at 0.
     """
     rng = np.random.default_rng([int(seed), 1])
     values = tissue_intensities(modality, rng)
     bias = _bias_field(tissues.shape, rng) if bias_field and modality != "ct" else ()
-    sigma = DEFAULT_NOISE[modality] if noise is None else float(noise)
+    spacing_kji = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))[::-1]
+    field = None
+    if texture > 0:
+        field = _smooth_field(tissues.shape, spacing_kji, np.random.default_rng([int(seed), 2]))
+        # CT contrast to air is ~1000 HU for every tissue: a tenth of the MR-like relative texture
+        amplitude = np.float32(texture * (0.1 if modality == "ct" else 1.0)) * TEXTURE_WEIGHT
+    air = np.float32(values[AIR])
     image = np.empty(tissues.shape, dtype=np.float32)
-    if sigma > 0:                      # noise drawn straight into the output buffer, then scaled in place
-        rng.standard_normal(dtype=np.float32, out=image)
-        image *= np.float32(sigma)
-    else:
-        image.fill(0.0)
     step = max(1, 4_000_000 // max(1, tissues[0].size))      # in slabs: no second full-size float array
     for k0 in range(0, tissues.shape[0], step):
-        clean = np.take(values, tissues[k0:k0 + step])
+        slab = tissues[k0:k0 + step]
+        clean = np.take(values - air, slab)
+        if field is not None:
+            clean *= 1.0 + np.take(amplitude, slab) * field[k0:k0 + step]
+        clean += air
         for factor in bias:
             clean *= factor[k0:k0 + step] if factor.shape[0] > 1 else factor
-        image[k0:k0 + step] += clean
+        image[k0:k0 + step] = clean
+    if blur_mm > 0:
+        from scipy import ndimage
+
+        image = ndimage.gaussian_filter(image, sigma=[blur_mm / s for s in spacing_kji], truncate=3.0)
+    sigma = DEFAULT_NOISE[modality] if noise is None else float(noise)
+    if sigma > 0:
+        for k0 in range(0, tissues.shape[0], step):
+            image[k0:k0 + step] += rng.standard_normal(image[k0:k0 + step].shape, dtype=np.float32) * np.float32(sigma)
     if modality != "ct":
         np.maximum(image, 0.0, out=image)
     return image
@@ -828,7 +868,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                      bias_field: bool = True, direction=None, axial_rotation_deg: float | None = None,
                      size_jitter: float = 0.03, angle_jitter_deg: float = 0.0,
                      lateral_fov_mm: float | None = 200.0, crop_to_spine: bool = False,
-                     physiological_curves: bool = False) -> Phantom:
+                     physiological_curves: bool = False, texture: float = 0.0, blur_mm: float = 0.0) -> Phantom:
     """Build a spine phantom with exact truth (see the module docstring for the construction).
 
     levels: contiguous names from anatomy.ORDER, cranial first. spacing: (i, j, k) mm.
@@ -845,6 +885,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     size_jitter: relative SD of per-level size; angle_jitter_deg: SD of per-level tilt and rotation.
     physiological_curves: add typical regional curves (cervical lordosis 25, thoracic kyphosis 40,
     lumbar lordosis 50 degrees, pro rata for partial regions) on top of lordosis_deg.
+    texture (e.g. 0.1) and blur_mm (e.g. 0.6): smooth tissue heterogeneity and a Gaussian point-spread
+    function, for more realistic training images (see `render`); both off by default (speed).
     """
     names = _check_levels(levels)
     modality = str(modality).lower()
@@ -865,7 +907,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
         shape, affine = _crop_superior_inferior(shape, affine, built, field_of_view)
     canvas = _Canvas(shape, affine)
     counts = _paint_all(canvas, built)
-    image = render(canvas.tissues, modality, seed, noise, bias_field)
+    image = render(canvas.tissues, modality, seed, noise, bias_field, texture=texture, blur_mm=blur_mm, spacing=spacing)
     entries, outside = [], []
     for level in built:
         inside, total = counts[level.name]
@@ -880,7 +922,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                        "rotation_deg": [float(r) for r in rotation_deg],
                        "field_of_view": None if field_of_view is None else [float(c) for c in field_of_view],
                        "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
-                       "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves},
+                       "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves,
+                       "texture": texture, "blur_mm": blur_mm},
         "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % of "
                              "the body depth from the anterior edge",
         "tissues": list(TISSUE_NAMES),

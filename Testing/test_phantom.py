@@ -215,3 +215,14 @@ def test_write_phantom_slicer_files_when_writers_exist(tmp_path):
     points = read_markups(paths["markups"])
     assert [p.level for p in points] == ["L2", "L3"]
     np.testing.assert_allclose(points[0].centroid_ras, phantom.vertebra("L2")["centroid_ras"], atol=1e-3)
+
+
+def test_texture_and_blur_change_only_the_image():
+    plain = small(["L2", "L3"], modality="t1", seed=5)
+    rich = small(["L2", "L3"], modality="t1", seed=5, texture=0.15, blur_mm=0.7)
+    again = small(["L2", "L3"], modality="t1", seed=5, texture=0.15, blur_mm=0.7)
+    assert np.array_equal(rich.image.array, again.image.array)
+    assert np.array_equal(rich.labels.array, plain.labels.array) and rich.truth["vertebrae"] == plain.truth["vertebrae"]
+    assert np.abs(rich.image.array - plain.image.array).mean() > 5
+    means = _class_means(rich)
+    assert means[FAT] > means[CANCELLOUS] > means[ANNULUS]
