@@ -48,12 +48,14 @@ class LabellingParams:
     """Tuning of the assignment (costs are negative log-likelihoods, unit-free)."""
 
     step_log_sigma: float = 0.08      # spread of log(observed / expected) distance of one step
+    misfit_dof: float = 3.0           # Student-t tail: odd single steps are tolerated, halvings/doublings not
     scale_log_sigma: float = 0.15     # spread of the patient scale around the typical adult
     missing_cost: float = 3.0         # per vertebra missing inside a gap
     skip_base_cost: float = 2.0       # skipping a point of detection score 0 ...
     skip_score_cost: float = 4.0      # ... plus this times its score
     score_floor: float = 2e-3         # probabilities below this count as this (overconfident detectors)
-    outlier_mm: float = 25.0          # off the local spine line by more -> spurious
+    score_weight: float = 1.0         # < 1 tempers overconfident level scores
+    outlier_mm: float = 30.0          # off the spine's local course by more -> spurious
     min_detection_score: float = 0.05
     orientation_cost: float = 30.0    # flipping a perfectly vertical chain upside down
     caudal_l5_cost: float = 1.5       # default prior (no scores, no anchors): bottom point not L5
@@ -107,20 +109,24 @@ def _transitional_cost() -> np.ndarray:
     return cost
 
 
-def region_scores_to_level_scores(region_probs: np.ndarray, regions: str = "CTL") -> np.ndarray:
+def region_scores_to_level_scores(region_probs: np.ndarray, regions: str = "CTL",
+                                  missing_region_prob: float = 0.05) -> np.ndarray:
     """Per-region probabilities (N, len(regions)), e.g. a detector's C/T/L head, -> (N, len(ORDER)).
 
     Each region's probability is spread evenly over its usual levels (T13 and L6 get the same share
-    as a usual level; their rarity is handled by the assignment's prior). Regions not given ('S')
-    get a small floor so the sacrum is unlikely but possible.
+    as a usual level; their rarity is handled by the assignment's prior). A region the detector does
+    not know (the sacrum for a C/T/L head) gets `missing_region_prob`: detectors without a sacrum class
+    still fire on S1 and call it lumbar, and that point must be free to become S1 rather than push
+    every lumbar label up by one.
     """
     probs = np.asarray(region_probs, dtype=float).reshape(len(region_probs), len(regions))
     probs = np.clip(probs, 0, None) / np.clip(probs.sum(axis=1, keepdims=True), 1e-9, None)
-    out = np.full((len(probs), N_LEVELS), 1e-3)
-    for r, letter in enumerate(regions):
+    out = np.zeros((len(probs), N_LEVELS))
+    for letter in "CTLS":
         columns = [k for k, n in enumerate(LEVELS) if n[0] == letter]
         usual = sum(1 for k in columns if LEVELS[k] not in anatomy.TRANSITIONAL)
-        out[:, columns] = probs[:, [r]] / usual
+        share = probs[:, [regions.index(letter)]] if letter in regions else missing_region_prob
+        out[:, columns] = share / usual
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -152,40 +158,53 @@ def _project_on_polyline(point: np.ndarray, line: np.ndarray) -> float:
     return float(np.concatenate([[0], np.cumsum(lengths)])[k] + t[k] * lengths[k])
 
 
-def _off_line_mm(points: np.ndarray, position: np.ndarray, k: int = 4) -> np.ndarray:
-    """Distance of each point from the straight line through its k nearest neighbours along the chain."""
+def _off_chain_mm(points: np.ndarray) -> np.ndarray:
+    """Distance of each point (in chain order) from its neighbours' course: from the segment joining the
+    previous and next points for inner points, from the line through the two nearest for end points."""
     off = np.zeros(len(points))
     if len(points) < 4:
         return off
     for i in range(len(points)):
-        others = np.delete(np.arange(len(points)), i)
-        near = others[np.argsort(np.abs(position[others] - position[i]))[:k]]
-        centre = points[near].mean(axis=0)
-        direction = np.linalg.svd(points[near] - centre)[2][0]
-        rel = points[i] - centre
-        off[i] = np.linalg.norm(rel - rel.dot(direction) * direction)
+        if 0 < i < len(points) - 1:
+            a, b = points[i - 1], points[i + 1]
+            t = np.clip(np.dot(points[i] - a, b - a) / max(np.dot(b - a, b - a), 1e-12), 0, 1)
+            off[i] = np.linalg.norm(points[i] - (a + t * (b - a)))
+        else:
+            a, b = (points[1], points[2]) if i == 0 else (points[-2], points[-3])
+            direction = (a - b) / max(np.linalg.norm(a - b), 1e-12)
+            rel = points[i] - a
+            off[i] = np.linalg.norm(rel - rel.dot(direction) * direction)
     return off
 
 
 def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.outlier_mm
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(order, is_outlier): point indices sorted along the spine chain (either direction), and a mask
-    of points far off the spine line. Ordering is redone without the outliers so they cannot bend it."""
+    of points far off the spine's course. The worst outlier is removed and the chain rebuilt, one at a
+    time, so an outlier cannot bend the chain or make its true neighbours look like outliers."""
     points = np.asarray(points, dtype=float)
     outlier = np.zeros(len(points), dtype=bool)
-    for _ in range(2):
+    while True:
         keep = np.flatnonzero(~outlier)
         path = keep[_longest_tree_path(points[keep])]
         position = np.array([_project_on_polyline(p, points[path]) for p in points])
-        newly = _off_line_mm(points[keep], position[keep]) > outlier_mm
-        if not newly.any() or len(keep) - newly.sum() < 2:
+        chain = keep[np.argsort(position[keep], kind="stable")]
+        off = _off_chain_mm(points[chain])
+        if len(chain) < 4 or off.max() <= outlier_mm:
             break
-        outlier[keep[newly]] = True
-    order = np.argsort(position, kind="stable")
-    return order, outlier
+        outlier[chain[int(np.argmax(off))]] = True
+    return np.argsort(position, kind="stable"), outlier
 
 
 # --- dynamic programme ------------------------------------------------------------------------
+def _robust_misfit(z: np.ndarray, dof: float) -> np.ndarray:
+    """Student-t negative log-likelihood of a standardised misfit: quadratic near 0, logarithmic in the
+    tails, so one unusual step (a tilted L5, a sloppy centroid) costs less than dropping a true vertebra,
+    while a duplicate (distance ~0) or a missed vertebra (distance x2) still costs more than the
+    alternatives."""
+    return 0.5 * (dof + 1) * np.log1p(z ** 2 / dof)
+
+
 def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: float,
              params: LabellingParams) -> tuple[float, list[int]]:
     """Best cost and labels (index in ORDER or -1 = skipped) for points already in cranio-caudal order."""
@@ -201,7 +220,7 @@ def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: flo
         best[i] = unary[i] + skip_prefix[i]
         for j in range(max(0, i - params.max_skip_run - 1), i):
             d = np.log(max(np.linalg.norm(points[i] - points[j]), 1e-3))
-            trans = base + 0.5 * ((d - log_expected) / sigma) ** 2
+            trans = base + _robust_misfit((d - log_expected) / sigma, params.misfit_dof)
             total = best[j][:, None] + trans + (skip_prefix[i] - skip_prefix[j + 1])
             from_label = np.argmin(total, axis=0)
             candidate = total[from_label, np.arange(N_LEVELS)] + unary[i]
@@ -230,7 +249,7 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     else:
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-        unary = -np.log(np.clip(scores, params.score_floor, None))
+        unary = -params.score_weight * np.log(np.clip(scores, params.score_floor, None))
     unary = unary + _transitional_cost()[None, :]
     if not allow_transitional:
         unary[:, [LEVELS.index(t) for t in anatomy.TRANSITIONAL]] = np.inf
@@ -345,14 +364,11 @@ def relabel_vertebrae(vertebrae: list[Vertebra], params: LabellingParams = DEFAU
 def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS) -> SpineResult:
     """Relabel `result.vertebrae` in place by anatomical order; changes go to the correction record."""
     names = relabel_vertebrae(result.vertebrae, params)
-    changes = []
     for v, name in zip(result.vertebrae, names):
         if not v.locked and v.level != name:
-            changes.append({"instance": v.instance, "from": v.level, "to": name,
-                            "centroid_ras": [round(float(c), 2) for c in v.centroid_ras]})
+            # One entry per change, with from/to, as the dataset export's correction summary reads them.
+            result.record("relabel", instance=v.instance, by="anatomical order", **{"from": v.level, "to": name})
             v.level = name
-    result.record("relabel", changes=changes,
-                  anchors=[v.level for v in result.vertebrae if v.locked and v.level])
     return result
 
 

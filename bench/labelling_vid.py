@@ -162,6 +162,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N validation spines")
     parser.add_argument("--fit-priors", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("validation", "training"), default="validation",
+                        help="training: tune on (a sample of) the spines the priors came from")
     args = parser.parse_args()
     cases = sorted(Path(f).stem for f in glob.glob(str(DATA / "KeypointGroundTruthNoSacrum" / "Training" / "*.json")))
     if not cases:
@@ -172,7 +174,7 @@ def main() -> int:
         atomic_write_text(PRIORS, json.dumps(priors, indent=1) + "\n")
         print(json.dumps({"wrote": str(PRIORS)}))
         return 0
-    validation = [c for c in cases if is_validation(c)]
+    validation = [c for c in cases if is_validation(c) == (args.split == "validation")]
     if args.limit:
         validation = validation[:args.limit]
     rng = np.random.default_rng(args.seed)
@@ -184,7 +186,7 @@ def main() -> int:
             t[0] += hit; t[1] += n; t[2] += hit == n; t[3] += 1
     seconds = time.perf_counter() - start
     report = {
-        "data": "VID keypoints (CC BY-SA 4.0), Training folder, validation split sha1(id)%10==0",
+        "data": f"VID keypoints (CC BY-SA 4.0), Training folder, {args.split} split (validation = sha1(id)%10==0)",
         "spines": len(validation),
         "identification_rate": {k: round(t[0] / max(t[1], 1), 4) for k, t in totals.items()},
         "spines_fully_correct": {k: round(t[2] / max(t[3], 1), 4) for k, t in totals.items()},
