@@ -364,11 +364,15 @@ def relabel_vertebrae(vertebrae: list[Vertebra], params: LabellingParams = DEFAU
 def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS) -> SpineResult:
     """Relabel `result.vertebrae` in place by anatomical order; changes go to the correction record."""
     names = relabel_vertebrae(result.vertebrae, params)
+    changes = []
     for v, name in zip(result.vertebrae, names):
         if not v.locked and v.level != name:
-            # One entry per change, with from/to, as the dataset export's correction summary reads them.
-            result.record("relabel", instance=v.instance, by="anatomical order", **{"from": v.level, "to": name})
+            changes.append({"instance": v.instance, "from": v.level, "to": name,
+                            "centroid_ras": [round(float(c), 2) for c in v.centroid_ras]})
             v.level = name
+    if changes:      # one entry per relabelling: these follow from the order, they are not a person's edits
+        result.record("relabel", by="anatomical order", changes=changes,
+                      anchors=[v.level for v in result.vertebrae if v.locked and v.level])
     return result
 
 

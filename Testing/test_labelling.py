@@ -220,8 +220,10 @@ def test_relabel_result_keeps_locked_and_records_changes():
     result = _result(names, with_scores=True)
     relabel_result(result)
     assert [v.level for v in result.vertebrae] == names
-    changes = [c for c in result.corrections if c["action"] == "relabel"]
-    assert {(c["from"], c["to"]) for c in changes} == {("", n) for n in names}
+    (entry,) = [c for c in result.corrections if c["action"] == "relabel"]
+    assert {(c["from"], c["to"]) for c in entry["changes"]} == {("", n) for n in names}
+    relabel_result(result)
+    assert len(result.corrections) == 1                   # nothing changed, nothing recorded
     result.vertebrae[0].level, result.vertebrae[0].locked = "T8", True   # a person's (odd) statement
     relabel_result(result)
     assert result.vertebrae[0].level == "T8"
