@@ -1,19 +1,36 @@
 """Synthetic spine phantoms (CT- or MRI-like) with exact ground truth.
 
-A phantom is built from analytic shapes placed along a curved centre line: each vertebra has its own
-local frame (x = right, y = anterior, z = superior, origin at the body centre) and every structure is
-evaluated with vectorised numpy over its own bounding box only. Shapes paint a tissue-class map; the
-image is then rendered from the classes (per-modality intensity table, noise, bias field), and the
-label map holds the vertebral BODY of each level (VerSe codes).
+API: `generate_phantom(levels, modality, spacing, seed, ...) -> Phantom` (image, body label map,
+tissue-class map, truth dict; `Phantom.to_result()` gives a SpineResult), `write_phantom(phantom,
+out_dir, case_id)`, `make_phantom('T12-L3', ...) -> SpineResult`, `render(tissues, modality, ...)`
+(re-render a tissue map with another contrast), `genant_grade(height_loss_percent)`.
 
-Vertebral body: elliptic cylinder (depth D, width W) with a slight concave waist, a cortical shell and
-end plates that are explicit functions of the antero-posterior coordinate y, so the heights at 10 %,
-50 % and 90 % of the depth from the anterior edge (y = +0.4 D, 0, -0.4 D in the mid-sagittal plane
-x = 0) are known analytically, with or without a fracture:
-  wedge      superior end plate tilted so that anterior = (1 - p) * posterior height; the spine above
-             tilts forward by the wedge angle (local kyphosis), so the disc above stays even;
-  biconcave  both end plates dished centrally so that middle = (1 - p) * posterior height;
-  crush      the whole body is (1 - p) * expected height.
+Construction. Levels are stacked along a centre line whose sagittal and coronal tilt vary linearly
+along the arc length (lordosis/kyphosis, scoliosis; optional physiological regional curves). Each
+vertebra has its own frame (x = right, y = anterior, z = superior, origin at the body centre), rotated
+axially towards a scoliotic convexity. Every structure is evaluated with vectorised numpy over its
+own bounding box only, voxel centres mapped through the grid's IJK->RAS matrix into the local frame:
+  body       elliptic cylinder (depth D, width W) with a 6 % concave waist, 1.2 mm cortical shell,
+             1 mm cortical end plates; end plates are explicit functions z(x, y);
+  disc       fills exactly the space between the neighbouring end plates (annulus + nucleus);
+  posterior  pedicles, articular processes, laminae, spinous and transverse processes (bone rods);
+  canal      epidural fat, dural sac (CSF), cord down to L1; ribs on T1-T12/T13; S1 with alae and a
+             fused lower sacrum; C1 a ring (anterior arch and lateral masses carry the C1 label);
+             C2 body with a dens (part of the C2 label);
+  outline    skin, subcutaneous fat, muscle, organs, lungs (thorax) and airway (neck), in world axial
+             cross-sections; air outside.
+Heights (truth, analytic): at 10 %, 50 %, 90 % of the depth from the anterior edge, i.e. y = +0.4 D,
+0, -0.4 D in the mid-sagittal plane x = 0, along the vertebra's z axis:
+  normal     all = expected height H;
+  wedge      superior end plate tilted: anterior = (1 - p) H, posterior = H; the spine above tilts
+             forward by the wedge angle (local kyphosis), so the disc above stays even;
+  biconcave  both end plates dished centrally: middle = (1 - p) H, anterior = posterior = H;
+  crush      the whole body is (1 - p) H.
+Intensities: a mean per tissue class and modality (INTENSITY; CT in HU: cortical 750-950, cancellous
+160-240, disc 75-90, muscle 45, fat -100, lung -850, air -1000; T1: fat 900 > marrow 600 > disc
+230-270; T2: CSF 950, nucleus 850 > marrow 380 > annulus 170; "random": any contrast per tissue),
+varied slightly per seed; optional smooth texture and Gaussian PSF; a smooth multiplicative bias
+field (MR-like only) and Gaussian noise.
 """
 from __future__ import annotations
 
@@ -587,7 +604,7 @@ def _content_box(levels: list[_Level], lateral_fov_mm: float | None, crop_to_spi
     if crop_to_spine:
         reach_back = max(lv.depth / 2 + 1 + sum(_posterior_params(lv)[k] for k in ("canal_depth", "lamina", "spine_length"))
                          + 10 for lv in levels)
-        half_x = max(lv.width for lv in levels) / 2 + 10
+        half_x = max(max(lv.width / 2, 24 * lv.scale if lv.name == "C1" else 0) for lv in levels) + 10
         front = max(lv.depth for lv in levels) / 2 + 10
         low = [origins[:, 0].min() - half_x, origins[:, 1].min() - reach_back, bottom]
         high = [origins[:, 0].max() + half_x, origins[:, 1].max() + front, top]
@@ -888,14 +905,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     texture (e.g. 0.1) and blur_mm (e.g. 0.6): smooth tissue heterogeneity and a Gaussian point-spread
     function, for more realistic training images (see `render`); both off by default (speed).
     """
-    names = _check_levels(levels)
-    modality = str(modality).lower()
-    if modality not in MODALITIES:
-        raise InputError(f"phantom: modality must be one of {MODALITIES}, got {modality!r}")
-    spacing = np.broadcast_to(np.asarray(spacing, dtype=float), (3,)).copy()
-    if np.any(spacing < 0.1) or np.any(spacing > 10):
-        raise InputError(f"phantom: spacing {spacing.tolist()} mm is outside 0.1-10 mm")
-    fractures = _check_fractures(fractures, names)
+    names, modality, spacing, fractures = _check_inputs(levels, modality, spacing, fractures)
     rng = np.random.default_rng([int(seed), 0])
     built = _make_levels(names, fractures, rng, size_jitter)
     jitter = angle_jitter_deg * rng.standard_normal((len(built), 3))
@@ -908,29 +918,46 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     canvas = _Canvas(shape, affine)
     counts = _paint_all(canvas, built)
     image = render(canvas.tissues, modality, seed, noise, bias_field, texture=texture, blur_mm=blur_mm, spacing=spacing)
-    entries, outside = [], []
-    for level in built:
-        inside, total = counts[level.name]
-        centroid = _centroid(canvas, anatomy.code_of(level.name), level) if inside else None
-        (entries if centroid is not None else outside).append(
-            _truth_entry(level, inside, total, centroid) if centroid is not None else level.name)
-    truth = {
-        "modality": modality, "spacing": spacing.tolist(), "seed": int(seed), "levels": names,
-        "vertebrae": entries, "outside_field_of_view": outside,
-        "parameters": {"fractures": {k: list(v) for k, v in fractures.items()}, "lordosis_deg": lordosis_deg,
-                       "scoliosis_deg": scoliosis_deg, "axial_rotation_apex_deg": axial_apex,
-                       "rotation_deg": [float(r) for r in rotation_deg],
-                       "field_of_view": None if field_of_view is None else [float(c) for c in field_of_view],
-                       "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
-                       "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves,
-                       "texture": texture, "blur_mm": blur_mm},
-        "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % of "
-                             "the body depth from the anterior edge",
-        "tissues": list(TISSUE_NAMES),
-    }
+    parameters = {"fractures": {k: list(v) for k, v in fractures.items()}, "lordosis_deg": lordosis_deg,
+                  "scoliosis_deg": scoliosis_deg, "axial_rotation_apex_deg": axial_apex,
+                  "rotation_deg": [float(r) for r in rotation_deg],
+                  "field_of_view": None if field_of_view is None else [float(c) for c in field_of_view],
+                  "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
+                  "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves,
+                  "texture": texture, "blur_mm": blur_mm, "lateral_fov_mm": lateral_fov_mm,
+                  "crop_to_spine": crop_to_spine}
+    truth = {"modality": modality, "spacing": spacing.tolist(), "seed": int(seed), "levels": names,
+             **_vertebra_truth(canvas, built, counts), "parameters": parameters,
+             "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % "
+                                  "of the body depth from the anterior edge",
+             "tissues": list(TISSUE_NAMES)}
     meta = {"phantom": True, "modality": modality}
     return Phantom(Volume(image, affine, dict(meta)), Volume(canvas.labels, affine.copy(), dict(meta)), truth,
                    Volume(canvas.tissues, affine.copy(), dict(meta)))
+
+
+def _check_inputs(levels, modality, spacing, fractures):
+    names = _check_levels(levels)
+    modality = str(modality).lower()
+    if modality not in MODALITIES:
+        raise InputError(f"phantom: modality must be one of {MODALITIES}, got {modality!r}")
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=float), (3,)).copy()
+    if np.any(spacing < 0.1) or np.any(spacing > 10):
+        raise InputError(f"phantom: spacing {spacing.tolist()} mm is outside 0.1-10 mm")
+    return names, modality, spacing, _check_fractures(fractures, names)
+
+
+def _vertebra_truth(canvas: _Canvas, levels: list[_Level], counts: dict) -> dict:
+    """Per-level truth entries for levels with voxels in the image; the names of those without."""
+    entries, outside = [], []
+    for level in levels:
+        inside, total = counts[level.name]
+        centroid = _centroid(canvas, anatomy.code_of(level.name), level) if inside else None
+        if centroid is None:
+            outside.append(level.name)
+        else:
+            entries.append(_truth_entry(level, inside, total, centroid))
+    return {"vertebrae": entries, "outside_field_of_view": outside}
 
 
 def _paint_all(canvas: _Canvas, levels: list[_Level]) -> dict[str, tuple[int, int]]:
@@ -964,17 +991,21 @@ def _paint_all(canvas: _Canvas, levels: list[_Level]) -> dict[str, tuple[int, in
 
 
 def _paint_atlas_counted(canvas: _Canvas, level: _Level) -> tuple[int, int]:
-    """Paint C1's labelled parts; partial when the ring's labelled parts reach beyond the grid."""
+    """Paint C1's labelled parts; count them also on an unclipped canvas of the same lattice (partial)."""
     code = anatomy.code_of("C1")
     _paint_atlas(canvas, level, code)
-    reach = 30.0 * level.scale
-    inside_box = canvas.block(level.origin, level.axes, (-reach, -reach, -level.height), (reach, reach, level.height))
-    whole_box = canvas.block(level.origin, level.axes, (-reach, -reach, -level.height), (reach, reach, level.height),
-                             clip=False)
-    if inside_box is None:
+    reach = 40.0 * level.scale
+    whole = canvas.block(level.origin, level.axes, (-reach, -reach, -level.height), (reach, reach, level.height),
+                         clip=False)
+    if whole is None:
         return 0, 1
-    inside = int((canvas.labels[tuple(slice(a, b) for a, b in inside_box[0])] == code).sum())
-    return inside, inside + (0 if inside_box[0] == whole_box[0] else 1)
+    (k0, k1), (j0, j1), (i0, i1) = whole[0]
+    affine = canvas.affine.copy()
+    affine[:3, 3] = canvas.affine[:3, :3] @ np.array([i0, j0, k0]) + canvas.affine[:3, 3]
+    private = _Canvas((k1 - k0, j1 - j0, i1 - i0), affine)
+    _paint_atlas(private, level, code)
+    view = canvas.labels[max(k0, 0):k1, max(j0, 0):j1, max(i0, 0):i1]
+    return int((view == code).sum()), int((private.labels == code).sum())
 
 
 # --- writing ----------------------------------------------------------------------------------
