@@ -17,6 +17,8 @@ CASES = [
     ("T1-S1 ct 1mm", "T1-S1", dict(modality="ct", lordosis_deg=30)),
     ("T1-S1 t1 0.8x0.8x2 oblique", "T1-S1", dict(modality="t1", spacing=(0.8, 0.8, 2.0), rotation_deg=(10, 0, 5))),
     ("C1-S1 t2 1mm", "C1-S1", dict(modality="t2", lordosis_deg=20, scoliosis_deg=10)),
+    ("T1-S1 t2 1mm curves texture blur", "T1-S1", dict(modality="t2", physiological_curves=True, texture=0.1,
+                                                       blur_mm=0.6)),
 ]
 
 
