@@ -34,6 +34,7 @@ SECTION_STEP_MM = 0.25     # mid-sagittal section grid
 LINE_STEP_MM = 0.1         # samples along a height line
 SLAB_HALF_WIDTH_MM = 1.5   # lateral half-width of the averaged mid-sagittal slab
 LINE_HALF_WINDOW_MM = 0.5  # AP half-window averaged around each height line
+MAX_WALL_LEAN_DEG = 20.0
 LINE_FRACTIONS = {"anterior": 0.1, "middle": 0.5, "posterior": 0.9}
 PATIENT_ANTERIOR = np.array([0.0, 1.0, 0.0])
 PATIENT_SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -162,7 +163,7 @@ def _crossing(coords, profile, a, b, level) -> float:
     return coords[a] + fraction * (coords[b] - coords[a])
 
 
-# --- section and heights ---------------------------------------------------------------------
+# --- section and its outline -------------------------------------------------------------------
 def _slab_offsets(half: float, step: float) -> np.ndarray:
     n = max(1, int(round(half / step)))
     return np.linspace(-half, half, 2 * n + 1)
@@ -178,60 +179,118 @@ def section(sampler: MaskSampler, frame: BodyFrame, radius: float, slab: float =
     return occupancy, coords, coords
 
 
-def ap_extent(occupancy: np.ndarray, t_coords: np.ndarray) -> tuple[float, float] | None:
-    """Anterior and posterior edge (t, mm) of the section: extreme 0.5 crossings over all rows."""
-    return extent(occupancy.max(axis=0), t_coords)
+def edges(occupancy: np.ndarray, coords: np.ndarray, level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: first and last `level` crossing along the row (linearly interpolated; NaN if empty)."""
+    inside = occupancy >= level
+    n = occupancy.shape[1]
+    rows = np.arange(occupancy.shape[0])
+    first = inside.argmax(axis=1)
+    last = n - 1 - inside[:, ::-1].argmax(axis=1)
+
+    def crossing(outside, inner):
+        a, b = occupancy[rows, outside], occupancy[rows, inner]
+        fraction = np.where(b != a, (level - a) / np.where(b != a, b - a, 1.0), 0.0)
+        return coords[outside] + fraction * (coords[inner] - coords[outside])
+
+    low = np.where(first > 0, crossing(np.maximum(first - 1, 0), first), coords[first])
+    high = np.where(last < n - 1, crossing(np.minimum(last + 1, n - 1), last), coords[last])
+    empty = ~inside.any(axis=1)
+    low[empty] = high[empty] = np.nan
+    return low, high
 
 
-def height_at(sampler: MaskSampler, frame: BodyFrame, t: float, radius: float):
-    """(s_inferior, s_superior) of the mask along the superior axis at AP position t (slab-averaged)."""
-    s = np.arange(-radius, radius + LINE_STEP_MM / 2, LINE_STEP_MM)
-    ts = t + _slab_offsets(LINE_HALF_WINDOW_MM, 0.25)
-    ws = _slab_offsets(SLAB_HALF_WIDTH_MM, 0.5)
-    profile = sampler.local(frame, s[:, None, None], ts[None, :, None], ws[None, None, :]).mean(axis=(1, 2))
-    return extent(profile, s)
+@dataclass
+class Outline:
+    """The body's mid-sagittal outline: row/column edges and the fitted side slopes.
+
+    Section coordinates: s along the superior axis, t towards posterior. End plates are s = c + m t
+    (m = slope ds/dt), walls t = a + b s (b = dt/ds), slopes fitted over the central 60 % of each side
+    so rounded corners and rim spikes do not tilt them.
+    """
+
+    s: np.ndarray
+    t: np.ndarray
+    bottom: np.ndarray          # per column t: inferior edge s
+    top: np.ndarray             # per column t: superior edge s
+    front: np.ndarray           # per row s: anterior edge t
+    back: np.ndarray            # per row s: posterior edge t
+    slopes: dict[str, float]    # top, bottom (ds/dt); anterior, posterior (dt/ds)
 
 
-def _edge_fit(occupancy, coords, other, low, high, axis, last):
-    """Slope of a fitted straight edge: for rows (axis=0) or columns (axis=1) of the section whose
-    coordinate in `other` lies in [low, high], the first or last 0.5 crossing; None if too few."""
-    keep = np.flatnonzero((other >= low) & (other <= high))
-    xs, ys = [], []
-    for n in keep:
-        profile = occupancy[n] if axis == 0 else occupancy[:, n]
-        edges = extent(profile, coords)
-        if edges is not None:
-            xs.append(other[n])
-            ys.append(edges[1] if last else edges[0])
-    return np.polyfit(xs, ys, 1)[0] if len(xs) >= 4 else None
+def _fit(x: np.ndarray, y: np.ndarray, low: float, high: float) -> float | None:
+    """Slope of a trimmed least-squares line over x in [low, high]: points more than 1 mm (or 2.5
+    robust SD) off the first fit are dropped, so notches, spikes and vessel foramina do not tilt it."""
+    keep = (x >= low) & (x <= high) & np.isfinite(y)
+    if keep.sum() < 4:
+        return None
+    x, y = x[keep], y[keep]
+    for _ in range(2):
+        coefficients = np.polyfit(x, y, 1)
+        residual = np.abs(y - np.polyval(coefficients, x))
+        inliers = residual <= max(1.0, 2.5 * 1.4826 * np.median(residual))
+        if inliers.sum() < 4 or inliers.all():
+            break
+        x, y = x[inliers], y[inliers]
+    return float(np.polyfit(x, y, 1)[0])
 
 
-def _reference_tilt(occupancy, s_coords, t_coords) -> float | None:
-    """Angle (radians) to tilt the frame so the heights run perpendicular to the reference end plate.
+def _main_component(occupancy: np.ndarray) -> np.ndarray:
+    """Occupancy of the largest connected piece of the section (and its partial-volume rim)."""
+    labels, count = ndimage.label(occupancy >= 0.5)
+    if count <= 1:
+        return occupancy
+    largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(labels), labels, range(1, count + 1))))
+    return occupancy * ndimage.binary_dilation(labels == largest, iterations=2)
+
+
+def outline(occupancy: np.ndarray, s_coords: np.ndarray, t_coords: np.ndarray) -> Outline | None:
+    occupancy = _main_component(occupancy)
+    bottom, top = edges(occupancy.T, s_coords)
+    front, back = edges(occupancy, t_coords)
+    if np.all(np.isnan(front)):
+        return None
+    t0, t1 = np.nanmin(front), np.nanmax(back)
+    depth = t1 - t0
+    slopes = {"top": _fit(t_coords, top, t0 + 0.2 * depth, t0 + 0.8 * depth),
+              "bottom": _fit(t_coords, bottom, t0 + 0.2 * depth, t0 + 0.8 * depth)}
+    # Each wall is fitted over the central 60 % of its own height (a wedge's anterior wall is short).
+    for name, edge, (low, high) in (("anterior", front, (0.05, 0.15)), ("posterior", back, (0.85, 0.95))):
+        near = (t_coords >= t0 + low * depth) & (t_coords <= t0 + high * depth)
+        if not np.any(np.isfinite(bottom[near])):
+            return None
+        s0, s1 = np.nanmedian(bottom[near]), np.nanmedian(top[near])
+        slopes[name] = _fit(s_coords, edge, s0 + 0.2 * (s1 - s0), s0 + 0.8 * (s1 - s0))
+    # A wall leaning more than MAX_WALL_LEAN_DEG off the end-plate normal is a mask artefact, not a
+    # sheared body: use the other wall's lean, or none.
+    limit = np.tan(np.radians(MAX_WALL_LEAN_DEG))
+    walls = [slopes[n] for n in ("anterior", "posterior") if slopes[n] is not None and abs(slopes[n]) <= limit]
+    for name in ("anterior", "posterior"):
+        if slopes[name] is None or abs(slopes[name]) > limit:
+            slopes[name] = walls[0] if walls else 0.0
+    if None in slopes.values():
+        return None
+    return Outline(s_coords, t_coords, bottom, top, front, back, slopes)
+
+
+# --- the superior axis from the end plates ----------------------------------------------------------
+def _reference_plate(shape: Outline) -> str:
+    """Which end plate the heights are squared to: 'top', 'bottom' or 'both' (their bisector).
 
     Paper 003 measures perpendicular to the bounding trapezoid's shorter end-plate side, which for a
-    wedge-shaped body is the intact end plate: the one square to the posterior wall. With end plates
-    within 3 degrees of parallel (normal, biconcave or crush-deformed bodies) their bisector is used.
+    wedge-shaped body is the intact end plate: the one square to the posterior wall. End plates within
+    3 degrees of parallel (normal, biconcave, crush) use their bisector.
     """
-    edges = ap_extent(occupancy, t_coords)
-    if edges is None:
-        return None
-    t_ant, t_post = edges
-    depth = t_post - t_ant
-    top = _edge_fit(occupancy, s_coords, t_coords, t_ant + 0.2 * depth, t_ant + 0.8 * depth, 1, True)
-    bottom = _edge_fit(occupancy, s_coords, t_coords, t_ant + 0.2 * depth, t_ant + 0.8 * depth, 1, False)
-    if top is None or bottom is None:
-        return None
-    angles = np.arctan([top, bottom])            # end-plate tilt towards posterior, ds/dt
+    angles = np.arctan([shape.slopes["top"], shape.slopes["bottom"]])
     if abs(angles[0] - angles[1]) < np.radians(3):
-        return float(angles.mean())
-    rows = extent(occupancy.max(axis=1), s_coords)
-    wall = _edge_fit(occupancy, t_coords, s_coords, rows[0] + 0.2 * (rows[1] - rows[0]),
-                     rows[0] + 0.8 * (rows[1] - rows[0]), 0, True)
-    if wall is None:
-        return float(angles.mean())
-    square = np.arctan(-wall)                    # end-plate tilt that is square to the wall (dt/ds)
-    return float(angles[np.argmin(np.abs(angles - square))])
+        return "both"
+    square = np.arctan(-shape.slopes["posterior"])          # plate tilt square to the posterior wall
+    return ("top", "bottom")[int(np.argmin(np.abs(angles - square)))]
+
+
+def _plate_tilt(shape: Outline, plate: str) -> float:
+    if plate == "both":
+        return float(np.mean(np.arctan([shape.slopes["top"], shape.slopes["bottom"]])))
+    return float(np.arctan(shape.slopes[plate]))
 
 
 def _rotate(frame: BodyFrame, angle: float) -> BodyFrame:
@@ -245,18 +304,86 @@ def _rotate(frame: BodyFrame, angle: float) -> BodyFrame:
 def _refine_superior(sampler, frame, radius, iterations: int = 3) -> BodyFrame:
     """Tilt the superior axis in the mid-sagittal plane to the reference end plate's normal.
 
-    Principal axes of a wedge-shaped or irregular body lean (by half the wedge angle); the end
-    plates are what a reader lines the heights up with.
+    Principal axes of a wedge-shaped or irregular body lean (by half the wedge angle); the end plates
+    are what a reader lines the heights up with. The reference plate is chosen once, in the first
+    frame, so the iteration cannot flip between plates; the total tilt is bounded to 30 degrees.
     """
+    start, plate = frame, None
     for _ in range(iterations):
-        occupancy, s_coords, t_coords = section(sampler, frame, radius)
-        angle = _reference_tilt(occupancy, s_coords, t_coords)
-        if angle is None or abs(angle) > np.radians(30):
+        shape = outline(*section(sampler, frame, radius))
+        if shape is None:
             return frame
-        frame = _rotate(frame, angle)
+        plate = plate or _reference_plate(shape)
+        angle = _plate_tilt(shape, plate)
+        candidate = _rotate(frame, angle)
+        if candidate.superior @ start.superior < np.cos(np.radians(30)):
+            return frame
+        frame = candidate
         if abs(angle) < np.radians(0.05):
             break
     return frame
+
+
+# --- bounding trapezoid and height lines ------------------------------------------------------------
+def _boundary_points(shape: Outline) -> np.ndarray:
+    """(N, 2) outline points (s, t): the row and column edges of the section."""
+    rows = np.column_stack([np.r_[shape.s, shape.s], np.r_[shape.front, shape.back]])
+    columns = np.column_stack([np.r_[shape.bottom, shape.top], np.r_[shape.t, shape.t]])
+    points = np.vstack([rows, columns])
+    return points[np.all(np.isfinite(points), axis=1)]
+
+
+def trapezoid(shape: Outline) -> dict[str, np.ndarray]:
+    """Corners (s, t) of the smallest bounding quadrilateral of the outline (paper 003).
+
+    Raw corners are the outline's extreme points along the four diagonals of the frame (as a reader
+    puts the six-point morphometry corners); each side takes the direction of the chord between its
+    two raw corners and is moved out until it touches the outline (a supporting line); the corners
+    are the intersections of neighbouring sides. Chords follow a body's real shape (a wedge's tilted
+    end plate, a sheared body's leaning walls) without fitting lines to notches and rounded rims.
+    """
+    points = _boundary_points(shape)
+    s, t = points[:, 0], points[:, 1]
+    raw = {"top_anterior": points[np.argmax(s - t)], "top_posterior": points[np.argmax(s + t)],
+           "bottom_anterior": points[np.argmin(s + t)], "bottom_posterior": points[np.argmin(s - t)]}
+    sides = {"top": ("top_anterior", "top_posterior", +1), "bottom": ("bottom_anterior", "bottom_posterior", -1),
+             "anterior": ("bottom_anterior", "top_anterior", -1), "posterior": ("bottom_posterior", "top_posterior", +1)}
+    lines = {}
+    for name, (a, b, outward) in sides.items():
+        direction = _unit(raw[b] - raw[a])
+        normal = np.array([-direction[1], direction[0]])
+        if name in ("top", "bottom"):
+            normal = normal * np.sign(normal[0] or 1.0)          # towards superior
+        else:
+            normal = normal * np.sign(normal[1] or 1.0)          # towards posterior
+        offsets = points @ normal
+        lines[name] = (normal, offsets.max() if outward > 0 else offsets.min())
+
+    def corner(first, second):                                   # n1.p = d1 and n2.p = d2
+        (n1, d1), (n2, d2) = lines[first], lines[second]
+        return np.linalg.solve(np.array([n1, n2]), np.array([d1, d2]))
+
+    return {"top_anterior": corner("top", "anterior"), "top_posterior": corner("top", "posterior"),
+            "bottom_anterior": corner("bottom", "anterior"), "bottom_posterior": corner("bottom", "posterior")}
+
+
+def line_extent(sampler: MaskSampler, frame: BodyFrame, start: np.ndarray, end: np.ndarray, margin: float):
+    """Farthest mask crossings along the line start -> end (s, t), extended by `margin` mm at both
+    ends, averaged over a thin slab (lateral) and a short window across the line (in plane).
+    Returns the two crossing points (s, t) or None."""
+    length = float(np.linalg.norm(end - start))
+    direction = (end - start) / length
+    normal = np.array([-direction[1], direction[0]])
+    u = np.arange(-margin, length + margin + LINE_STEP_MM / 2, LINE_STEP_MM)
+    v = _slab_offsets(LINE_HALF_WINDOW_MM, 0.25)
+    w = _slab_offsets(SLAB_HALF_WIDTH_MM, 0.5)
+    s = start[0] + u[:, None, None] * direction[0] + v[None, :, None] * normal[0]
+    t = start[1] + u[:, None, None] * direction[1] + v[None, :, None] * normal[1]
+    profile = sampler.local(frame, s, t, w[None, None, :]).mean(axis=(1, 2))
+    ends = extent(profile, u)
+    if ends is None:
+        return None
+    return start + ends[0] * direction, start + ends[1] * direction
 
 
 def measure_heights(mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | None = None,
@@ -269,22 +396,26 @@ def measure_heights(mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | Non
     if refine:
         frame = _refine_superior(sampler, frame, radius)
     result = BodyHeights(frame)
-    occupancy, _, t_coords = section(sampler, frame, radius)
-    edges = ap_extent(occupancy, t_coords)
-    if edges is None:
+    shape = outline(*section(sampler, frame, radius))
+    if shape is None:
         result.flags.append("partial")
-        result.heights = {name: None for name in LINE_FRACTIONS}
+        result.heights = dict.fromkeys(LINE_FRACTIONS)
         return result
-    t_ant, t_post = edges
-    result.depth_mm = t_post - t_ant
+    corners = trapezoid(shape)
+    top_side = corners["top_posterior"] - corners["top_anterior"]
+    bottom_side = corners["bottom_posterior"] - corners["bottom_anterior"]
+    result.depth_mm = float(np.linalg.norm(top_side) + np.linalg.norm(bottom_side)) / 2.0
+    margin = 0.3 * float(corners["top_anterior"][0] - corners["bottom_anterior"][0]) + 2.0
     for name, fraction in LINE_FRACTIONS.items():
-        t = t_ant + fraction * result.depth_mm
-        ends = height_at(sampler, frame, t, radius)
+        start = corners["bottom_anterior"] + fraction * bottom_side      # 10 % in from the corners
+        end = corners["top_anterior"] + fraction * top_side
+        ends = line_extent(sampler, frame, start, end, margin)
         if ends is None:
             result.heights[name] = None
             result.flags.append("partial")
             continue
-        result.heights[name] = ends[1] - ends[0]
-        superior, inferior = frame.to_ras([ends[1], ends[0]], [t, t])
-        result.lines_ras[name] = [superior.round(3).tolist(), inferior.round(3).tolist()]
+        inferior, superior = ends
+        result.heights[name] = float(np.linalg.norm(superior - inferior))
+        points_ras = frame.to_ras([superior[0], inferior[0]], [superior[1], inferior[1]])
+        result.lines_ras[name] = [points_ras[0].round(3).tolist(), points_ras[1].round(3).tolist()]
     return result
