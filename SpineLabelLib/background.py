@@ -6,7 +6,8 @@ progress while the main thread runs Python; a process is truly parallel, can be 
 moment by killing it (with its children: `PythonSlicer` is a launcher), and a crash or out-of-memory
 in it cannot take Slicer down. The exchange is through files in a private temporary folder:
 
-    job.json + input.npz  --worker-->  progress.json (rewritten atomically), status.json, result.pickle
+    job.json + input.npz  --worker-->  progress.json (rewritten atomically), status.json, result.npz
+(arrays + JSON, no pickled objects)
 
 No pipes: nothing can block on a full pipe buffer, and `poll()` is cheap enough for a 200 ms timer.
 No Qt and no `slicer` import, so it is tested with plain Python.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -97,8 +97,9 @@ class BackgroundRun:
         """The finished `SpineResult` (written by our own worker into our private folder)."""
         if self.poll().state != DONE:
             raise RuntimeError("the background run has not finished successfully")
-        with open(self.folder / "result.pickle", "rb") as stream:
-            return pickle.load(stream)
+        from .result import load_snapshot
+
+        return load_snapshot(self.folder / "result.npz")
 
     def cleanup(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -128,6 +129,7 @@ def _worker(folder: Path) -> int:
     from SpineLabelLib import pipeline
     from SpineLabelLib.errors import SpineLabelError
     from SpineLabelLib.paths import atomic_path, atomic_write_text
+    from SpineLabelLib.result import save_snapshot
     from SpineLabelLib.volume import Volume, validate
 
     job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
@@ -148,8 +150,8 @@ def _worker(folder: Path) -> int:
                         progress=lambda fraction, message: progress(0.9 * fraction, message))
         progress(0.9, "measuring")
         pipeline.measure(result)
-        with atomic_path(folder / "result.pickle") as tmp, open(tmp, "wb") as stream:
-            pickle.dump(result, stream, protocol=pickle.HIGHEST_PROTOCOL)
+        with atomic_path(folder / "result.npz") as tmp:
+            save_snapshot(result, tmp)
         atomic_write_text(folder / "status.json", json.dumps({"state": DONE}))
         return 0
     except SpineLabelError as error:

@@ -42,8 +42,8 @@ def _fracture(text: str) -> tuple[str, str, float]:
         percent = float(parts[2])
     except ValueError:
         raise argparse.ArgumentTypeError(f"fracture percentage must be a number, got {parts[2]!r}") from None
-    if not 0 <= percent <= 80:
-        raise argparse.ArgumentTypeError(f"fracture percentage must be 0-80, got {percent}")
+    if not 0 <= percent <= 60:
+        raise argparse.ArgumentTypeError(f"fracture percentage must be 0-60, got {percent}")
     return parts[0].upper(), parts[1], percent
 
 
@@ -63,7 +63,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         fractures[level] = (kind, percent)
     phantom = generate_phantom(
         levels, modality=args.modality, spacing=args.spacing, seed=args.seed, fractures=fractures,
-        lordosis_deg=args.lordosis, scoliosis_deg=args.scoliosis, rotation_deg=args.rotation)
+        lordosis_deg=args.lordosis, scoliosis_deg=args.scoliosis, rotation_deg=args.rotation,
+        field_of_view=args.fov, physiological_curves=args.physiological_curves)
     from .paths import safe_name
 
     name = safe_name(args.case or f"phantom_{levels[0]}-{levels[-1]}_{args.modality}_s{args.seed}")
@@ -183,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoliosis", type=float, default=0.0, help="coronal curvature in degrees")
     p.add_argument("--rotation", type=lambda t: _floats(t, 3), default=(0.0, 0.0, 0.0),
                    help="acquisition rotation about R,A,S axes in degrees (oblique grid)")
+    p.add_argument("--fov", type=lambda t: _floats(t, 2), metavar="SUP,INF",
+                   help="partial field of view: cut SUP mm into the first and INF mm into the last level")
+    p.add_argument("--physiological-curves", action="store_true",
+                   help="add typical cervical lordosis, thoracic kyphosis and lumbar lordosis")
     p.add_argument("--t13", action="store_true", help="include a T13")
     p.add_argument("--l6", action="store_true", help="include an L6")
     p.add_argument("--seed", type=int, default=0)

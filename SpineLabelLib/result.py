@@ -138,3 +138,44 @@ class SpineResult:
         for v, centre in zip([v for v in self.vertebrae if v.instance], centres):
             if not np.any(np.isnan(centre)):
                 v.centroid_ras = self.image.kji_to_ras(np.array(centre))[0]
+
+
+# --- a pickle-free snapshot, for handing a result between processes --------------------------
+_JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
+                "measurements", "distances", "corrections", "extras")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a result snapshot")
+
+
+def save_snapshot(result: SpineResult, path) -> None:
+    """Arrays into an .npz (no pickled objects), everything else as JSON inside it."""
+    import json
+
+    fields = {name: getattr(result, name) for name in _JSON_FIELDS}
+    fields["vertebrae"] = [
+        {"level": v.level, "centroid_ras": v.centroid_ras, "instance": v.instance, "score": v.score,
+         "source": v.source, "locked": v.locked, "level_scores": v.level_scores} for v in result.vertebrae]
+    arrays = {"fields": np.frombuffer(json.dumps(fields, default=_jsonable).encode("utf-8"), dtype=np.uint8)}
+    if result.image is not None:
+        arrays.update(image=result.image.array, ijk_to_ras=result.image.ijk_to_ras)
+    if result.instances is not None:
+        arrays["instances"] = result.instances
+    with open(path, "wb") as stream:
+        np.savez(stream, **arrays)
+
+
+def load_snapshot(path) -> SpineResult:
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        fields = json.loads(data["fields"].tobytes().decode("utf-8"))
+        image = Volume(data["image"], data["ijk_to_ras"]) if "image" in data else None
+        instances = data["instances"] if "instances" in data else None
+    vertebrae = [Vertebra(**v) for v in fields.pop("vertebrae")]
+    return SpineResult(image=image, instances=instances, vertebrae=vertebrae, **fields)

@@ -83,3 +83,24 @@ def test_atomic_path_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_result_snapshot_round_trip_without_pickle(tmp_path):
+    from SpineLabelLib.result import SpineResult, Vertebra, load_snapshot, save_snapshot
+
+    image = Volume(np.arange(60, dtype=np.float32).reshape(3, 4, 5), make_affine((0.8, 0.9, 2.0), oblique()))
+    instances = np.zeros((3, 4, 5), np.uint16)
+    instances[1, 1:3, 1:4] = 1
+    result = SpineResult("case", image, [Vertebra("L1", (1.5, 2, 3), instance=1, score=0.75, locked=True,
+                                                  level_scores={"L1": 0.9, "T12": 0.1})], instances, modality="ct",
+                         measurements=[{"level": "L1", "height_anterior_mm": np.float64(24.5), "flags": ""}],
+                         timings={"detect": 1.25})
+    save_snapshot(result, tmp_path / "r.npz")
+    back = load_snapshot(tmp_path / "r.npz")
+    assert back.image.same_grid(image) and np.array_equal(back.image.array, image.array)
+    assert np.array_equal(back.instances, instances)
+    v = back.vertebrae[0]
+    assert (v.level, v.score, v.locked, v.level_scores) == ("L1", 0.75, True, {"L1": 0.9, "T12": 0.1})
+    assert np.allclose(v.centroid_ras, (1.5, 2, 3))
+    assert back.measurements == [{"level": "L1", "height_anterior_mm": 24.5, "flags": ""}]
+    assert back.modality == "ct" and back.timings == {"detect": 1.25}
