@@ -1022,29 +1022,24 @@ def _jsonable(value):
 
 
 def write_phantom(phantom: Phantom, out_dir, case_id: str) -> dict[str, Path]:
-    """Write <case>.nii.gz (image), <case>_seg.nii.gz (body labels), <case>_truth.json, and, when the
-    writers exist, <case>.seg.nrrd and <case>.mrk.json."""
+    """Write <case>.nii.gz (image, int16: HU for CT), <case>_seg.nii.gz (body labels), <case>.seg.nrrd,
+    <case>.mrk.json and <case>_truth.json."""
+    from .markups import write_markups
     from .paths import safe_name
+    from .segfile import write_seg_nrrd
 
     out_dir, case_id = Path(out_dir), safe_name(case_id)
     paths = {"image": out_dir / f"{case_id}.nii.gz", "labels": out_dir / f"{case_id}_seg.nii.gz",
+             "segmentation": out_dir / f"{case_id}.seg.nrrd", "markups": out_dir / f"{case_id}.mrk.json",
              "truth": out_dir / f"{case_id}_truth.json"}
-    save_volume(phantom.image, paths["image"])
+    # Whole numbers as scanners store them; float noise would make the file ~5x larger.
+    stored = np.clip(np.rint(phantom.image.array), -32768, 32767).astype(np.int16)
+    save_volume(phantom.image.with_array(stored), paths["image"])
     save_volume(phantom.labels, paths["labels"])
-    atomic_write_text(paths["truth"], json.dumps(_jsonable({"case_id": case_id, **phantom.truth}), indent=1))
     result = phantom.to_result(case_id)
-    try:
-        from .segfile import write_seg_nrrd
-    except ImportError:
-        write_seg_nrrd = None
-    if write_seg_nrrd is not None:
-        paths["segmentation"] = Path(write_seg_nrrd(result, out_dir / f"{case_id}.seg.nrrd") or out_dir / f"{case_id}.seg.nrrd")
-    try:
-        from .markups import write_markups
-    except ImportError:
-        write_markups = None
-    if write_markups is not None:
-        paths["markups"] = Path(write_markups(result, out_dir / f"{case_id}.mrk.json") or out_dir / f"{case_id}.mrk.json")
+    write_seg_nrrd(result, paths["segmentation"])
+    write_markups(result, paths["markups"])
+    atomic_write_text(paths["truth"], json.dumps(_jsonable({"case_id": case_id, **phantom.truth}), indent=1))
     return paths
 
 
