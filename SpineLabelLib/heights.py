@@ -1,12 +1,13 @@
 """Vertebral body heights in the body's own mid-sagittal plane (paper 003, made 3-D and sub-voxel).
 
 Method, per body mask:
-1. Local frame. Principal axes of the mask voxels (RAS mm). The superior axis is the principal axis
-   closest to the local spine axis (the direction between the neighbours' centroids, or the image's S
-   direction for a lone body); the anterior axis is the shorter of the two remaining axes (lumbar and
-   thoracic bodies are wider than deep), signed towards patient anterior; when width and depth are
-   too similar to tell apart, patient anterior projected into the axial plane is used instead.
-   The superior axis is then refined from the end plates themselves (see `_refine_superior`).
+1. Local frame. Principal axes of the mask voxels (RAS mm). The lateral axis is the principal axis
+   closest to the local left-right direction (bodies are clearly wider than deep or high), which
+   fixes the mid-sagittal plane through the centroid. In that plane the superior axis is the
+   shortest principal axis when it is distinct and within 25 degrees of the local spine axis (the
+   direction between the neighbours' centroids, or the image's S direction for a lone body), else
+   the spine axis itself; anterior completes the frame, signed towards patient anterior. The
+   superior axis is then refined from the end plates (step 3).
 2. Sampling. The binary mask is interpolated trilinearly in its own voxel index space at the RAS
    positions of a fine local grid (0.25 mm in the mid-sagittal section, 0.1 mm along height lines).
    This is partial-volume interpolation: the 0.5 iso-level of the interpolated mask is the voxel
@@ -15,11 +16,18 @@ Method, per body mask:
    known to half a voxel of the coarse axis per end plate; averaging over a thin slab (+-1.5 mm
    laterally, +-0.5 mm along AP) averages the staircase of oblique edges out, but cannot recover
    detail the coarse axis never sampled.
-3. Heights (paper 003: lines 10 % in from the corners of the bounding trapezoid, and the middle line):
-   the body's AP depth is the extent of the slab-averaged section along the anterior axis; lines
-   parallel to the superior axis at 10 %, 50 % and 90 % of that depth from the anterior edge give the
-   anterior, middle and posterior heights as the distance between the farthest mask points on each
-   line (first and last 0.5 crossings, linearly interpolated).
+3. End plates. In the slab-averaged section the end plates are fitted (trimmed least squares over
+   the central 60 % of the depth) and the superior axis is tilted to be square to the reference end
+   plate: the one square to the posterior wall when the plates differ by more than 3 degrees (the
+   intact plate of a wedge), else their bisector.
+4. Heights (paper 003: smallest bounding trapezoid, lines 10 % in from its corners, and the middle
+   line): the quadrilateral's sides take the directions of the chords between the outline's
+   diagonal extreme points and are pushed out to touch the outline; on its superior and inferior
+   sides the points at 10 %, 50 % and 90 % of the side from the anterior corner are joined, and the
+   height is the distance between the farthest mask crossings along that line (first and last 0.5
+   crossings, linearly interpolated). For a body with walls square to its end plates these lines
+   run along the superior axis at 10/50/90 % of the AP depth from the anterior edge; for a sheared
+   or irregular body they follow its walls, as a reader's corner points would.
 """
 from __future__ import annotations
 

@@ -186,3 +186,26 @@ def test_radiomics_inside_mask_and_mid_sagittal_slice():
     assert row["mean_positive"] == pytest.approx(200, abs=8)
     assert row["entropy"] == pytest.approx(1.0, abs=0.02)
     assert 100 <= row["mean_positive_midsagittal"] <= 300
+
+
+def test_stray_mask_voxels_do_not_move_the_lines():
+    case = make_case([("L3", -13, body_shape(22, 26))], spacing=(1.0, 1.0, 1.0), tilt_deg=6)
+    clean = heights_of(measure_result(case).measurements[0])
+    k, j, i = np.argwhere(case.instances == 1).max(axis=0)
+    case.instances[k - 2:k + 1, 2:5, 2:5] = 1                     # a stray blob far from the body
+    stray = heights_of(measure_result(case).measurements[0])
+    assert np.abs(stray - clean).max() < 0.3
+
+
+def test_sheared_body_is_measured_along_its_walls():
+    # A parallelogram body (walls leaning 12 degrees, end plates level): the lines join the 10/50/90 %
+    # points of the two end plates, so each height is the wall-parallel length H / cos(12 deg).
+    lean = np.tan(np.radians(12))
+    case = make_case([("L2", -13, body_shape(26, 26))], spacing=(1.0, 1.0, 1.0))
+    ras = case.image.kji_to_ras(np.indices(case.instances.shape).reshape(3, -1).T)
+    x, y, z = ras.T
+    t = (DEPTH / 2 - (y - lean * z)) / DEPTH                    # walls move anteriorly with height
+    inside = (np.abs(x) <= WIDTH / 2) & (t >= 0) & (t <= 1) & (z >= -13) & (z <= 13)
+    case.instances[...] = inside.reshape(case.instances.shape)
+    row = measure_result(case).measurements[0]
+    assert np.abs(heights_of(row) - 26 / np.cos(np.radians(12))).max() < 0.6
