@@ -1,7 +1,8 @@
 """Heights, Genant grade/type and disc-space distances on phantoms with analytic truth.
 
 Suite: T11-L4 (6 levels) at 1 mm and 0.8 x 0.8 x 2 mm; per case a random grid rotation of 0-20
-degrees about each axis, lordosis 0-40 degrees, per-level tilt jitter 2 degrees, and two fractures
+degrees about each axis, lordosis 0-40 degrees, scoliosis 0-20 degrees (with the phantom's axial
+rotation of 0.4 x scoliosis at the apex), per-level tilt jitter 2 degrees, and two fractures
 (wedge / biconcave / crush, 10-50 %, severities kept off the Genant boundaries 20/25/40 % so the
 grade is decidable) on non-adjacent levels. Truth: phantom.truth (heights at 10/50/90 % of the depth
 in each body's mid-sagittal plane; Genant grade from the fracture percentage); distance truth is
@@ -34,7 +35,8 @@ def case_parameters(seed: int) -> dict:
     fractures = {LEVELS[first + 2 * n]: (TYPES[(seed + n) % 3], int(rng.choice(SEVERITIES))) for n in range(2)}
     rotation = rng.uniform(0, 20, 3) * rng.choice([-1, 1], 3)
     return {"fractures": fractures, "rotation_deg": [round(float(r), 1) for r in rotation],
-            "lordosis_deg": round(float(rng.uniform(0, 40)), 1)}
+            "lordosis_deg": round(float(rng.uniform(0, 40)), 1),
+            "scoliosis_deg": round(float(rng.uniform(0, 20)), 1)}
 
 
 def endplate_point(entry: dict, position: str, superior: bool) -> np.ndarray:
