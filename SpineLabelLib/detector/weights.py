@@ -1,0 +1,76 @@
+"""Detector weights as data: safetensors file + model card, hash-checked, never unpickled."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import ModelError
+from .model import DetectorConfig, build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+REQUIRED_CARD_FIELDS = ("name", "version", "task", "modality", "levels", "weights", "sha256", "architecture")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_card(directory: Path) -> dict:
+    card_path = Path(directory) / CARD_FILE
+    if not card_path.is_file():
+        raise ModelError(f"{directory}: no {CARD_FILE}; not a SpineLabel model folder")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{card_path}: unreadable model card ({error})") from None
+    missing = [key for key in REQUIRED_CARD_FIELDS if key not in card]
+    if missing:
+        raise ModelError(f"{card_path}: model card lacks {', '.join(missing)}")
+    return card
+
+
+def load_network(directory: Path, card: dict | None = None):
+    """Build the network of a model folder and load its weights after checking the file's sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    card = card or read_card(directory)
+    weights = directory / card["weights"]
+    if not weights.is_file():
+        raise ModelError(f"{weights}: weights file missing")
+    if sha256_of(weights) != card["sha256"]:
+        raise ModelError(f"{weights}: sha256 does not match the model card (file changed or damaged); refusing to load")
+    try:
+        config = DetectorConfig.from_dict(card["architecture"])
+        network = build_model(config)
+        network.load_state_dict(load_file(str(weights)), strict=True)
+    except (SafetensorError, RuntimeError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{weights}: weights do not fit the card's architecture ({first})") from None
+    network.eval()
+    return network
+
+
+def export_weights(state_dict: dict, config: DetectorConfig, directory: Path, card: dict) -> dict:
+    """Write model.safetensors and model_card.json (with its sha256) into ``directory``."""
+    from safetensors.torch import save_file
+
+    from ..paths import atomic_path, atomic_write_text
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().contiguous().clone() for key, value in state_dict.items()}
+    weights = directory / WEIGHTS_FILE
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp))
+    card = {**card, "weights": WEIGHTS_FILE, "sha256": sha256_of(weights),
+            "weights_bytes": weights.stat().st_size, "architecture": config.to_dict()}
+    atomic_write_text(directory / CARD_FILE, json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,210 @@
+"""Detector: network forward/backward, slice linking and fusion, geometry back to the input grid,
+model folders (hash check, missing files), the registry, and `detect` end to end on a tiny phantom."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+pytest.importorskip("safetensors")
+
+from SpineLabelLib import anatomy  # noqa: E402
+from SpineLabelLib.detector import data, infer  # noqa: E402
+from SpineLabelLib.detector.model import CLASS_NAMES, DetectorConfig, build_model  # noqa: E402
+from SpineLabelLib.detector.weights import CARD_FILE, export_weights  # noqa: E402
+from SpineLabelLib.errors import ModelError, SpineLabelError  # noqa: E402
+from SpineLabelLib.result import SpineResult  # noqa: E402
+from SpineLabelLib.volume import Volume, make_affine, resample_to_canonical  # noqa: E402
+
+TINY = DetectorConfig(widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fpn_channels=16, box_head_dim=32,
+                      mask_head_channels=8, train_size=64, spacing_mm=2.0, rpn_pre_nms_test=50,
+                      rpn_post_nms_test=20, box_score_thresh=0.0)
+
+
+def oblique_directions(degrees: float = 20.0) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    return rotation @ np.diag([-1.0, -1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def tiny_phantom():
+    from SpineLabelLib.phantom import generate_phantom
+
+    return generate_phantom(["L1", "L2", "L3"], "t2", spacing=(2.0, 2.0, 2.0), seed=3, crop_to_spine=True)
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path):
+    torch.manual_seed(0)
+    network = build_model(TINY)
+    card = {"name": "tiny-test", "version": "0.0.1", "task": "test", "modality": ["ct", "mr"],
+            "levels": list(anatomy.ORDER)}
+    export_weights(network.state_dict(), TINY, tmp_path / "tiny", card)
+    return tmp_path / "tiny"
+
+
+def test_class_codes_cover_order_and_drop_sacrum():
+    assert CLASS_NAMES[1:] == anatomy.ORDER
+    assert data.CLASS_OF_CODE[anatomy.code_of("L1")] == anatomy.ORDER.index("L1") + 1
+    assert data.CLASS_OF_CODE[anatomy.code_of("T13")] == anatomy.ORDER.index("T13") + 1
+    assert data.CLASS_OF_CODE[anatomy.code_of("S1")] == 0
+
+
+def test_forward_backward_on_phantom_slice(tiny_phantom):
+    canonical = resample_to_canonical(tiny_phantom.image, TINY.spacing_mm)
+    labels = resample_to_canonical(tiny_phantom.labels, TINY.spacing_mm, label=True).array
+    image = data.normalise_intensity(canonical.array)
+    x = int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(axis=1)))
+    target = data.make_target(labels[x])
+    assert set(target["labels"].tolist()) == {anatomy.ORDER.index(n) + 1 for n in ("L1", "L2", "L3")}
+    model = build_model(TINY)
+    model.train()
+    stack = torch.from_numpy(infer.slice_stack(image, x, TINY.slice_offset).astype(np.float32))
+    losses = model([stack], [target])
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert {"loss_classifier", "loss_mask", "loss_objectness"} <= set(losses)
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+
+
+def test_sampler_blanks_unlabelled_vertebrae_above():
+    labels = np.zeros((5, 60, 40), np.uint8)
+    labels[:, 30:40, 10:30] = anatomy.code_of("L1")
+    image = np.ones(labels.shape, np.float16)
+    case = data.Case(image, labels, blank_top=True, name="synthetic")
+    sampler = data.SliceSampler([case], size=48, slice_offset=1, seed=0, augment=False)
+    blanked, kept = sampler._blank_above(image[:3].astype(np.float32), labels[2], sampler.tops[0])
+    assert blanked[:, :20].max() == 0          # well above the labelled body: blank
+    assert blanked[:, 30:].min() == 1          # the labelled body and below: untouched
+    assert (kept == labels[2]).all()
+
+
+def _detection(x, box, level, score=0.9):
+    probs = np.full(len(anatomy.ORDER), 0.01)
+    probs[anatomy.ORDER.index(level)] = 1.0
+    col0, row0, col1, row1 = box
+    return infer.SliceDetection(x, np.array(box), score, probs / probs.sum(),
+                                np.full((row1 - row0, col1 - col0), 0.9, np.float32))
+
+
+def test_linking_and_fusion_of_synthetic_slices():
+    per_slice = {}
+    for x in range(10, 18):
+        shift = x - 10                                   # bodies drift slowly across slices
+        per_slice[x] = [_detection(x, (20 + shift // 3, 10, 50, 30), "L1"),
+                        _detection(x, (22, 40, 52, 62), "L2" if x != 13 else "L3")]
+    del per_slice[14][1]                                 # a slice where the lower body was missed
+    per_slice[12].append(_detection(12, (80, 80, 90, 90), "L5"))   # a one-slice flicker
+    bodies = infer.keep_bodies(infer.link_detections(per_slice), spacing=2.0)
+    assert len(bodies) == 2
+    upper, lower = sorted(bodies, key=lambda b: b.detections[0].box[1])
+    assert len(upper.detections) == 8 and len(lower.detections) == 7
+    assert anatomy.ORDER[int(np.argmax(lower.level_probs))] == "L2"
+    instances, probability = infer.fuse_masks(bodies, (8, 20), (100, 100))
+    number_lower = bodies.index(lower) + 1
+    assert (instances[14 - 8, 50, 30] == number_lower)   # the missed slice is filled from a neighbour
+    assert instances[12 - 8, 85, 85] == 0                # the flicker left no mask
+    assert set(np.unique(instances)) == {0, 1, 2}
+    assert probability.max() == pytest.approx(0.9)
+
+
+def test_canonical_instances_map_back_onto_oblique_anisotropic_grid():
+    affine = make_affine((0.9, 1.3, 3.0), oblique_directions(25.0), (-40.0, 60.0, -30.0))
+    reference = Volume(np.zeros((30, 90, 80), np.float32), affine)
+    canonical = resample_to_canonical(reference, 1.5)
+    low, high = 5, canonical.array.shape[0] - 5
+    slab = infer.slab_volume(canonical, low, high)
+    instances = np.zeros(slab.array.shape, np.uint16)
+    probability = np.zeros(slab.array.shape, np.float32)
+    centre = np.array(instances.shape) // 2
+    block = tuple(slice(c - 8, c + 8) for c in centre)
+    instances[block], probability[block] = 1, 0.9
+    on_input = infer.to_input_grid(instances, probability, slab, reference)
+    assert on_input.shape == reference.array.shape and on_input.dtype == np.uint16
+    expected = slab.kji_to_ras(centre - 0.5)[0]
+    found = reference.kji_to_ras(np.argwhere(on_input == 1).mean(axis=0))[0]
+    assert np.linalg.norm(found - expected) < 2.0
+    volume_mm3 = (on_input == 1).sum() * reference.voxel_volume_mm3
+    assert volume_mm3 == pytest.approx((16 * 1.5) ** 3, rel=0.2)
+
+
+def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir):
+    from SpineLabelLib.detector import detect
+    from SpineLabelLib.models import load_model
+
+    loaded = load_model(tiny_model_dir)
+    result = SpineResult("tiny", image=tiny_phantom.image)
+    steps = []
+    detect(result, loaded, progress=lambda fraction, message: steps.append(fraction))
+    assert result.instances.shape == tiny_phantom.image.array.shape
+    assert result.instances.dtype == np.uint16
+    assert result.modality == "mr"
+    assert result.models[-1]["sha256"] == loaded.card["sha256"]
+    assert steps and steps[-1] == 1.0 and np.all(np.diff(steps) >= -1e-9)
+    for vertebra in result.vertebrae:
+        assert vertebra.level in anatomy.ORDER
+        assert sum(vertebra.level_scores.values()) == pytest.approx(1.0, abs=1e-3)
+        assert 0.0 <= vertebra.score <= 1.0
+    assert "most_bodies_slice" in result.extras["detector"] or result.extras["detector"]["slab"] is None
+
+
+def test_cancel_stops_detection(tiny_phantom, tiny_model_dir):
+    from SpineLabelLib.detector import detect
+    from SpineLabelLib.models import load_model
+
+    result = SpineResult("tiny", image=tiny_phantom.image)
+    with pytest.raises(SpineLabelError, match="cancelled"):
+        detect(result, load_model(tiny_model_dir), cancel=lambda: True)
+
+
+def test_tampered_weights_are_refused(tiny_model_dir):
+    from SpineLabelLib.models import load_model
+
+    weights = tiny_model_dir / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0x01
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(tiny_model_dir)
+
+
+def test_missing_weights_and_bad_card_are_refused(tiny_model_dir, tmp_path):
+    from SpineLabelLib.models import load_model
+
+    (tiny_model_dir / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_model(tiny_model_dir)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / CARD_FILE).write_text(json.dumps({"name": "broken"}))
+    with pytest.raises(ModelError, match="lacks"):
+        load_model(broken)
+
+
+def test_weights_that_do_not_fit_the_card_are_refused(tiny_model_dir):
+    from SpineLabelLib.detector.weights import sha256_of
+    from SpineLabelLib.models import load_model
+
+    card_path = tiny_model_dir / CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["architecture"]["fpn_channels"] = 24
+    card["sha256"] = sha256_of(tiny_model_dir / "model.safetensors")
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="architecture"):
+        load_model(tiny_model_dir)
+
+
+def test_registry_finds_models_through_the_environment(tiny_model_dir, monkeypatch):
+    from SpineLabelLib import models
+
+    monkeypatch.setenv(models.ENVIRONMENT_VARIABLE, str(tiny_model_dir.parent))
+    names = [card["name"] for card in models.list_models()]
+    assert "tiny-test" in names
+    assert models.load_model("tiny-test").card["name"] == "tiny-test"
+    with pytest.raises(ModelError, match="not found"):
+        models.load_model("no-such-model")
