@@ -31,7 +31,7 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
         raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     result.modality = guess_modality(result.image) if modality == "auto" else modality
-    output = detect_volume(result.image, loaded.network, progress=progress, cancel=cancel)
+    output = detect_volume(result.image, loaded.network, result.modality, progress=progress, cancel=cancel)
     result.instances = output.instances
     result.vertebrae = []
     for body in output.bodies:

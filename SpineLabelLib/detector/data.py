@@ -27,9 +27,16 @@ for _name in anatomy.ORDER:
         CLASS_OF_CODE[anatomy.code_of(_name)] = anatomy.ORDER.index(_name) + 1
 
 
-def normalise_intensity(array: np.ndarray) -> np.ndarray:
-    """Clip to the 1st-99th percentile of the volume and scale to 0..1 (float32)."""
+#: CT is windowed in Hounsfield units: a percentile clip would put soft tissue and bone together.
+CT_WINDOW_HU = (-250.0, 1000.0)
+
+
+def normalise_intensity(array: np.ndarray, modality: str = "mr") -> np.ndarray:
+    """To 0..1 (float32): CT through a fixed HU window, MRI by the volume's 1st-99th percentile."""
     array = np.asarray(array, dtype=np.float32)
+    if modality == "ct":
+        low, high = CT_WINDOW_HU
+        return np.clip((array - low) / (high - low), 0.0, 1.0)
     sample = array[::2, ::2, ::2] if array.size > 8_000_000 else array
     low, high = np.percentile(sample, [1.0, 99.0])
     if high <= low:
@@ -45,7 +52,7 @@ def split_real_cases(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def prepare_case(image: Volume, labels: Volume, spacing: float, out_path: Path, kind: str,
-                 margin_slices: int = 8) -> dict:
+                 margin_slices: int = 8, modality: str = "mr") -> dict:
     """Resample, normalise and cut to the labelled slab; write .npz (atomically); return a summary."""
     from ..paths import atomic_path
 
@@ -57,7 +64,7 @@ def prepare_case(image: Volume, labels: Volume, spacing: float, out_path: Path, 
         raise ValueError(f"{out_path.name}: no labelled voxel")
     low = max(0, present[0] - margin_slices)
     high = min(codes.shape[0], present[-1] + margin_slices + 1)
-    intensity = normalise_intensity(canonical.array)[low:high].astype(np.float16)
+    intensity = normalise_intensity(canonical.array, modality)[low:high].astype(np.float16)
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as stream:
             np.savez_compressed(stream, image=intensity, labels=codes[low:high],

@@ -83,12 +83,13 @@ def predict_slices(model, stack: np.ndarray, nms_iou: float = 0.5) -> list[list[
     import torchvision
 
     images = [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in stack]
-    with torch.no_grad():
+    with torch.inference_mode():
         batch, _ = model.transform(images)
         features = model.backbone(batch.tensors)
         proposals, _ = model.rpn(batch, features)
         outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
-        outputs = model.transform.postprocess(outputs, batch.image_sizes, [i.shape[-2:] for i in images])
+        # No postprocess: the transform never resizes, and masks are pasted per box below
+        # (pasting every mask into a full-size slice dominated the run time).
         kept_boxes = []
         for out in outputs:
             keep = torchvision.ops.nms(out["boxes"], out["scores"], nms_iou)
@@ -100,28 +101,48 @@ def predict_slices(model, stack: np.ndarray, nms_iou: float = 0.5) -> list[list[
         logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
         probs = torch.softmax(logits, dim=1).numpy()
     results, start = [], 0
-    for out in outputs:
+    for out, image in zip(outputs, images):
         count = len(out["boxes"])
         mine = probs[start: start + count]
         start += count
-        results.append(_to_detections(out, mine))
+        results.append(_to_detections(out, mine, tuple(image.shape[-2:])))
     return results
 
 
-def _to_detections(out, probs: np.ndarray) -> list[SliceDetection]:
+def _to_detections(out, probs: np.ndarray, image_size: tuple[int, int]) -> list[SliceDetection]:
     detections = []
-    masks = out["masks"][:, 0].numpy()
-    height, width = masks.shape[1:] if len(masks) else (0, 0)
-    for box, mask, p in zip(out["boxes"].numpy(), masks, probs):
-        col0, row0 = np.floor(box[:2]).astype(int).clip(0)
-        col1, row1 = np.ceil(box[2:]).astype(int)
-        col1, row1 = min(col1, width), min(row1, height)
-        if col1 <= col0 or row1 <= row0:
+    for box, mask, p in zip(out["boxes"].numpy(), out["masks"][:, 0], probs):
+        pasted = paste_mask(mask, box, image_size)
+        if pasted is None:
             continue
         levels = p[1:] + 1e-6
-        detections.append(SliceDetection(-1, np.array([col0, row0, col1, row1]), float(1.0 - p[0]),
-                                         levels / levels.sum(), mask[row0:row1, col0:col1].copy()))
+        detections.append(SliceDetection(-1, pasted[0], float(1.0 - p[0]), levels / levels.sum(), pasted[1]))
     return detections
+
+
+def paste_mask(mask, box: np.ndarray, image_size: tuple[int, int]):
+    """The mask head's M x M output resized into its box, as torchvision pastes it (padded by one
+    cell, box expanded accordingly) but kept cropped to the box: returns (int box, probabilities)."""
+    import torch.nn.functional as F
+
+    size = mask.shape[-1]
+    padded = F.pad(mask[None, None], (1, 1, 1, 1))
+    scale = (size + 2.0) / size
+    centre = (box[:2] + box[2:]) / 2
+    half = (box[2:] - box[:2]) / 2 * scale
+    col0, row0 = np.floor(centre - half).astype(int)
+    col1, row1 = np.ceil(centre + half).astype(int)
+    if col1 - col0 < 2 or row1 - row0 < 2:
+        return None
+    resized = F.interpolate(padded, size=(int(row1 - row0), int(col1 - col0)), mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
+    height, width = image_size
+    top, left = max(0, row0), max(0, col0)
+    bottom, right = min(height, row1), min(width, col1)
+    if bottom <= top or right <= left:
+        return None
+    crop = resized[top - row0: bottom - row0, left - col0: right - col0]
+    return np.array([left, top, right, bottom]), np.ascontiguousarray(crop)
 
 
 def slice_stack(image: np.ndarray, x: int, offset: int) -> np.ndarray:
@@ -150,10 +171,10 @@ def run_on_slices(model, image: np.ndarray, xs, offset: int, batch: int = 4,
 
 # --- the slab through the spine ---------------------------------------------------------------
 def find_slab(model, image: np.ndarray, config, min_score: float = 0.5, progress=None, cancel=None,
-              search_half_width_mm: float = 90.0) -> tuple[int, int, dict]:
-    """Coarse pass every ~10 mm near the body's left-right centre; returns the slab [low, high]."""
+              search_half_width_mm: float = 72.0, stride_mm: float = 12.0) -> tuple[int, int, dict]:
+    """Coarse pass every ~12 mm near the body's left-right centre; returns the slab [low, high]."""
     spacing = config.spacing_mm
-    stride = max(1, int(round(10.0 / spacing)))
+    stride = max(1, int(round(stride_mm / spacing)))
     profile = image.reshape(image.shape[0], -1).mean(axis=1)
     weights = np.clip(profile - profile.min(), 0, None)
     centre = int(round(np.average(np.arange(len(profile)), weights=weights + 1e-9)))
@@ -258,21 +279,22 @@ def slab_volume(canonical: Volume, low: int, high: int) -> Volume:
 
 
 # --- the whole volume --------------------------------------------------------------------------
-def detect_volume(volume: Volume, model, progress: Progress | None = None, cancel: Cancel | None = None,
-                  slice_step: int = 1) -> DetectionOutput:
+def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progress | None = None,
+                  cancel: Cancel | None = None, slice_step: int = 2) -> DetectionOutput:
     """Detect vertebral bodies in a volume; masks on the input grid, centroids in RAS."""
     config = model.config
     _check(cancel)
     if progress:
         progress(0.0, "resampling to canonical orientation")
     canonical = resample_to_canonical(volume, config.spacing_mm)
-    image = normalise_intensity(canonical.array)
+    image = normalise_intensity(canonical.array, modality)
     low, high, coarse = find_slab(model, image, config, progress=progress, cancel=cancel)
     if low < 0:
         return DetectionOutput(np.zeros(volume.array.shape, np.uint16), [], {"slab": None})
-    xs = range(low, high + 1, max(1, slice_step))
-    per_slice = run_on_slices(model, image, [x for x in xs], config.slice_offset, progress=progress,
+    xs = [x for x in range(low, high + 1, max(1, slice_step)) if x not in coarse]
+    per_slice = run_on_slices(model, image, xs, config.slice_offset, progress=progress,
                               cancel=cancel, span=(0.3, 0.9))
+    per_slice.update({x: dets for x, dets in coarse.items() if low <= x <= high})
     bodies = keep_bodies(link_detections(per_slice, max_gap=2 * max(1, slice_step)), config.spacing_mm)
     bodies.sort(key=lambda b: np.mean([(d.box[1] + d.box[3]) / 2 for d in b.detections]))
     _check(cancel)
@@ -284,7 +306,7 @@ def detect_volume(volume: Volume, model, progress: Progress | None = None, cance
     out_bodies = _describe(bodies, on_input, instances, volume, slab)
     extras = {"slab_ras_x_mm": [float(canonical.kji_to_ras(np.array([x, 0, 0]))[0][0]) for x in (low, high)],
               "most_bodies_slice": _most_bodies_slice(per_slice, canonical),
-              "slices_run": len(per_slice) + len(coarse)}
+              "slices_run": len(set(per_slice) | set(coarse))}
     if progress:
         progress(1.0, f"{len(out_bodies)} vertebral bodies found")
     return DetectionOutput(on_input, out_bodies, extras)

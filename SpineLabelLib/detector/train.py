@@ -64,18 +64,21 @@ def phantom_parameters(seed: int) -> dict:
             "lateral_fov_mm": float(rng.uniform(100, 220))}
 
 
-def prepare_phantoms(out: Path, count: int, first_seed: int, spacing: float) -> None:
+def prepare_phantoms(out: Path, count: int, first_seed: int, spacing: float, only_ct: bool = False) -> None:
     from ..phantom import generate_phantom
     from .data import prepare_case
 
     out.mkdir(parents=True, exist_ok=True)
     for seed in range(first_seed, first_seed + count):
         target = out / f"phantom_{seed:04d}.npz"
-        if target.exists():
-            continue
         params = phantom_parameters(seed)
+        if only_ct and params["modality"] != "ct":
+            continue
+        if target.exists() and not only_ct:
+            continue
         phantom = generate_phantom(**params)
-        prepare_case(phantom.image, phantom.labels, spacing, target, "phantom")
+        modality = "ct" if params["modality"] == "ct" else "mr"
+        prepare_case(phantom.image, phantom.labels, spacing, target, "phantom", modality=modality)
         print("prepared", target.name, params["modality"], params["levels"][0], params["levels"][-1], flush=True)
 
 
@@ -132,9 +135,9 @@ def evaluate_slices(model, slices) -> dict:
                 best = int(iou.argmax())
                 if iou[best] >= 0.5:
                     found += 1
-                    correct += int(output["labels"][best]) == CLASS_OF_CODE[code]
+                    correct += int(int(output["labels"][best]) == CLASS_OF_CODE[code])
     model.train()
-    return {"recall": found / max(total, 1), "identified": correct / max(total, 1), "bodies": total}
+    return {"recall": found / max(total, 1), "identified": float(correct) / max(total, 1), "bodies": total}
 
 
 def fit(args) -> None:
@@ -244,7 +247,7 @@ def _save(path: Path, model, optimiser, iteration, best, history, config, elapse
 
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "iteration": iteration, "best": best, "history": json.dumps(history),
+                    "iteration": int(iteration), "best": float(best), "history": json.dumps(history),
                     "config": json.dumps(config.to_dict()), "elapsed": elapsed}, tmp)
 
 
@@ -289,6 +292,7 @@ def main(argv=None) -> int:
     g.add_argument("--count", type=int, default=40)
     g.add_argument("--first-seed", type=int, default=1000)
     g.add_argument("--spacing", type=float, default=1.25)
+    g.add_argument("--only-ct", action="store_true", help="(re)write the CT phantoms only")
     e = commands.add_parser("export")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -314,7 +318,7 @@ def main(argv=None) -> int:
                       Path(args.card) if args.card else None)
         print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "weights_bytes")}))
     elif args.command == "phantoms":
-        prepare_phantoms(Path(args.out), args.count, args.first_seed, args.spacing)
+        prepare_phantoms(Path(args.out), args.count, args.first_seed, args.spacing, args.only_ct)
     else:
         fit(args)
     return 0

@@ -1,0 +1,266 @@
+"""Detector benchmark: real lumbar MRI validation split and phantom suites; prints JSON.
+
+    python bench/detect_eval.py [--model NAME_OR_DIR] [--suites real,ct,mr,fractures] [--limit N]
+
+Metrics per suite (VerSe conventions where they exist):
+  recall        ground-truth bodies matched by a detected body (3-D Dice >= 0.5)
+  precision     detected bodies matching a ground-truth body, counting only detections inside the
+                annotated superior-inferior range (real MRI labels only L1-L5 or T11-L5; a correctly
+                found T12 or sacrum is not a false positive); precision_all counts every detection
+  id_rate       VerSe identification: the closest detection to a ground-truth centroid has the same
+                level and lies within 20 mm (after the order-respecting labelling; id_rate_argmax
+                uses the detector's own most probable class)
+  loc_error_mm  centroid distance for matched bodies
+  dice          per matched body on the input grid
+  ap75_body / map75_levels  2-D average precision at mask IoU 0.75 on sagittal slices through the
+                spine (class-agnostic, and averaged over levels with the class required)
+  seconds, cpu_seconds, peak_rss_gb per case (the machine is shared; cpu_seconds is load-independent)
+Data: ../shared/data/mri-lumbar (MyoSegmenTUM vb3, Zukic et al. vb2), fixed split
+SpineLabelLib.detector.data.split_real_cases (every 4th case in name order is validation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from SpineLabelLib import anatomy  # noqa: E402
+from SpineLabelLib.result import SpineResult  # noqa: E402
+from SpineLabelLib.volume import Volume, load_volume, resample_to_canonical  # noqa: E402
+
+MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
+EVALUATED = [n for n in anatomy.ORDER if n != "S1"]
+
+
+# --- cases ------------------------------------------------------------------------------------
+def real_cases(limit: int | None):
+    from SpineLabelLib.detector.data import split_real_cases
+
+    names = sorted(p.name[: -len("_mri.nii.gz")] for p in MRI.glob("*_mri.nii.gz"))
+    _, validation = split_real_cases(names)
+    for name in validation[:limit]:
+        yield name, load_volume(MRI / f"{name}_mri.nii.gz"), load_volume(MRI / f"{name}_seg.nii.gz").array
+
+
+PHANTOM_SUITES = {
+    # name: list of (levels, modality, fractures, lordosis) -- seeds below 1000 were never trained on
+    "ct": [("C3-T5", "ct", {}, -10), ("T4-T12", "ct", {}, -30), ("T10-L5", "ct", {}, 35),
+           ("C3-L5", "ct", {}, 20), ("T8-S1", "ct", {}, 25), ("C5-T9", "ct", {}, -20)],
+    "mr": [("T10-S1", "t2", {}, 35), ("T11-S1", "t1", {}, 30), ("C2-T4", "t2", {}, -5), ("T5-L2", "t1", {}, -25)],
+    "fractures": [("T9-L4", "ct", {"T12": ("wedge", 35), "L2": ("biconcave", 30)}, 10),
+                  ("T10-L5", "t2", {"L1": ("crush", 40)}, 30)],
+}
+
+
+def phantom_cases(suite: str, limit: int | None):
+    from SpineLabelLib.phantom import generate_phantom
+
+    for seed, (span, modality, fractures, lordosis) in enumerate(PHANTOM_SUITES[suite][:limit], start=11):
+        levels = anatomy.parse_level_range(span)
+        phantom = generate_phantom(levels, modality, spacing=(0.9, 0.9, 2.0), seed=seed, fractures=fractures,
+                                   lordosis_deg=lordosis, rotation_deg=(6.0, -4.0, 3.0), lateral_fov_mm=160)
+        yield f"{suite}-{span}-{modality}", phantom.image, phantom.labels.array
+
+
+# --- metrics ----------------------------------------------------------------------------------
+def evaluate_case(result: SpineResult, truth_codes: np.ndarray, argmax_levels: list[str]) -> dict:
+    image: Volume = result.image
+    codes = [int(c) for c in np.unique(truth_codes) if c and anatomy.name_of(int(c)) in EVALUATED]
+    truth_centroids = {c: image.kji_to_ras(np.argwhere(truth_codes == c).mean(axis=0))[0] for c in codes}
+    predicted = [v for v in result.vertebrae if v.instance]
+    dice_rows = []
+    matched_pred = set()
+    for code in codes:
+        truth = truth_codes == code
+        best, best_dice = None, 0.0
+        for n, v in enumerate(predicted):
+            mask = result.instances == v.instance
+            overlap = np.logical_and(mask, truth).sum()
+            if overlap:
+                dice = 2 * overlap / (mask.sum() + truth.sum())
+                if dice > best_dice:
+                    best, best_dice = n, dice
+        if best is not None and best_dice >= 0.5:
+            matched_pred.add(best)
+            error = float(np.linalg.norm(predicted[best].centroid_ras - truth_centroids[code]))
+            dice_rows.append({"level": anatomy.name_of(code), "dice": float(best_dice), "loc_error_mm": error})
+    # Detections inside the annotated superior-inferior range count towards precision.
+    s_values = image.kji_to_ras(np.argwhere(np.isin(truth_codes, codes))[::50])[:, 2] if codes else np.array([0.0])
+    top, bottom = s_values.max() + 5, s_values.min() - 5
+    inside = [n for n, v in enumerate(predicted) if bottom <= v.centroid_ras[2] <= top]
+    return {
+        "truth": len(codes), "detected": len(predicted), "inside_range": len(inside),
+        "matched": len(dice_rows), "matched_inside": len(matched_pred & set(inside)),
+        "matched_pred": len(matched_pred),
+        "identified": _identified(predicted, [v.level for v in predicted], truth_centroids),
+        "identified_argmax": _identified(predicted, argmax_levels, truth_centroids),
+        "bodies": dice_rows,
+    }
+
+
+def _identified(predicted, levels, truth_centroids) -> int:
+    """VerSe rule: the nearest detection is within 20 mm and carries the same level."""
+    if not predicted:
+        return 0
+    points = np.array([v.centroid_ras for v in predicted])
+    count = 0
+    for code, centre in truth_centroids.items():
+        distance = np.linalg.norm(points - centre, axis=1)
+        nearest = int(distance.argmin())
+        count += distance[nearest] < 20.0 and levels[nearest] == anatomy.name_of(code)
+    return count
+
+
+def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: str, every: int = 3):
+    """2-D detections and truth on canonical sagittal slices through the labelled bodies."""
+    from SpineLabelLib.detector.data import normalise_intensity
+    from SpineLabelLib.detector.infer import predict_slices, slice_stack
+
+    config = network.config
+    canonical = resample_to_canonical(image, config.spacing_mm)
+    labels = resample_to_canonical(image.with_array(truth_codes.astype(np.uint8)), config.spacing_mm, label=True).array
+    intensity = normalise_intensity(canonical.array, modality)
+    present = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
+    records = []
+    for x in present[::every]:
+        detections = predict_slices(network, slice_stack(intensity, int(x), config.slice_offset)[None])[0]
+        truth = {int(c): labels[x] == c for c in np.unique(labels[x]) if c and anatomy.name_of(int(c)) in EVALUATED}
+        rows = np.flatnonzero(np.isin(labels[x], list(truth)).any(axis=1)) if truth else np.array([0])
+        records.append((detections, truth, rows.min() - 6, rows.max() + 6, labels.shape[1:]))
+    return records
+
+
+def average_precision(records, iou_needed: float = 0.75, level: str | None = None) -> float | None:
+    scored, total = [], 0
+    for detections, truth, top, bottom, shape in records:
+        wanted = {c: m for c, m in truth.items() if level is None or anatomy.name_of(c) == level}
+        total += len(wanted)
+        used = set()
+        for d in sorted(detections, key=lambda d: -d.score):
+            centre_row = (d.box[1] + d.box[3]) / 2
+            if not top <= centre_row <= bottom:
+                continue                                      # outside the annotated range
+            if level is not None and anatomy.ORDER[int(np.argmax(d.level_probs))] != level:
+                continue
+            mask = np.zeros(shape, bool)
+            col0, row0, col1, row1 = d.box
+            mask[row0:row1, col0:col1] = d.mask > 0.5
+            best, best_iou = None, 0.0
+            for code, t in wanted.items():
+                if code in used:
+                    continue
+                iou = np.logical_and(mask, t).sum() / max(1, np.logical_or(mask, t).sum())
+                if iou > best_iou:
+                    best, best_iou = code, iou
+            hit = best is not None and best_iou >= iou_needed
+            if hit:
+                used.add(best)
+            scored.append((d.score, hit))
+    if total == 0:
+        return None
+    scored.sort(key=lambda s: -s[0])
+    hits = np.cumsum([h for _, h in scored]) if scored else np.array([0])
+    precision = hits / np.arange(1, len(hits) + 1)
+    recall = hits / total
+    grid = np.linspace(0, 1, 101)
+    return float(np.mean([precision[recall >= r].max() if np.any(recall >= r) else 0.0 for r in grid]))
+
+
+# --- driver -----------------------------------------------------------------------------------
+def run_suite(name: str, cases, loaded) -> dict:
+    from SpineLabelLib import labelling
+    from SpineLabelLib.detector import detect
+
+    rows, records = [], []
+    for case_id, image, truth in cases:
+        result = SpineResult(case_id, image=image)
+        wall, cpu = time.time(), time.process_time()
+        detect(result, loaded)
+        argmax_by_instance = {v.instance: v.level for v in result.vertebrae}
+        labelling.relabel_result(result)
+        seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
+        argmax_levels = [argmax_by_instance.get(v.instance, "") for v in result.vertebrae if v.instance]
+        row = evaluate_case(result, truth, argmax_levels)
+        row.update(case=case_id, seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
+                   peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                   levels=[v.level for v in result.vertebrae])
+        rows.append(row)
+        records += slice_detections(loaded.network, image, truth, result.modality)
+        print(f"{name} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
+              f"{seconds:.1f} s", file=sys.stderr, flush=True)
+    return summarise(rows, records)
+
+
+def summarise(rows, records) -> dict:
+    truth = sum(r["truth"] for r in rows)
+    bodies = [b for r in rows for b in r["bodies"]]
+    levels = sorted({anatomy.name_of(c) for _, t, *_ in records for c in t}, key=anatomy.ORDER.index)
+    per_level = [average_precision(records, 0.75, level) for level in levels]
+    return {
+        "cases": len(rows), "bodies": truth,
+        "recall": _ratio(sum(r["matched"] for r in rows), truth),
+        "precision": _ratio(sum(r["matched_inside"] for r in rows), sum(r["inside_range"] for r in rows)),
+        "precision_all": _ratio(sum(r["matched_pred"] for r in rows), sum(r["detected"] for r in rows)),
+        "id_rate": _ratio(sum(r["identified"] for r in rows), truth),
+        "id_rate_argmax": _ratio(sum(r["identified_argmax"] for r in rows), truth),
+        "loc_error_mm": _mean([b["loc_error_mm"] for b in bodies]),
+        "dice": _mean([b["dice"] for b in bodies]),
+        "dice_min": round(min([b["dice"] for b in bodies]), 3) if bodies else None,
+        "ap75_body": _round(average_precision(records, 0.75)),
+        "map75_levels": _mean([p for p in per_level if p is not None]),
+        "seconds_max": max(r["seconds"] for r in rows), "seconds_mean": _mean([r["seconds"] for r in rows]),
+        "cpu_seconds_max": max(r["cpu_seconds"] for r in rows),
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in rows),
+        "per_case": [{k: v for k, v in r.items() if k != "bodies"} for r in rows],
+    }
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if b else None
+
+
+def _mean(values):
+    return round(float(np.mean(values)), 3) if len(values) else None
+
+
+def _round(value):
+    return None if value is None else round(value, 3)
+
+
+def main(argv=None) -> int:
+    from SpineLabelLib.models import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--suites", default="real,ct,mr,fractures")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", default=str(REPO / "bench" / "out" / "detect_eval.json"))
+    args = parser.parse_args(argv)
+    loaded = load_model(args.model)
+    report = {"model": loaded.summary(), "data": {}, "suites": {}}
+    for suite in args.suites.split(","):
+        if suite == "real":
+            cases = real_cases(args.limit)
+            report["data"]["real"] = "../shared/data/mri-lumbar validation split (every 4th case by name)"
+        else:
+            cases = phantom_cases(suite, args.limit)
+            report["data"][suite] = [f"{s} {m} fractures={f}" for s, m, f, _ in PHANTOM_SUITES[suite]]
+        report["suites"][suite] = run_suite(suite, cases, loaded)
+    text = json.dumps(report, indent=1, default=float)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
