@@ -228,7 +228,7 @@ def link_detections(per_slice: dict[int, list[SliceDetection]], max_gap: int = 3
     return bodies
 
 
-def keep_bodies(bodies: list[Body], spacing: float, min_extent_mm: float = 6.0,
+def keep_bodies(bodies: list[Body], spacing: float, min_extent_mm: float = 12.0,
                 min_score: float = 0.5) -> list[Body]:
     """Drop one-slice flickers and weak tracks: a body is several millimetres wide."""
     kept = []
@@ -237,6 +237,34 @@ def keep_bodies(bodies: list[Body], spacing: float, min_extent_mm: float = 6.0,
         if extent >= min_extent_mm and body.score >= min_score:
             kept.append(body)
     return kept
+
+
+def body_centre_mm(body: Body, spacing: float) -> np.ndarray:
+    """Canonical (x, superior-inferior, anterior-posterior) centre of a body in mm."""
+    boxes = np.array([d.box for d in body.detections], float)
+    xs = np.array([d.x for d in body.detections], float)
+    return np.array([xs.mean(), ((boxes[:, 1] + boxes[:, 3]) / 2).mean(),
+                     ((boxes[:, 0] + boxes[:, 2]) / 2).mean()]) * spacing
+
+
+def drop_off_spine(bodies: list[Body], spacing: float, max_off_mm: float = 20.0,
+                   strong_score: float = 0.9) -> list[Body]:
+    """Vertebral bodies form a smooth column: fit left-right and antero-posterior position as
+    quadratics of the superior-inferior position through the confident bodies, and drop bodies
+    further than max_off_mm from that curve (bowel, psoas, posterior elements seen as bodies)."""
+    if len(bodies) < 4:
+        return bodies
+    centres = np.array([body_centre_mm(b, spacing) for b in bodies])
+    strong = np.array([b.score >= strong_score for b in bodies])
+    if strong.sum() < 3:
+        strong = np.ones(len(bodies), bool)
+    degree = 2 if strong.sum() >= 5 else 1
+    s = centres[:, 1]
+    off = np.zeros(len(bodies))
+    for axis in (0, 2):
+        fit = np.polyfit(s[strong], centres[strong, axis], degree)
+        off += (centres[:, axis] - np.polyval(fit, s)) ** 2
+    return [b for b, distance in zip(bodies, np.sqrt(off)) if distance <= max_off_mm]
 
 
 # --- fusion -----------------------------------------------------------------------------------
@@ -296,6 +324,7 @@ def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progres
                               cancel=cancel, span=(0.3, 0.9))
     per_slice.update({x: dets for x, dets in coarse.items() if low <= x <= high})
     bodies = keep_bodies(link_detections(per_slice, max_gap=2 * max(1, slice_step)), config.spacing_mm)
+    bodies = drop_off_spine(bodies, config.spacing_mm)
     bodies.sort(key=lambda b: np.mean([(d.box[1] + d.box[3]) / 2 for d in b.detections]))
     _check(cancel)
     if progress:
