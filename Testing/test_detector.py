@@ -78,10 +78,22 @@ def test_sampler_blanks_unlabelled_vertebrae_above():
     image = np.ones(labels.shape, np.float16)
     case = data.Case(image, labels, blank_top=True, name="synthetic")
     sampler = data.SliceSampler([case], size=48, slice_offset=1, seed=0, augment=False)
-    blanked, kept = sampler._blank_above(image[:3].astype(np.float32), labels[2], sampler.tops[0])
+    blanked, kept = sampler._blank_above(image[:3].astype(np.float32), labels[2], sampler.tops[0][0])
     assert blanked[:, :20].max() == 0          # well above the labelled body: blank
     assert blanked[:, 30:].min() == 1          # the labelled body and below: untouched
     assert (kept == labels[2]).all()
+
+
+def test_sampler_can_cut_above_a_lower_level():
+    labels = np.zeros((5, 80, 40), np.uint8)
+    labels[:, 20:30, 10:30] = anatomy.code_of("L1")
+    labels[:, 40:50, 10:30] = anatomy.code_of("L2")
+    labels[:, 60:70, 10:30] = anatomy.code_of("L3")
+    case = data.Case(np.ones(labels.shape, np.float16), labels, blank_top=True, name="synthetic")
+    sampler = data.SliceSampler([case], size=48, slice_offset=1, seed=0, augment=False)
+    assert [int(cut[20]) for cut in sampler.tops[0]] == [20, 40, 60]
+    _, kept = sampler._blank_above(np.ones((3, 80, 40), np.float32), labels[2], sampler.tops[0][1])
+    assert set(np.unique(kept)) == {0, anatomy.code_of("L2"), anatomy.code_of("L3")}
 
 
 def _detection(x, box, level, score=0.9):

@@ -122,7 +122,7 @@ def _identified(predicted, levels, truth_centroids) -> int:
 def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: str, every: int = 3):
     """2-D detections and truth on canonical sagittal slices through the labelled bodies."""
     from SpineLabelLib.detector.data import normalise_intensity
-    from SpineLabelLib.detector.infer import predict_slices, slice_stack
+    from SpineLabelLib.detector.infer import predict_slices, slice_stack, torch_threads
 
     config = network.config
     canonical = resample_to_canonical(image, config.spacing_mm)
@@ -131,7 +131,8 @@ def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: 
     present = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
     records = []
     for x in present[::every]:
-        detections = predict_slices(network, slice_stack(intensity, int(x), config.slice_offset)[None])[0]
+        with torch_threads(1):
+            detections = predict_slices(network, slice_stack(intensity, int(x), config.slice_offset)[None])[0]
         truth = {int(c): labels[x] == c for c in np.unique(labels[x]) if c and anatomy.name_of(int(c)) in EVALUATED}
         rows = np.flatnonzero(np.isin(labels[x], list(truth)).any(axis=1)) if truth else np.array([0])
         records.append((detections, truth, rows.min() - 6, rows.max() + 6, labels.shape[1:]))

@@ -111,7 +111,20 @@ class SliceSampler:
         self.rng = np.random.default_rng(seed)
         weights = np.ones(len(cases)) if weights is None else np.asarray(weights, float)
         self.weights = weights / weights.sum()
-        self.tops = [top_boundary(c.labels) if c.blank_top else None for c in cases]
+        self.tops = [self._cuts(c.labels) if c.blank_top else None for c in cases]
+
+    @staticmethod
+    def _cuts(labels: np.ndarray) -> list[np.ndarray]:
+        """Per labelled level (cranial first), the boundary above which everything is blanked when
+        the image is cut just above that level."""
+        codes = sorted((int(c) for c in np.unique(labels) if c),
+                       key=lambda c: anatomy.order_index(anatomy.name_of(c)))
+        ranks = {c: n for n, c in enumerate(codes)}
+        rank_map = np.full(256, -1)
+        for code, rank in ranks.items():
+            rank_map[code] = rank
+        ranked = rank_map[labels]
+        return [top_boundary(np.where(ranked >= n, 1, 0).astype(np.uint8)) for n in range(len(codes))]
 
     def slice_stack(self, case: Case, x: int) -> tuple[np.ndarray, np.ndarray]:
         last = case.image.shape[0] - 1
@@ -127,15 +140,19 @@ class SliceSampler:
         else:
             x = int(self.rng.integers(case.image.shape[0]))
         image, labels = self.slice_stack(case, x)
-        if self.tops[index] is not None:
-            image, labels = self._blank_above(image, labels, self.tops[index])
+        cuts = self.tops[index]
+        if cuts is not None:
+            # Half the time the cut is above a lower level, so that the first visible body is not
+            # always the same level (it would teach "top body = L1").
+            n = 0 if self.rng.random() < 0.5 or len(cuts) < 3 else int(self.rng.integers(1, len(cuts) - 1))
+            image, labels = self._blank_above(image, labels, cuts[n])
         image, labels = self._geometry(image, labels)
         if self.augment:
             image = self._intensity(image)
         return image, labels
 
     def _blank_above(self, image, labels, top):
-        margin = int(self.rng.integers(2, 6))                 # pixels: part of a disc space
+        margin = int(self.rng.integers(1, 4))                 # pixels: part of a disc space
         rows = np.arange(image.shape[1])[:, None]
         keep = rows >= (top[None, :] - margin)
         return image * keep[None], labels * keep
