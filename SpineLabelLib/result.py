@@ -76,10 +76,8 @@ class SpineResult:
         return self.instances == vertebra.instance
 
     def sort_cranio_caudal(self) -> None:
-        """Order vertebrae head to feet: by level where known, else by superior coordinate."""
-        def key(v: Vertebra):
-            return (-v.centroid_ras[2],)
-        self.vertebrae.sort(key=key)
+        """Order vertebrae head to feet by their superior (S) coordinate."""
+        self.vertebrae.sort(key=lambda v: -v.centroid_ras[2])
 
     def next_instance(self) -> int:
         used = [v.instance for v in self.vertebrae]
