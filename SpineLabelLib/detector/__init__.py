@@ -41,6 +41,8 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
                                          score=float(body["score"]), source="detector",
                                          level_scores=scores))
     result.sort_cranio_caudal()
+    if not result.vertebrae:
+        result.warnings.append("detector: no vertebral body found")
     result.models = [m for m in result.models if m.get("name") != loaded.name] + [loaded.summary()]
     result.extras["detector"] = output.extras
     return result
