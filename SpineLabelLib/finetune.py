@@ -1,0 +1,455 @@
+"""Train or fine-tune the vertebra detector on a dataset folder of corrected cases (`spinelabel train`).
+
+    dataset folder (SpineLabelLib.dataset layout)
+      -> checked (`validate_dataset`), split into training cases and a held-out part
+      -> prepared as the detector's .npz cases in <out>/work/data (real_<case>.npz / val_<case>.npz)
+      -> mixed with phantoms and, optionally, the detector's original training data (against forgetting)
+      -> trained from an initial model (`init`) or from scratch; <out>/work/last.pt is saved every
+         few minutes and on Ctrl-C, and a later call with the same <out> continues from it
+      -> <out>/model.safetensors + <out>/model_card.json, loadable with `models.load_model(<out>)`.
+
+The model card records the dataset's manifest SHA-256, the case ids trained on and held out, the
+initial model's name/version/SHA-256, and detection metrics on the held-out cases for the new model
+and the initial one (same definitions as bench/detect_eval.py: a body is found when the 3-D Dice
+with its ground-truth mask is >= 0.5; identified (VerSe rule) when the nearest detected centroid is
+within 20 mm and carries the same level after the order-respecting labelling).
+
+The work folder can be deleted after training; it is kept so that training can be continued with
+more iterations (``--iterations`` counts in total, across resumptions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import anatomy
+from .errors import InputError
+
+WORK = "work"
+CHECKPOINT = "last.pt"
+#: Card fields describing the initial model's own weights and training; not inherited by the new model.
+_NOT_INHERITED = ("name", "version", "weights", "sha256", "weights_bytes", "architecture", "training",
+                  "training_data", "validation_split", "directory", "held_out_metrics", "base_model", "limitations")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `train` needs besides the dataset and output folders."""
+
+    init: str | None = None                # model name or folder to start from; None = from scratch
+    iterations: int = 2000                 # total, across resumptions
+    minutes: float = 0.0                   # training-time budget, total across resumptions (0 = none)
+    phantoms: int = 0                      # phantoms to generate and mix in
+    old_data: Path | None = None           # folder of the detector's prepared real_*/phantom_*.npz
+    holdout_fraction: float = 0.2          # share of the dataset's cases kept out of training
+    site_share: float = 0.5                # share of training draws from the dataset's cases
+    phantom_share: float = 0.2             # share from phantoms; the rest from old real cases
+    lr: float | None = None                # peak learning rate (default 3e-4 fine-tuning, 1e-3 scratch)
+    batch: int = 4
+    threads: int | None = None             # torch threads (None = torch's default)
+    save_minutes: float = 4.0
+    eval_every: int = 250                  # 2-D validation on held-out slices, recorded in the card
+    name: str | None = None                # model name (default: the output folder's name)
+    version: str = "0.1.0"
+    config: Any = None                     # DetectorConfig for a new model (ignored with init)
+    seed: int = 0
+    evaluate_init: bool = True             # also measure the initial model on the held-out cases
+    progress: bool = True                  # tqdm progress bar
+    phantom_options: dict = field(default_factory=dict)   # overrides of the phantom recipe
+
+
+# --- dataset ------------------------------------------------------------------------------------
+def read_dataset(dataset_dir: str | Path) -> tuple[list, str]:
+    """The dataset's committed cases and the SHA-256 of its manifest; InputError (one line) when unusable."""
+    from .dataset import MANIFEST, iter_dataset_cases, validate_dataset
+    from .summary import sha256_file
+
+    dataset = Path(dataset_dir)
+    if not dataset.is_dir():
+        raise InputError(f"{dataset}: no such dataset folder")
+    problems = validate_dataset(dataset)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise InputError(f"{dataset}: not a usable dataset: {problems[0]}{more}")
+    cases = list(iter_dataset_cases(dataset))
+    if not cases:
+        raise InputError(f"{dataset}: no exported cases (use 'spinelabel export' to add corrected cases)")
+    return cases, sha256_file(dataset / MANIFEST)
+
+
+def split_held_out(case_ids: list[str], fraction: float) -> list[str]:
+    """Held-out case ids: the cases whose id hashes lowest, round(fraction * n) of them (at least one
+    when there are two or more cases and fraction > 0). Deterministic and independent of case order."""
+    if fraction <= 0 or len(case_ids) < 2:
+        return []
+    count = min(len(case_ids) - 1, max(1, round(fraction * len(case_ids))))
+    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+    return sorted(ranked[:count])
+
+
+def prepare_cases(cases: list, held_out: list[str], folder: Path, spacing: float) -> dict[str, Path]:
+    """Dataset cases -> detector .npz files (cached; a replaced case is prepared again)."""
+    from .detector.data import prepare_case
+    from .detector.infer import guess_modality
+    from .volume import load_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for case in cases:
+        prefix = "val" if case.case_id in held_out else "real"
+        digest = case.manifest_entry.get("files", {}).get("label", {}).get("sha256", "")[:10]
+        target = folder / f"{prefix}_{case.case_id}-{digest}.npz"
+        if not target.exists():
+            for stale in folder.glob(f"*_{case.case_id}-*.npz"):
+                stale.unlink()
+            image = load_volume(case.image_path)
+            modality = case.manifest_entry.get("modality")
+            modality = modality if modality in ("ct", "mr") else guess_modality(image)
+            try:
+                # "real": slices are blanked above the topmost labelled body, since corrected
+                # cases often label only the levels of interest while more vertebrae are visible.
+                prepare_case(image, load_volume(case.label_path), spacing, target, "real", modality=modality)
+            except ValueError as error:
+                raise InputError(f"{case.case_id}: cannot be used for training ({error})") from None
+        paths[case.case_id] = target
+    return paths
+
+
+def make_phantoms(folder: Path, count: int, spacing: float, first_seed: int = 5000,
+                  **overrides) -> list[Path]:
+    """`count` domain-randomised phantoms (the detector's recipe) as .npz cases (cached by seed)."""
+    from .detector.data import prepare_case
+    from .detector.train import phantom_parameters
+    from .phantom import generate_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(first_seed, first_seed + count):
+        target = folder / f"phantom_{seed:04d}.npz"
+        if not target.exists():
+            params = {**phantom_parameters(seed), "spacing": (spacing,) * 3, **overrides}
+            phantom = generate_phantom(**params)
+            modality = "ct" if params["modality"] == "ct" else "mr"
+            prepare_case(phantom.image, phantom.labels, spacing, target, "phantom", modality=modality)
+        paths.append(target)
+    return paths
+
+
+def draw_weights(groups: dict[str, int], shares: dict[str, float]) -> list[float]:
+    """Per-case draw probabilities: each group gets its share (renormalised over the non-empty
+    groups with a positive share), split equally among its cases. Order: groups as given."""
+    active = {g: shares[g] for g, n in groups.items() if n and shares.get(g, 0) > 0}
+    total = sum(active.values())
+    if total <= 0:
+        raise InputError("nothing to train on: every group of training cases is empty or has share 0")
+    weights = []
+    for group, count in groups.items():
+        weights += [active.get(group, 0.0) / total / max(count, 1)] * count
+    return weights
+
+
+def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], options: TrainOptions):
+    """Training cases and draw weights: the site's cases, old real cases and phantoms (old + new)."""
+    from .detector.data import Case
+
+    old_real, old_phantoms = [], []
+    if old_data is not None:
+        if not Path(old_data).is_dir():
+            raise InputError(f"{old_data}: no such folder of prepared training data")
+        old_real = sorted(Path(old_data).glob("real_*.npz"))
+        old_phantoms = sorted(Path(old_data).glob("phantom_*.npz"))
+    groups = {"site": site, "old": old_real, "phantoms": old_phantoms + list(phantoms)}
+    shares = {"site": options.site_share, "phantoms": options.phantom_share,
+              "old": max(0.0, 1.0 - options.site_share - options.phantom_share)}
+    weights = draw_weights({g: len(p) for g, p in groups.items()}, shares)
+    paths = [p for members in groups.values() for p in members]
+    drawn = [(path, w) for path, w in zip(paths, weights) if w > 0]     # load only what is drawn
+    counts = {"site_cases": len(site), "old_real_cases": len(old_real), "phantoms": len(groups["phantoms"])}
+    return [Case.load(path) for path, _ in drawn], [w for _, w in drawn], counts
+
+
+# --- training -------------------------------------------------------------------------------------
+def learning_rate(progress: float, peak: float) -> float:
+    """Warm-up over the first 5 % (from 10 % of the peak), then cosine decay to 2 % of the peak."""
+    if progress < 0.05:
+        return peak * (0.1 + 0.9 * progress / 0.05)
+    progress = min(1.0, (progress - 0.05) / 0.95)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_step(model, optimiser, sampler, batch: int) -> float | None:
+    """One optimisation step on a batch of sampled slices; None when the loss was not finite (skipped)."""
+    import torch
+
+    from .detector.data import make_target
+
+    images, targets = [], []
+    for _ in range(batch):
+        image, labels = sampler.sample()
+        images.append(torch.from_numpy(image))
+        targets.append(make_target(labels))
+    loss = sum(model(images, targets).values())
+    optimiser.zero_grad()
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimiser.step()
+    return float(loss.item())
+
+
+@dataclass
+class _State:
+    """What last.pt holds besides the network and optimiser."""
+
+    iteration: int = 0
+    elapsed: float = 0.0
+    history: list = field(default_factory=list)
+    held_out: list = field(default_factory=list)
+    init: dict | None = None
+    config: dict = field(default_factory=dict)
+    peak_lr: float = 1e-3
+
+
+def save_checkpoint(path: Path, model, optimiser, state: _State) -> None:
+    import torch
+
+    from .paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "state": json.dumps(state.__dict__)}, tmp)
+
+
+def load_checkpoint(path: Path):
+    """(model state, optimiser state, _State) or None when there is no checkpoint."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+        return saved["model"], saved["optimiser"], _State(**json.loads(saved["state"]))
+    except Exception as error:  # a damaged or foreign file: say which, do not guess
+        raise InputError(f"{path}: unreadable training checkpoint ({type(error).__name__}); "
+                         "delete it to start over") from None
+
+
+def _start(options: TrainOptions, init, saved, held_out: list[str]):
+    """Model, optimiser and state: resumed from the checkpoint, or fresh (from init or scratch)."""
+    import torch
+
+    from .detector.model import DetectorConfig, build_model
+
+    init_summary = init.summary() if init is not None else None
+    if saved is not None:
+        model_state, optimiser_state, state = saved
+        if (state.init or {}).get("sha256") != (init_summary or {}).get("sha256"):
+            raise InputError("the work folder holds a run from another initial model; "
+                             "use another --out folder or delete its work/ folder")
+        config = DetectorConfig.from_dict(state.config)
+    else:
+        config = init.config if init is not None else (options.config or DetectorConfig())
+        peak = options.lr or (3e-4 if init is not None else 1e-3)
+        state = _State(held_out=held_out, init=init_summary, config=config.to_dict(), peak_lr=peak)
+    torch.manual_seed(options.seed)
+    model = build_model(config)
+    if saved is not None:
+        model.load_state_dict(model_state)
+    elif init is not None:
+        model.load_state_dict(init.network.state_dict())
+    optimiser = torch.optim.AdamW(model.parameters(), lr=state.peak_lr, weight_decay=1e-4)
+    if saved is not None:
+        optimiser.load_state_dict(optimiser_state)
+    return model, optimiser, state
+
+
+def run_training(model, optimiser, sampler, state: _State, options: TrainOptions, validation,
+                 checkpoint: Path) -> None:
+    """The loop: until `iterations` or the time budget, whichever comes first; saves on exit and Ctrl-C."""
+    from tqdm import tqdm
+
+    from .detector.train import evaluate_slices
+
+    budget = options.minutes * 60 if options.minutes else math.inf
+    started, elapsed_before, last_save = time.time(), state.elapsed, time.time()
+    bar = tqdm(total=options.iterations, initial=state.iteration, desc="spinelabel train", unit="it",
+               disable=not options.progress, dynamic_ncols=True)
+    model.train()
+    try:
+        while state.iteration < options.iterations and state.elapsed < budget:
+            progress = max(state.iteration / options.iterations, state.elapsed / budget)
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(progress, state.peak_lr)
+            loss = train_step(model, optimiser, sampler, options.batch)
+            state.iteration += 1
+            state.elapsed = elapsed_before + time.time() - started
+            bar.update(1)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if validation and state.iteration % options.eval_every == 0:
+                state.history.append({"iteration": state.iteration, **evaluate_slices(model, validation)})
+            if time.time() - last_save > options.save_minutes * 60:
+                save_checkpoint(checkpoint, model, optimiser, state)
+                last_save = time.time()
+    finally:   # also on Ctrl-C: the next call continues from here
+        bar.close()
+        save_checkpoint(checkpoint, model, optimiser, state)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+def score_case(result, truth_codes: np.ndarray) -> dict:
+    """Found (3-D Dice >= 0.5), identified (VerSe: nearest centroid within 20 mm, same level), Dice
+    and centroid distance of the found bodies, for one detected and labelled case."""
+    codes = [int(c) for c in np.unique(truth_codes) if c and anatomy.name_of(int(c)) != "S1"]
+    predicted = [v for v in result.vertebrae if v.instance]
+    instances = result.instances
+    sizes = np.bincount(instances.ravel(), minlength=max([v.instance for v in predicted], default=0) + 1)
+    centres = np.array([v.centroid_ras for v in predicted]).reshape(-1, 3)
+    found, identified, dice, distance = 0, 0, [], []
+    for code in codes:
+        truth = truth_codes == code
+        centre = result.image.kji_to_ras(np.argwhere(truth).mean(axis=0))[0]
+        if predicted:
+            overlap = np.bincount(instances[truth], minlength=sizes.size)
+            scores = [2 * overlap[v.instance] / (sizes[v.instance] + truth.sum()) for v in predicted]
+            best = int(np.argmax(scores))
+            if scores[best] >= 0.5:
+                found += 1
+                dice.append(float(scores[best]))
+                distance.append(float(np.linalg.norm(centres[best] - centre)))
+            gaps = np.linalg.norm(centres - centre, axis=1)
+            nearest = int(gaps.argmin())
+            identified += bool(gaps[nearest] < 20.0 and predicted[nearest].level == anatomy.name_of(code))
+    return {"bodies": len(codes), "found": found, "identified": identified, "dice": dice,
+            "loc_error_mm": distance, "levels": [v.level for v in predicted]}
+
+
+def evaluate_model(loaded, cases: list) -> dict | None:
+    """Detection + labelling on each case; recall, identification rate, mean Dice and localisation error."""
+    from . import labelling
+    from .detector import detect
+    from .result import SpineResult
+    from .volume import load_volume
+
+    if not cases:
+        return None
+    rows = []
+    for case in cases:
+        image = load_volume(case.image_path)
+        result = SpineResult(case.case_id, image=image)
+        modality = case.manifest_entry.get("modality")
+        detect(result, loaded, modality if modality in ("ct", "mr") else "auto")
+        labelling.relabel_result(result)
+        rows.append({"case": case.case_id, **score_case(result, load_volume(case.label_path).array)})
+    bodies = sum(r["bodies"] for r in rows)
+
+    def mean(key):
+        values = [v for r in rows for v in r[key]]
+        return round(float(np.mean(values)), 3) if values else None
+
+    return {"cases": len(rows), "bodies": bodies,
+            "recall": round(sum(r["found"] for r in rows) / max(bodies, 1), 3),
+            "id_rate": round(sum(r["identified"] for r in rows) / max(bodies, 1), 3),
+            "dice": mean("dice"), "loc_error_mm": mean("loc_error_mm"),
+            "per_case": [{"case": r["case"], "bodies": r["bodies"], "found": r["found"],
+                          "identified": r["identified"], "levels": r["levels"]} for r in rows]}
+
+
+# --- model folder ---------------------------------------------------------------------------------
+def base_card(init, config) -> dict:
+    """Card fields describing what the model does (inherited from the initial model when there is one)."""
+    from .detector.model import CLASS_NAMES
+
+    if init is not None:
+        return {k: v for k, v in init.card.items() if k not in _NOT_INHERITED}
+    return {"task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
+            "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": list(CLASS_NAMES),
+            "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
+                      "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
+                      "slice_offset_voxels": config.slice_offset},
+            "normalisation": {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
+                              "ct": "Hounsfield window -250..1000 HU scaled to 0..1"}}
+
+
+def training_card(state: _State, options: TrainOptions, manifest_sha: str, cases: list, counts: dict) -> dict:
+    trained = [c.case_id for c in cases if c.case_id not in state.held_out]
+    old = options.old_data
+    return {
+        "base_model": state.init,
+        "training": {"kind": "fine-tuned" if state.init else "trained from scratch",
+                     "iterations": state.iteration, "training_minutes": round(state.elapsed / 60, 1),
+                     "peak_lr": state.peak_lr, "batch": options.batch,
+                     "draw_shares": {"site": options.site_share, "phantoms": options.phantom_share,
+                                     "old_real": round(max(0.0, 1 - options.site_share - options.phantom_share), 3)},
+                     "validation_history": state.history},
+        "training_data": {
+            "dataset": {"manifest_sha256": manifest_sha, "cases": len(cases), "trained_on": trained,
+                        "held_out": list(state.held_out)},
+            "phantoms": {"count": counts["phantoms"], "generator": "SpineLabelLib.phantom.generate_phantom",
+                         "recipe": "SpineLabelLib.detector.train.phantom_parameters"},
+            "old_data": None if old is None else {"folder": Path(old).name, "real_cases": counts["old_real_cases"]},
+        },
+    }
+
+
+def write_model(out: Path, model, config, card: dict) -> dict:
+    from .detector.weights import export_weights
+
+    return export_weights(model.state_dict(), config, out, card)
+
+
+# --- entry point ----------------------------------------------------------------------------------
+def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | None = None) -> dict:
+    """Train (or fine-tune with ``options.init``) on a dataset folder; write a model folder; return its card.
+
+    Continues from <out>/work/last.pt when present. Raises InputError / ModelError with one line.
+    """
+    import torch
+
+    from .detector.data import SliceSampler
+    from .detector.train import validation_slices
+    from .models import load_model
+    from .paths import atomic_write_text, safe_name
+
+    options = options or TrainOptions()
+    if options.iterations < 1:
+        raise InputError("iterations must be at least 1")
+    out = Path(out_dir)
+    cases, manifest_sha = read_dataset(dataset_dir)
+    init = load_model(options.init) if options.init else None
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    work = out / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    held_out = split_held_out([c.case_id for c in cases], options.holdout_fraction)
+    model, optimiser, state = _start(options, init, load_checkpoint(work / CHECKPOINT), held_out)
+    config = model.config
+    prepared = prepare_cases(cases, state.held_out, work / "data", config.spacing_mm)
+    phantoms = make_phantoms(work / "phantoms", options.phantoms, config.spacing_mm, **options.phantom_options)
+    site = [prepared[c.case_id] for c in cases if c.case_id not in state.held_out]
+    pool, weights, counts = build_pool(site, options.old_data, phantoms, options)
+    sampler = SliceSampler(pool, config.train_size, config.slice_offset,
+                           seed=options.seed + state.iteration, weights=weights)
+    run_training(model, optimiser, sampler, state, options,
+                 validation_slices(work / "data", config.slice_offset), work / CHECKPOINT)
+    card = {**base_card(init, config), "name": options.name or safe_name(out.resolve().name, "site-model"),
+            "version": options.version, **training_card(state, options, manifest_sha, cases, counts)}
+    card = write_model(out, model, config, card)
+    held = [c for c in cases if c.case_id in state.held_out]
+    metrics = {"cases": [c.case_id for c in held], "model": evaluate_model(load_model(out), held)}
+    if init is not None and options.evaluate_init:
+        metrics["base_model"] = evaluate_model(init, held)
+    card["held_out_metrics"] = metrics
+    from .detector.weights import CARD_FILE
+
+    text = json.dumps(card, indent=2)
+    atomic_write_text(out / CARD_FILE, text + "\n")
+    return json.loads(text)                 # exactly what is on disk
