@@ -82,6 +82,58 @@ def prepare_phantoms(out: Path, count: int, first_seed: int, spacing: float, onl
         print("prepared", target.name, params["modality"], params["levels"][0], params["levels"][-1], flush=True)
 
 
+def pseudo_label_above(data: Path, model_dir: Path, max_levels: int = 2) -> None:
+    """Label the unlabelled vertebrae just above the annotated ones in real training cases.
+
+    The real masks start at L1 (or T11), yet T12 (T10) is visible above. Blanking that region
+    taught the detector "the top visible body is L1". Instead, the current detector finds the
+    bodies above the topmost annotated one and they get the next levels up (T12, T11 ...) by
+    order; anything above them stays blanked. Writes the labels into the .npz (kind 'real')."""
+    from .. import anatomy
+    from ..models import load_model
+    from .infer import fuse_masks, keep_bodies, link_detections, run_on_slices, torch_threads
+
+    network = load_model(model_dir).network
+    config = network.config
+    for path in sorted(data.glob("real_*.npz")):
+        with np.load(path) as stored:
+            image, labels = stored["image"].astype(np.float32), stored["labels"].copy()
+            kind, spacing = stored["kind"], stored["spacing"]
+        with torch_threads(1):
+            per_slice = run_on_slices(network, image, range(0, image.shape[0], 2), config.slice_offset)
+        bodies = keep_bodies(link_detections(per_slice, max_gap=4), config.spacing_mm)
+        instances, _ = fuse_masks(bodies, (0, image.shape[0] - 1), image.shape[1:])
+        codes = sorted((int(c) for c in np.unique(labels) if c), key=lambda c: anatomy.order_index(anatomy.name_of(c)))
+        top_code = codes[0]
+        top_row = np.argwhere(labels == top_code)[:, 1].mean()
+        candidates = []
+        for number in range(1, len(bodies) + 1):
+            mask = instances == number
+            if not mask.any() or (labels[mask] > 0).mean() > 0.1:
+                continue
+            row = np.argwhere(mask)[:, 1].mean()
+            if row < top_row:
+                candidates.append((row, mask))
+        candidates.sort(key=lambda c: -c[0])                       # nearest to the annotated ones first
+        added, previous_row = [], top_row
+        level_index = anatomy.STANDARD_ORDER.index(anatomy.name_of(top_code))
+        for row, mask in candidates[:max_levels]:
+            if previous_row - row > 45.0 / config.spacing_mm or level_index == 0:
+                break                                              # a gap: not the next vertebra up
+            level_index -= 1
+            name = anatomy.STANDARD_ORDER[level_index]
+            labels[mask & (labels == 0)] = anatomy.code_of(name)
+            added.append(name)
+            previous_row = row
+        from ..paths import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as stream:
+                np.savez_compressed(stream, image=image.astype(np.float16), labels=labels, kind=kind,
+                                    spacing=spacing, pseudo_labels=np.array(added))
+        print(path.name, "added", added, flush=True)
+
+
 def _load_pool(data: Path):
     from .data import Case
 
@@ -295,6 +347,9 @@ def main(argv=None) -> int:
     g.add_argument("--first-seed", type=int, default=1000)
     g.add_argument("--spacing", type=float, default=1.25)
     g.add_argument("--only-ct", action="store_true", help="(re)write the CT phantoms only")
+    q = commands.add_parser("pseudo")
+    q.add_argument("--data", required=True)
+    q.add_argument("--model", required=True)
     e = commands.add_parser("export")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -315,6 +370,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri), Path(args.out), args.spacing)
+    elif args.command == "pseudo":
+        pseudo_label_above(Path(args.data), Path(args.model))
     elif args.command == "export":
         card = export(Path(args.checkpoint), Path(args.out), args.name, args.version,
                       Path(args.card) if args.card else None)
