@@ -155,16 +155,27 @@ def draw_weights(groups: dict[str, int], shares: dict[str, float]) -> list[float
     return weights
 
 
-def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], options: TrainOptions):
+def _old_data(folder: Path | None, spacing: float) -> tuple[list[Path], list[Path]]:
+    """(real, phantom) .npz files of the detector's prepared training data, checked for the model's spacing."""
+    if folder is None:
+        return [], []
+    folder = Path(folder)
+    real, phantoms = sorted(folder.glob("real_*.npz")), sorted(folder.glob("phantom_*.npz"))
+    if not folder.is_dir() or not real + phantoms:
+        raise InputError(f"{folder}: no prepared training data (real_*.npz, phantom_*.npz) there")
+    with np.load((real + phantoms)[0]) as first:
+        found = float(first["spacing"])
+    if abs(found - spacing) > 1e-6:
+        raise InputError(f"{folder}: prepared at {found} mm, but the model works at {spacing} mm")
+    return real, phantoms
+
+
+def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], options: TrainOptions,
+               spacing: float):
     """Training cases and draw weights: the site's cases, old real cases and phantoms (old + new)."""
     from .detector.data import Case
 
-    old_real, old_phantoms = [], []
-    if old_data is not None:
-        if not Path(old_data).is_dir():
-            raise InputError(f"{old_data}: no such folder of prepared training data")
-        old_real = sorted(Path(old_data).glob("real_*.npz"))
-        old_phantoms = sorted(Path(old_data).glob("phantom_*.npz"))
+    old_real, old_phantoms = _old_data(old_data, spacing)
     groups = {"site": site, "old": old_real, "phantoms": old_phantoms + list(phantoms)}
     shares = {"site": options.site_share, "phantoms": options.phantom_share,
               "old": max(0.0, 1.0 - options.site_share - options.phantom_share)}
@@ -435,7 +446,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     prepared = prepare_cases(cases, state.held_out, work / "data", config.spacing_mm)
     phantoms = make_phantoms(work / "phantoms", options.phantoms, config.spacing_mm, **options.phantom_options)
     site = [prepared[c.case_id] for c in cases if c.case_id not in state.held_out]
-    pool, weights, counts = build_pool(site, options.old_data, phantoms, options)
+    pool, weights, counts = build_pool(site, options.old_data, phantoms, options, config.spacing_mm)
     sampler = SliceSampler(pool, config.train_size, config.slice_offset,
                            seed=options.seed + state.iteration, weights=weights)
     run_training(model, optimiser, sampler, state, options,

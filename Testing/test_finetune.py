@@ -154,8 +154,8 @@ def _damaged_dataset(dataset, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "damaged", "not-a-model"])
-def test_bad_input_gives_one_line(dataset, tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind", ["missing", "empty", "damaged", "not-a-model", "old-data-spacing"])
+def test_bad_input_gives_one_line(dataset, init_dir, phantoms, tmp_path, capsys, kind):
     target, extra = tmp_path / "missing", []
     if kind == "empty":
         (tmp_path / "empty").mkdir()
@@ -164,6 +164,12 @@ def test_bad_input_gives_one_line(dataset, tmp_path, capsys, kind):
         target = _damaged_dataset(dataset, tmp_path)
     elif kind == "not-a-model":
         target, extra = dataset, ["--init", str(tmp_path)]
+    elif kind == "old-data-spacing":         # prepared at 1.5 mm, the model works at 2 mm
+        from SpineLabelLib.detector.data import prepare_case
+
+        (tmp_path / "old").mkdir()
+        prepare_case(phantoms[0].image, phantoms[0].labels, 1.5, tmp_path / "old" / "real_a.npz", "real")
+        target, extra = dataset, ["--init", str(init_dir), "--old-data", str(tmp_path / "old")]
     status = cli.main(["train", "--dataset", str(target), "--out", str(tmp_path / "m"), "--iterations", "1", *extra])
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1 and err.startswith("spinelabel: error:")
