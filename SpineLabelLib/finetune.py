@@ -182,7 +182,10 @@ def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], op
     weights = draw_weights({g: len(p) for g, p in groups.items()}, shares)
     paths = [p for members in groups.values() for p in members]
     drawn = [(path, w) for path, w in zip(paths, weights) if w > 0]     # load only what is drawn
-    counts = {"site_cases": len(site), "old_real_cases": len(old_real), "phantoms": len(groups["phantoms"])}
+    first = np.cumsum([0] + [len(p) for p in groups.values()])
+    actual = {g: round(float(sum(weights[a:b])), 3) for g, a, b in zip(groups, first[:-1], first[1:])}
+    counts = {"site_cases": len(site) if actual["site"] else 0, "old_real_cases": len(old_real),
+              "phantoms": len(groups["phantoms"]), "draw_shares": actual}
     return [Case.load(path) for path, _ in drawn], [w for _, w in drawn], counts
 
 
@@ -391,15 +394,14 @@ def base_card(init, config) -> dict:
 
 
 def training_card(state: _State, options: TrainOptions, manifest_sha: str, cases: list, counts: dict) -> dict:
-    trained = [c.case_id for c in cases if c.case_id not in state.held_out]
+    trained = [c.case_id for c in cases if c.case_id not in state.held_out] if counts["site_cases"] else []
     old = options.old_data
     return {
         "base_model": state.init,
         "training": {"kind": "fine-tuned" if state.init else "trained from scratch",
                      "iterations": state.iteration, "training_minutes": round(state.elapsed / 60, 1),
                      "peak_lr": state.peak_lr, "batch": options.batch,
-                     "draw_shares": {"site": options.site_share, "phantoms": options.phantom_share,
-                                     "old_real": round(max(0.0, 1 - options.site_share - options.phantom_share), 3)},
+                     "draw_shares": counts["draw_shares"],
                      "validation_history": state.history},
         "training_data": {
             "dataset": {"manifest_sha256": manifest_sha, "cases": len(cases), "trained_on": trained,
@@ -409,12 +411,6 @@ def training_card(state: _State, options: TrainOptions, manifest_sha: str, cases
             "old_data": None if old is None else {"folder": Path(old).name, "real_cases": counts["old_real_cases"]},
         },
     }
-
-
-def write_model(out: Path, model, config, card: dict) -> dict:
-    from .detector.weights import export_weights
-
-    return export_weights(model.state_dict(), config, out, card)
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -428,11 +424,11 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     from .detector.data import SliceSampler
     from .detector.train import validation_slices
     from .models import load_model
-    from .paths import atomic_write_text, safe_name
+    from .paths import safe_name
 
     options = options or TrainOptions()
-    if options.iterations < 1:
-        raise InputError("iterations must be at least 1")
+    if options.iterations < 1 or not 0 <= options.holdout_fraction < 1:
+        raise InputError("iterations must be at least 1 and the held-out share between 0 and 1")
     out = Path(out_dir)
     cases, manifest_sha = read_dataset(dataset_dir)
     init = load_model(options.init) if options.init else None
@@ -453,14 +449,20 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
                  validation_slices(work / "data", config.slice_offset), work / CHECKPOINT)
     card = {**base_card(init, config), "name": options.name or safe_name(out.resolve().name, "site-model"),
             "version": options.version, **training_card(state, options, manifest_sha, cases, counts)}
-    card = write_model(out, model, config, card)
-    held = [c for c in cases if c.case_id in state.held_out]
+    return _write_model(out, model, card, init, [c for c in cases if c.case_id in state.held_out], options)
+
+
+def _write_model(out: Path, model, card: dict, init, held: list, options: TrainOptions) -> dict:
+    """Weights + card, then the held-out metrics of the written (reloaded) model added to the card."""
+    from .detector.weights import CARD_FILE, export_weights
+    from .models import load_model
+    from .paths import atomic_write_text
+
+    card = export_weights(model.state_dict(), model.config, out, card)
     metrics = {"cases": [c.case_id for c in held], "model": evaluate_model(load_model(out), held)}
     if init is not None and options.evaluate_init:
         metrics["base_model"] = evaluate_model(init, held)
     card["held_out_metrics"] = metrics
-    from .detector.weights import CARD_FILE
-
     text = json.dumps(card, indent=2)
     atomic_write_text(out / CARD_FILE, text + "\n")
     return json.loads(text)                 # exactly what is on disk

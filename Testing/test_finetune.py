@@ -97,6 +97,7 @@ def test_training_from_scratch_writes_a_loadable_model_folder(dataset, tmp_path,
     assert len(data["dataset"]["held_out"]) == 1 and len(data["dataset"]["trained_on"]) == 1
     assert data["phantoms"]["count"] == 1 and data["old_data"] == {"folder": "old", "real_cases": 1}
     assert on_disk["base_model"] is None and on_disk["training"]["iterations"] == 2
+    assert on_disk["training"]["draw_shares"] == {"site": 0.5, "old": 0.3, "phantoms": 0.2}
     assert on_disk["architecture"] == json.loads(json.dumps(TINY.to_dict()))
     held = on_disk["held_out_metrics"]
     assert held["cases"] == data["dataset"]["held_out"] and held["model"]["bodies"] == 3
@@ -174,3 +175,15 @@ def test_bad_input_gives_one_line(dataset, init_dir, phantoms, tmp_path, capsys,
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1 and err.startswith("spinelabel: error:")
     assert not (tmp_path / "m" / CARD_FILE).exists()
+
+
+def test_control_run_without_site_cases_records_none_trained_on(dataset, init_dir, phantoms, tmp_path):
+    from SpineLabelLib.detector.data import prepare_case
+
+    old = tmp_path / "old"
+    old.mkdir()
+    prepare_case(phantoms[1].image, phantoms[1].labels, TINY.spacing_mm, old / "phantom_0001.npz", "phantom")
+    card = finetune.train(dataset, tmp_path / "control", quick(init=str(init_dir), old_data=old, site_share=0.0,
+                                                               evaluate_init=False))
+    assert card["training"]["draw_shares"] == {"site": 0.0, "old": 0.0, "phantoms": 1.0}
+    assert card["training_data"]["dataset"]["trained_on"] == [] and "base_model" not in card["held_out_metrics"]
