@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SpineLabelError
+from .errors import NoSpineFoundError, SpineLabelError
 from .result import SpineResult
 from .volume import Volume, case_id as case_id_of, load_volume
 
@@ -54,6 +54,8 @@ def detect(result: SpineResult, model: str | None = None, modality: str = "auto"
 
     with timed(result, "detect"):
         detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
+    if not result.vertebrae:
+        raise NoSpineFoundError(f"{result.case_id}: no vertebra found (is this a spine CT or MRI?)")
     with timed(result, "label"):
         labelling.relabel_result(result)
     return result
