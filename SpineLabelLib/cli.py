@@ -162,8 +162,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no models found")
         return 1
+    print("name\tversion\tmodality\tsha256\ttask")
     for card in models:
-        print(f"{card['name']}\t{card.get('version', '')}\t{card.get('modality', '')}\t{card.get('task', '')}")
+        modality = card.get("modality", "")
+        modality = ",".join(modality) if isinstance(modality, list) else modality
+        print(f"{card['name']}\t{card.get('version', '')}\t{modality}\t{card.get('sha256', '')[:12]}\t{card.get('task', '')}")
     return 0
 
 

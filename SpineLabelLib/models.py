@@ -14,6 +14,12 @@ from typing import Any
 from .errors import ModelError
 
 DEFAULT_MODEL = "vertebra-detector"
+
+#: SHA-256 of the weights shipped with this release. A model card can be edited together with its
+#: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
+BUNDLED_SHA256 = {
+    "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
+}
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
 
 
@@ -96,6 +102,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
                              f"set {ENVIRONMENT_VARIABLE} to add a folder)")
         directory = matches[0]
     card = read_card(directory)
+    _check_bundled_pin(directory, card)
     weights = directory / card["weights"]
     key = (str(directory.resolve()), sha256_of(weights) if weights.is_file() else "")
     if key in _CACHE and key[1] == card["sha256"]:
@@ -104,3 +111,17 @@ def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
     loaded = LoadedModel(card["name"], str(card["version"]), directory, card, network)
     _CACHE[key] = loaded
     return loaded
+
+
+def bundled_root() -> Path:
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+
+
+def _check_bundled_pin(directory: Path, card: dict[str, Any]) -> None:
+    """A model inside the bundled folder must be the one this release shipped."""
+    if directory.resolve().parent != bundled_root().resolve():
+        return
+    pinned = BUNDLED_SHA256.get(card["name"])
+    if pinned is None or card["sha256"] != pinned:
+        raise ModelError(f"{directory}: bundled model does not match the hash this SpineLabel release shipped; "
+                         "reinstall SpineLabel or pass your own model folder with --model")

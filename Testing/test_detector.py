@@ -3,6 +3,7 @@ model folders (hash check, missing files), the registry, and `detect` end to end
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,38 @@ def test_registry_finds_models_through_the_environment(tiny_model_dir, monkeypat
     assert models.load_model("tiny-test").card["name"] == "tiny-test"
     with pytest.raises(ModelError, match="not found"):
         models.load_model("no-such-model")
+
+
+def test_bundled_model_matches_the_hash_pinned_in_code():
+    from SpineLabelLib.detector.weights import sha256_of
+    from SpineLabelLib.models import BUNDLED_SHA256, bundled_root, list_models
+
+    bundled = [c for c in list_models() if Path(c["directory"]).parent == bundled_root()]
+    assert {c["name"] for c in bundled} == set(BUNDLED_SHA256)
+    for card in bundled:
+        weights = Path(card["directory"]) / card["weights"]
+        assert sha256_of(weights) == card["sha256"] == BUNDLED_SHA256[card["name"]]
+
+
+def test_bundled_model_with_edited_card_and_weights_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from SpineLabelLib import models
+    from SpineLabelLib.detector.weights import sha256_of
+
+    fake_root = tmp_path / "Resources" / "Models"
+    source = models.bundled_root() / models.DEFAULT_MODEL
+    shutil.copytree(source, fake_root / models.DEFAULT_MODEL)
+    weights = fake_root / models.DEFAULT_MODEL / "model.safetensors"
+    with open(weights, "r+b") as stream:       # flip one byte in the stored tensors, then "fix" the card
+        stream.seek(-1, 2)
+        last = stream.read(1)
+        stream.seek(-1, 2)
+        stream.write(bytes([last[0] ^ 1]))
+    card_path = fake_root / models.DEFAULT_MODEL / CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["sha256"] = sha256_of(weights)
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(models, "bundled_root", lambda: fake_root)
+    with pytest.raises(ModelError, match="hash this SpineLabel release shipped"):
+        models.load_model(fake_root / models.DEFAULT_MODEL)
