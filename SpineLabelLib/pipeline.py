@@ -55,7 +55,7 @@ def detect(result: SpineResult, model: str | None = None, modality: str = "auto"
     with timed(result, "detect"):
         detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
     if not result.vertebrae:
-        raise NoSpineFoundError(f"{result.case_id}: no vertebra found (is this a spine CT or MRI?)")
+        raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
     with timed(result, "label"):
         labelling.relabel_result(result)
     return result
