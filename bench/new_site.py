@@ -154,6 +154,20 @@ def measure(model_dir: Path, names: list[str], suite: str) -> dict:
                          for r in summary["per_case"]]}
 
 
+def measured(work: Path, role: str, folder: Path, sha256: str, cases: dict) -> dict:
+    """Results of one model on the held-out T2 and T1 cases, cached in the work folder by weights hash."""
+    cache = work / f"measure_{role}.json"
+    wanted = {"sha256": sha256, "t2": cases["t2_held_out"], "t1": cases["t1_held_out"]}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == wanted:
+            return saved["results"]
+    results = {"t2_held_out": measure(folder, cases["t2_held_out"], f"{role}-t2"),
+               "t1_held_out": measure(folder, cases["t1_held_out"], f"{role}-t1")}
+    cache.write_text(json.dumps({"key": wanted, "results": results}, default=float))
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(REPO / "checkpoints" / "newsite"))
@@ -168,6 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-original", action="store_true", help="export without BEFORE's predictions")
     parser.add_argument("--steps", default="before,export,after,control,measure")
     parser.add_argument("--limit", type=int, default=None, help="first N cases of each group (smoke runs)")
+    parser.add_argument("--models", default="before,after,control", help="which models the measure step measures")
     args = parser.parse_args(argv)
     work, steps = Path(args.work), args.steps.split(",")
     work.mkdir(parents=True, exist_ok=True)
@@ -188,14 +203,13 @@ def main(argv=None) -> int:
               "split": cases, "models": {}, "results": {}}
     if "measure" in steps:
         for role, folder in models.items():
-            if not (folder / "model_card.json").exists():
+            if role not in args.models.split(",") or not (folder / "model_card.json").exists():
                 continue
             card = json.loads((folder / "model_card.json").read_text())
             report["models"][role] = {"sha256": card["sha256"], "training": {
                 k: card.get("training", {}).get(k) for k in ("iterations", "training_minutes", "kind", "draw_shares")},
                 "dataset_held_out_metrics": card.get("held_out_metrics")}
-            report["results"][role] = {"t2_held_out": measure(folder, cases["t2_held_out"], f"{role}-t2"),
-                                       "t1_held_out": measure(folder, cases["t1_held_out"], f"{role}-t1")}
+            report["results"][role] = measured(work, role, folder, card["sha256"], cases)
     report["wall_minutes"] = round((time.time() - started) / 60, 1)
     text = json.dumps(report, indent=1, default=float)
     out = REPO / "bench" / "out" / "new_site.json"
