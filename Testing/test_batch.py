@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer")
-
+import slicer  # noqa: F401
 from conftest import FIXTURES  # noqa: E402
 from test_correction import lumbar_result  # noqa: E402
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("safetensors")
-
+import torch
+import torchvision  # noqa: F401
+import safetensors  # noqa: F401
 from SpineLabelLib import anatomy  # noqa: E402
 from SpineLabelLib.detector import data, infer  # noqa: E402
 from SpineLabelLib.detector.model import CLASS_NAMES, DetectorConfig, build_model  # noqa: E402

@@ -10,10 +10,9 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("safetensors")
-
+import torch
+import torchvision  # noqa: F401
+import safetensors  # noqa: F401
 from SpineLabelLib import anatomy, cli, finetune  # noqa: E402
 from SpineLabelLib.dataset import MANIFEST, export_case  # noqa: E402
 from SpineLabelLib.detector.model import DetectorConfig, build_model  # noqa: E402

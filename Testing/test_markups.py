@@ -12,10 +12,8 @@ from SpineLabelLib.result import Vertebra
 
 from conftest import FIXTURES
 
-slicer = pytest.importorskip("slicer")
-pytest.importorskip("jsonschema")
-
-
+import slicer
+import jsonschema  # noqa: F401
 def slicer_point_list():
     scene = slicer.vtkMRMLScene()
     slicer.vtkSlicerMarkupsLogic().SetMRMLScene(scene)      # registers the markups node classes

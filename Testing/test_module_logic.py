@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-slicer = pytest.importorskip("slicer")
+import slicer
 
 from SpineLabelLib import scene  # noqa: E402
 

@@ -59,7 +59,7 @@ def test_distances_csv(spine_result, tmp_path):
 
 
 def test_tsv_with_schema_read_by_slicer_table_storage_node(spine_result, tmp_path):
-    slicer = pytest.importorskip("slicer")
+    import slicer
     add_measurements(spine_result)
     rows = tables.measurement_rows(spine_result)
     path = tables.write_table_tsv(rows, tmp_path / "measurements.tsv", tables.MEASUREMENT_COLUMNS)
@@ -199,8 +199,8 @@ def test_failure_leaves_previous_folder_untouched(spine_result, tmp_path, monkey
 
 def test_phantom_measured_case_folder(tmp_path):
     """End to end with the engine's own phantom and measurements (when those modules are present)."""
-    phantom = pytest.importorskip("SpineLabelLib.phantom")
-    measure = pytest.importorskip("SpineLabelLib.measure")
+    from SpineLabelLib import phantom
+    from SpineLabelLib import measure
     result = phantom.make_phantom("L1-L2", case_id="ph", spacing=(1.5, 1.5, 2.0), lateral_fov_mm=80,
                                   rotation_deg=(10, 5, 0))
     measure.measure_result(result)

@@ -6,7 +6,7 @@ import pytest
 
 from SpineLabelLib.cli import main
 
-slicer = pytest.importorskip("slicer")  # slicer-core, part of the test extras
+import slicer
 
 
 def _read(scene, node_class, storage_class, path):

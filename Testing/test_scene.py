@@ -11,9 +11,8 @@ import json
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
-pytest.importorskip("slicer.util")
-
+import slicer
+import slicer.util  # noqa: F401
 from conftest import FIXTURES, box_result, oblique_image  # noqa: E402
 
 from SpineLabelLib import anatomy, scene  # noqa: E402

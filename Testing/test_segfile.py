@@ -9,8 +9,8 @@ from SpineLabelLib.errors import InputError
 from SpineLabelLib.result import Vertebra
 from SpineLabelLib.volume import LPS_TO_RAS, Volume, make_affine
 
-slicer = pytest.importorskip("slicer")
-slicerio = pytest.importorskip("slicerio")
+import slicer
+import slicerio
 
 
 # --- Slicer helpers -----------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_round_trip_keeps_oblique_anisotropic_geometry(tmp_path, name):
 
 
 def test_nifti_written_by_nibabel_is_read_in_ras(tmp_path):
-    nibabel = pytest.importorskip("nibabel")
+    import nibabel
     image = oblique_image()
     nibabel.save(nibabel.Nifti1Image(image.array.transpose(2, 1, 0), image.ijk_to_ras), str(tmp_path / "nb.nii.gz"))
     loaded = load_volume(tmp_path / "nb.nii.gz")
@@ -143,7 +143,7 @@ def test_nifti_written_by_nibabel_is_read_in_ras(tmp_path):
 
 @pytest.mark.parametrize("space", ["left-posterior-superior", "right-anterior-superior"])
 def test_nrrd_written_by_pynrrd_in_lps_or_ras(tmp_path, space):
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
     image = oblique_image()
     to_space = LPS_TO_RAS @ image.ijk_to_ras if space.startswith("left") else image.ijk_to_ras
     header = {"space": space, "space directions": to_space[:3, :3].T, "space origin": to_space[:3, 3],
@@ -155,7 +155,7 @@ def test_nrrd_written_by_pynrrd_in_lps_or_ras(tmp_path, space):
 
 
 def test_saved_nrrd_is_lps_on_disk(tmp_path):
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
     image = oblique_image()
     header = nrrd.read_header(str(save_volume(image, tmp_path / "s.nrrd")))
     expected = LPS_TO_RAS @ image.ijk_to_ras
@@ -195,7 +195,7 @@ def write_dicom_series(image: Volume, folder, patient_name: str = "Spine^Test") 
 
 
 def test_dicom_series_folder_keeps_geometry(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     image = oblique_image(shape_kji=(6, 10, 8))
     write_dicom_series(image, tmp_path / "series")
     assert str(pydicom.dcmread(str(tmp_path / "series" / "slice000.dcm")).PatientName) == "Spine^Test"
