@@ -56,3 +56,26 @@ def test_bad_phantom_level_range_is_one_line(tmp_path):
     proc = spinelabel("phantom", "--out", tmp_path / "p", "--levels", "L3-T1")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("segmentation", ["seg.nrrd", "label_map"])
+def test_measure_command_writes_tables_matching_the_phantom_truth(tmp_path, segmentation, capsys):
+    from SpineLabelLib.phantom import generate_phantom, write_phantom
+    from SpineLabelLib.tables import read_csv_rows
+
+    phantom = generate_phantom(["T12", "L1", "L2", "L3"], "t2", spacing=(1.0, 1.0, 1.0), seed=5,
+                               fractures={"L1": ("wedge", 32.0)}, rotation_deg=(0.0, 10.0, 0.0), crop_to_spine=True)
+    paths = write_phantom(phantom, tmp_path / "in", "ph")
+    seg = paths["segmentation"] if segmentation == "seg.nrrd" else paths["labels"]
+    assert main(["measure", "--image", str(paths["image"]), "--seg", str(seg), "--centroids", str(paths["markups"]),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = {row["level"]: row for row in read_csv_rows(tmp_path / "out" / "ph.measurements.csv")}
+    assert list(rows) == ["T12", "L1", "L2", "L3"]
+    truth = {v["level"]: v for v in phantom.truth["vertebrae"]}
+    for level in ("L1", "L2"):
+        for height in ("height_anterior_mm", "height_middle_mm", "height_posterior_mm"):
+            assert float(rows[level][height]) == pytest.approx(truth[level][height], abs=1.0)
+    assert int(rows["L1"]["genant_grade"]) == 2 and rows["L1"]["genant_type"] == "wedge"
+    assert int(rows["L2"]["genant_grade"]) == 0
+    distances = read_csv_rows(tmp_path / "out" / "ph.distances.csv")
+    assert [(d["upper"], d["lower"]) for d in distances] == [("T12", "L1"), ("L1", "L2"), ("L2", "L3")]
