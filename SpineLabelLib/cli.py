@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(init=args.init, iterations=args.iterations, minutes=args.minutes,
                            phantoms=args.phantoms, old_data=Path(args.old_data) if args.old_data else None,
-                           holdout_fraction=args.holdout, threads=args.threads, name=args.name)
+                           holdout_fraction=args.holdout, threads=args.threads, name=args.name, seed=args.seed)
     card = train(args.dataset, args.out, options)
     print(f"model {card['name']} written to {Path(args.out).resolve()} (sha256 {card['sha256'][:12]}...)")
     held = card.get("held_out_metrics", {})
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all)")
     p.add_argument("--name", help="model name (default: the output folder's name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the slice sampling and augmentation")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the bundled models")

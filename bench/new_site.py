@@ -15,7 +15,8 @@ name order), never trained on by any model here.
 3. AFTER: `spinelabel train --dataset ... --init BEFORE --old-data <BEFORE's data>` (default
    draw shares: 50 % site cases, 20 % phantoms, 30 % old real cases; 20 % of the dataset held out).
 4. CONTROL: the same fine-tuning run (same iterations, learning rate, old data) with the site's
-   share set to 0: shows whether a gain comes from the new data or just from more iterations.
+   share set to 0 (old real : phantoms = 60 : 40, as in AFTER's other draws and in BEFORE): shows
+   whether a gain comes from the new data or just from more iterations.
 5. BEFORE, AFTER and CONTROL measured with bench/detect_eval.py on the held-out vb2 cases (the new
    site) and the held-out vb3 cases (forgetting).
 
@@ -117,26 +118,32 @@ def export_site(work: Path, names: list[str], before_dir: Path, with_original: b
     return dataset
 
 
+def _folder(role: str, seed: int) -> str:
+    return role if seed == 0 else f"{role}_seed{seed}"
+
+
 def fine_tune(work: Path, dataset: Path, before_dir: Path, old: Path, iterations: int, minutes: float,
-              threads: int) -> Path:
+              threads: int, seed: int = 0) -> Path:
     """AFTER, through the command line exactly as a site would run it."""
-    out = work / "after"
+    out = work / _folder("after", seed)
     command = [sys.executable, "-m", "SpineLabelLib", "train", "--dataset", str(dataset), "--init", str(before_dir),
                "--out", str(out), "--old-data", str(old), "--iterations", str(iterations),
-               "--minutes", str(minutes), "--threads", str(threads)]
+               "--minutes", str(minutes), "--threads", str(threads), "--seed", str(seed)]
     print(" ".join(command), file=sys.stderr, flush=True)
     subprocess.run(command, check=True, cwd=REPO, stdout=sys.stderr)   # stdout stays pure JSON
     return out
 
 
 def control(work: Path, dataset: Path, before_dir: Path, old: Path, iterations: int, minutes: float,
-            threads: int) -> Path:
-    """CONTROL: the same run without the site's cases (share 0): old data and phantoms only."""
+            threads: int, seed: int = 0) -> Path:
+    """CONTROL: the same run without the site's cases: old data only, old real cases and phantoms in
+    AFTER's ratio for its non-site draws (0.3 : 0.2, which is also BEFORE's 60/40 mix)."""
     from SpineLabelLib.finetune import TrainOptions, train
 
-    out = work / "control"
+    out = work / _folder("control", seed)
     train(dataset, out, TrainOptions(init=str(before_dir), iterations=iterations, minutes=minutes, threads=threads,
-                                     old_data=old, site_share=0.0, evaluate_init=False, name="newsite-control"))
+                                     old_data=old, site_share=0.0, phantom_share=0.4, evaluate_init=False,
+                                     name="newsite-control", seed=seed))
     return out
 
 
@@ -183,6 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", default="before,export,after,control,measure")
     parser.add_argument("--limit", type=int, default=None, help="first N cases of each group (smoke runs)")
     parser.add_argument("--models", default="before,after,control", help="which models the measure step measures")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (replicates: after_seedN, control_seedN)")
     args = parser.parse_args(argv)
     work, steps = Path(args.work), args.steps.split(",")
     work.mkdir(parents=True, exist_ok=True)
@@ -193,11 +201,12 @@ def main(argv=None) -> int:
     dataset = work / "dataset"
     if "export" in steps:
         dataset = export_site(work, cases["site_train"], before_dir, not args.no_original)
-    models = {"before": before_dir, "after": work / "after", "control": work / "control"}
+    models = {"before": before_dir, "after": work / _folder("after", args.seed),
+              "control": work / _folder("control", args.seed)}
     if "after" in steps:
-        fine_tune(work, dataset, before_dir, data, args.iterations, args.minutes, args.threads)
+        fine_tune(work, dataset, before_dir, data, args.iterations, args.minutes, args.threads, args.seed)
     if "control" in steps and not args.skip_control:
-        control(work, dataset, before_dir, data, args.iterations, args.minutes, args.threads)
+        control(work, dataset, before_dir, data, args.iterations, args.minutes, args.threads, args.seed)
     report = {"data": "../shared/data/mri-lumbar: vb2 = Zukic et al. 2014 (1.5T T2 TSE, T11-L5 masks) as the new "
                       "site; vb3 = MyoSegmenTUM (3T T1 water-fat, L1-L5 masks) as the old site",
               "split": cases, "models": {}, "results": {}}
@@ -209,7 +218,7 @@ def main(argv=None) -> int:
             report["models"][role] = {"sha256": card["sha256"], "training": {
                 k: card.get("training", {}).get(k) for k in ("iterations", "training_minutes", "kind", "draw_shares")},
                 "dataset_held_out_metrics": card.get("held_out_metrics")}
-            report["results"][role] = measured(work, role, folder, card["sha256"], cases)
+            report["results"][role] = measured(work, folder.name, folder, card["sha256"], cases)
     report["wall_minutes"] = round((time.time() - started) / 60, 1)
     text = json.dumps(report, indent=1, default=float)
     out = REPO / "bench" / "out" / "new_site.json"
