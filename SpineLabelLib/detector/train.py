@@ -1,6 +1,6 @@
 """Train the detector from scratch on prepared cases; resumable, checkpoints every few minutes.
 
-    python -m SpineLabelLib.detector.train prepare --mri ../shared/data/mri-lumbar --out checkpoints/data
+    python -m SpineLabelLib.detector.train prepare --mri DATA/mri-lumbar --out checkpoints/data
     nohup python -m SpineLabelLib.detector.train fit --data checkpoints/data --out checkpoints/detector \
         --iterations 9000 > checkpoints/detector/train.log 2>&1 &
 

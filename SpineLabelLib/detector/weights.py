@@ -1,11 +1,11 @@
 """Detector weights as data: safetensors file + model card, hash-checked, never unpickled."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import ModelError
+from ..summary import sha256_file
 from .model import DetectorConfig, build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -14,11 +14,7 @@ REQUIRED_CARD_FIELDS = ("name", "version", "task", "modality", "levels", "weight
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def read_card(directory: Path) -> dict:
