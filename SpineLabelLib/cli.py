@@ -102,31 +102,11 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from .pipeline import measure
-    from .segfile import read_segmentation_as_result
-    from .tables import write_distances_csv, write_measurements_csv
-    from .volume import case_id, load_volume
+    from .pipeline import measure_files
 
-    image = load_volume(args.image)
-    result = read_segmentation_as_result(args.seg, image, case_id(args.image))
-    if args.centroids:
-        from .markups import read_markups
-
-        _apply_point_flags(result, read_markups(args.centroids))
-    measure(result)
-    out = Path(args.out)
-    write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
-    write_distances_csv(result, out / f"{result.case_id}.distances.csv")
-    print(f"measured {len(result.measurements)} vertebrae; tables in {out.resolve()}")
+    result = measure_files(args.image, args.seg, args.out, centroids=args.centroids)
+    print(f"measured {len(result.measurements)} vertebrae; tables in {Path(args.out).resolve()}")
     return 0
-
-
-def _apply_point_flags(result, points) -> None:
-    """Carry confidence and lock state from a point list onto the segmented vertebrae."""
-    for point in points:
-        vertebra = result.by_level(point.level)
-        if vertebra is not None:
-            vertebra.score, vertebra.locked = point.score, point.locked
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -74,11 +74,32 @@ def write_outputs(result: SpineResult, out_root: str | Path) -> Path:
     """All files of the output contract into ``out_root/<case>/``, atomically."""
     from .outputs import write_case_outputs
 
-    start = time.perf_counter()
-    result.timings["write"] = 0.0
-    folder = write_case_outputs(result, out_root)
-    log.debug("wrote %s in %.2f s", folder, time.perf_counter() - start)
-    return folder
+    return write_case_outputs(result, out_root)
+
+
+def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
+                  centroids: str | Path | None = None) -> SpineResult:
+    """Measure an existing segmentation (`spinelabel measure`): the measurement and distance tables.
+
+    A centroid point list, when given, carries each vertebra's confidence and lock state.
+    """
+    from .segfile import read_segmentation_as_result
+    from .tables import write_distances_csv, write_measurements_csv
+
+    image = load_volume(image_path)
+    result = read_segmentation_as_result(segmentation_path, image, case_id_of(image_path))
+    if centroids:
+        from .markups import read_markups
+
+        for point in read_markups(centroids):
+            vertebra = result.by_level(point.level)
+            if vertebra is not None:
+                vertebra.score, vertebra.locked = point.score, point.locked
+    measure(result)
+    out = Path(out)
+    write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
+    write_distances_csv(result, out / f"{result.case_id}.distances.csv")
+    return result
 
 
 def run_case(path: str | Path, out_root: str | Path, model: str | None = None, modality: str = "auto",

@@ -104,3 +104,13 @@ def test_result_snapshot_round_trip_without_pickle(tmp_path):
     assert np.allclose(v.centroid_ras, (1.5, 2, 3))
     assert back.measurements == [{"level": "L1", "height_anterior_mm": 24.5, "flags": ""}]
     assert back.modality == "ct" and back.timings == {"detect": 1.25}
+
+
+def test_sagittal_slab_and_mip_are_clipped_at_the_volume_edge():
+    from SpineLabelLib.volume import sagittal_mip, sagittal_slices
+
+    array = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
+    canonical = Volume(array, make_affine((1.0, 1.0, 1.0), CANONICAL_AXES_RAS[::-1].T))
+    assert sagittal_slices(canonical).shape == (5, 3, 4)
+    assert np.array_equal(sagittal_slices(canonical, 0, 2), array[0:3])
+    assert np.array_equal(sagittal_mip(canonical, 4, 1), array[3:5].max(axis=0))

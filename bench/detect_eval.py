@@ -21,13 +21,14 @@ SpineLabelLib.detector.data.split_real_cases (every 4th case in name order is va
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from report import write_report  # bench/report.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -255,11 +256,7 @@ def main(argv=None) -> int:
             cases = phantom_cases(suite, args.limit)
             report["data"][suite] = [f"{s} {m} fractures={f}" for s, m, f, _ in PHANTOM_SUITES[suite]]
         report["suites"][suite] = run_suite(suite, cases, loaded)
-    text = json.dumps(report, indent=1, default=float)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(report, Path(args.out))
     return 0
 
 

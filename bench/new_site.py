@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from report import write_report  # noqa: E402  (bench/report.py)
 from SpineLabelLib.volume import load_volume  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
@@ -220,11 +221,7 @@ def main(argv=None) -> int:
                 "dataset_held_out_metrics": card.get("held_out_metrics")}
             report["results"][role] = measured(work, folder.name, folder, card["sha256"], cases)
     report["wall_minutes"] = round((time.time() - started) / 60, 1)
-    text = json.dumps(report, indent=1, default=float)
-    out = REPO / "bench" / "out" / "new_site.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(report, REPO / "bench" / "out" / "new_site.json")
     return 0
 
 

@@ -9,9 +9,8 @@ so a pixel means the same millimetres in training and at inference.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
 from .. import anatomy
