@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
 
     status = run(args.inputs, args.out, model=args.model, modality=args.modality,
-                 progress_bar=not args.quiet, on_error=report)
+                 progress_bar=not args.quiet, on_error=report, segmenter=args.segmenter)
     if status == 0 and not args.quiet:
         print(f"outputs in {Path(args.out).resolve()}")
     return status
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="bundled model name or a model folder (default: chosen by modality)")
     p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
+    p.add_argument("--segmenter", default="auto",
+                   help="body-mask segmenter: auto (the bundled one when installed), none (the detector's "
+                        "own masks), or a model name or folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

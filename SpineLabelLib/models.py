@@ -14,6 +14,8 @@ from typing import Any
 from .errors import ModelError
 
 DEFAULT_MODEL = "vertebra-detector"
+#: Redraws the detector's body masks at 1 mm when installed (`segmenter="auto"`).
+DEFAULT_SEGMENTER = "vertebral-body-segmenter"
 
 #: SHA-256 of the weights shipped with this release. A model card can be edited together with its
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.

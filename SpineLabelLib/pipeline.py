@@ -48,12 +48,17 @@ def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
 
 
 def detect(result: SpineResult, model: str | None = None, modality: str = "auto",
-           progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
-    """Find the vertebral bodies, segment them and name them in anatomical order."""
+           progress: Progress | None = None, cancel: Cancel | None = None,
+           segmenter: str = "auto") -> SpineResult:
+    """Find the vertebral bodies, segment them and name them in anatomical order.
+
+    segmenter: "auto" redraws the body masks with the bundled segmenter when installed, "none"
+    keeps the detector's masks; or a segmenter model name or folder."""
     from . import detector, labelling
 
     with timed(result, "detect"):
-        detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
+        detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel,
+                        segmenter=segmenter)
     if not result.vertebrae:
         raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
     with timed(result, "label"):
@@ -103,10 +108,11 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
 
 
 def run_case(path: str | Path, out_root: str | Path, model: str | None = None, modality: str = "auto",
-             progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
+             progress: Progress | None = None, cancel: Cancel | None = None,
+             segmenter: str = "auto") -> SpineResult:
     """load -> detect -> measure -> write for one input."""
     result = load_case(path)
-    detect(result, model=model, modality=modality, progress=progress, cancel=cancel)
+    detect(result, model=model, modality=modality, progress=progress, cancel=cancel, segmenter=segmenter)
     measure(result)
     write_outputs(result, out_root)
     return result
@@ -114,7 +120,7 @@ def run_case(path: str | Path, out_root: str | Path, model: str | None = None, m
 
 def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = None,
         modality: str = "auto", progress_bar: bool = True,
-        on_error: Callable[[str, str], None] | None = None) -> int:
+        on_error: Callable[[str, str], None] | None = None, segmenter: str = "auto") -> int:
     """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
     from tqdm import tqdm
 
@@ -124,7 +130,7 @@ def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = 
     for path in bar:
         bar.set_postfix_str(path.name[:30])
         try:
-            run_case(path, out_root, model=model, modality=modality)
+            run_case(path, out_root, model=model, modality=modality, segmenter=segmenter)
         except SpineLabelError as error:
             failures += 1
             (on_error or _log_error)(str(path), str(error))

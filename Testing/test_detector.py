@@ -96,6 +96,36 @@ def test_sampler_can_cut_above_a_lower_level():
     assert set(np.unique(kept)) == {0, anatomy.code_of("L2"), anatomy.code_of("L3")}
 
 
+def test_sampler_can_end_the_field_of_view_below_a_random_body():
+    labels = np.zeros((80, 40), np.uint8)
+    labels[20:30, 10:30] = anatomy.code_of("L4")
+    labels[40:50, 10:30] = anatomy.code_of("L5")
+    labels[60:70, 10:30] = anatomy.code_of("S1")
+    case = data.Case(np.ones((3, *labels.shape), np.float16), labels[None].repeat(3, 0), False, "synthetic")
+    sampler = data.SliceSampler([case], size=48, slice_offset=1, seed=0, bottom_cut=1.0)
+    seen = set()
+    for _ in range(12):
+        image, kept = sampler._cut_below(np.ones((3, *labels.shape), np.float32), labels)
+        last_row = np.flatnonzero(kept.any(axis=1)).max()
+        assert image[:, last_row + 6:].max() == 0 and image[:, : last_row + 1].min() == 1
+        cut_code = int(kept[last_row].max())
+        assert (kept[labels == cut_code] == cut_code).all()   # the last body is whole, not clipped
+        seen.add(cut_code)
+    assert len(seen) >= 2                                      # not always the same level at the edge
+
+
+def test_bias_field_changes_gain_smoothly():
+    case = data.Case(np.ones((3, 40, 40), np.float16), np.zeros((3, 40, 40), np.uint8), False, "flat")
+    sampler = data.SliceSampler([case], size=40, slice_offset=1, seed=1, bias_field=1.0)
+    ratios = []
+    for _ in range(10):
+        out = sampler._bias_field(np.full((3, 40, 40), 0.5, np.float32))
+        assert np.abs(np.diff(out, axis=1)).max() < 0.02 and np.abs(np.diff(out, axis=2)).max() < 0.02
+        assert np.allclose(out[0], out[2])                    # the same gain on every channel
+        ratios.append(out[1, -1].mean() / out[1, 0].mean())
+    assert max(ratios) > 1.15 and min(ratios) < 1 / 1.15     # brighter or darker towards the feet
+
+
 def _detection(x, box, level, score=0.9):
     probs = np.full(len(anatomy.ORDER), 0.01)
     probs[anatomy.ORDER.index(level)] = 1.0

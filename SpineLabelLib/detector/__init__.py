@@ -2,6 +2,8 @@
 
 `detect(result)` fills ``result.vertebrae`` (level = most probable class, to be revised by
 `labelling`), ``result.instances`` on the image grid, ``result.models`` and ``result.modality``.
+When the body segmenter is installed, it redraws the masks at 1 mm (`segmenter.infer`) and the
+centroids are taken from the redrawn masks.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ MODALITIES = ("auto", "ct", "mr")
 
 def detect(result: SpineResult, model=None, modality: str = "auto",
            progress: Callable[[float, str], None] | None = None,
-           cancel: Callable[[], bool] | None = None) -> SpineResult:
+           cancel: Callable[[], bool] | None = None, segmenter="auto") -> SpineResult:
     """Detect and segment the vertebral bodies of ``result.image``.
 
     model: a `models.LoadedModel`, a model name or folder, or None for the bundled default.
+    segmenter: "auto" (the bundled body segmenter when installed), "none" (the detector's own
+    masks), or a `models.LoadedModel`, model name or folder.
     progress(fraction, message) is called as work proceeds; cancel() returning True stops with
     a SpineLabelError('cancelled').
     """
@@ -32,6 +36,11 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     result.modality = guess_modality(result.image) if modality == "auto" else modality
     output = detect_volume(result.image, loaded.network, result.modality, progress=progress, cancel=cancel)
+    refiner = _segmenter(segmenter)
+    if refiner is not None and output.bodies:
+        if progress:
+            progress(0.92, "redrawing body masks at 1 mm")
+        _refine(output, result, refiner, cancel)
     result.instances = output.instances
     result.vertebrae = []
     for body in output.bodies:
@@ -43,9 +52,49 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     result.sort_cranio_caudal()
     if not result.vertebrae:
         result.warnings.append("detector: no vertebral body found")
-    result.models = [m for m in result.models if m.get("name") != loaded.name] + [loaded.summary()]
+    used = [loaded] + ([refiner] if refiner is not None else [])
+    result.models = [m for m in result.models if m.get("name") not in {u.name for u in used}] + [u.summary() for u in used]
     result.extras["detector"] = output.extras
     return result
+
+
+def _segmenter(segmenter):
+    from ..models import DEFAULT_SEGMENTER, LoadedModel, list_models, load_model
+
+    if segmenter is None or segmenter == "none":
+        return None
+    if isinstance(segmenter, LoadedModel):
+        return segmenter
+    if segmenter == "auto":
+        if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
+            return None
+        segmenter = DEFAULT_SEGMENTER
+    return load_model(segmenter)
+
+
+def _refine(output, result: SpineResult, refiner, cancel) -> None:
+    """Masks from the segmenter; each body's centroid moves to its redrawn mask's centre."""
+    import numpy as np
+    from scipy import ndimage
+
+    from ..segmenter.infer import refine_instances
+
+    refined = refine_instances(result.image, output.instances, refiner.network, result.modality, cancel=cancel)
+    numbers = [body["instance"] for body in output.bodies]
+    before = ndimage.sum(np.ones(refined.shape), output.instances, numbers)
+    after = ndimage.sum(np.ones(refined.shape), refined, numbers)
+    for number, old, new in zip(numbers, before, after):
+        if new < 0.3 * old:
+            # The segmenter does not see this body (an unusual contrast, say): a mask that is
+            # too coarse beats a vertebra without one.
+            result.warnings.append(f"segmenter: body {number} kept the detector's mask")
+            refined[(output.instances == number) & (refined == 0)] = number
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centres = ndimage.center_of_mass(np.ones(refined.shape, np.uint8), refined, numbers)
+    for body, centre in zip(output.bodies, centres):
+        if not np.any(np.isnan(centre)):
+            body["centroid_ras"] = result.image.kji_to_ras(np.array(centre))[0]
+    output.instances = refined
 
 
 __all__ = ["detect", "MODALITIES"]

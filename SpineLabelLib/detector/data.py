@@ -106,8 +106,10 @@ class SliceSampler:
     """Draws augmented training slices: (3, size, size) float32 image and a Mask R-CNN target."""
 
     def __init__(self, cases: list[Case], size: int, slice_offset: int, seed: int = 0,
-                 weights: list[float] | None = None, augment: bool = True) -> None:
+                 weights: list[float] | None = None, augment: bool = True, bottom_cut: float = 0.0,
+                 bias_field: float = 0.0) -> None:
         self.cases, self.size, self.offset, self.augment = cases, size, slice_offset, augment
+        self.bottom_cut, self.bias_field = bottom_cut, bias_field
         self.rng = np.random.default_rng(seed)
         weights = np.ones(len(cases)) if weights is None else np.asarray(weights, float)
         self.weights = weights / weights.sum()
@@ -146,6 +148,8 @@ class SliceSampler:
             # always the same level (it would teach "top body = L1").
             n = 0 if self.rng.random() < 0.5 or len(cuts) < 3 else int(self.rng.integers(1, len(cuts) - 1))
             image, labels = self._blank_above(image, labels, cuts[n])
+        if self.augment and self.rng.random() < self.bottom_cut:
+            image, labels = self._cut_below(image, labels)
         image, labels = self._geometry(image, labels)
         if self.augment:
             image = self._intensity(image)
@@ -156,6 +160,20 @@ class SliceSampler:
         rows = np.arange(image.shape[1])[:, None]
         keep = rows >= (top[None, :] - margin)
         return image * keep[None], labels * keep
+
+    def _cut_below(self, image, labels):
+        """A field of view ending just below a random body of this slice (the sacrum, or more,
+        out of view): the lowest visible body is then not always sitting on the sacrum."""
+        codes = [int(c) for c in np.unique(labels) if c]
+        if len(codes) < 2:
+            return image, labels
+        code = codes[int(self.rng.integers(len(codes)))]
+        rows = np.flatnonzero((labels == code).any(axis=1))
+        bottom = rows.max() + int(self.rng.integers(1, 6))
+        image, labels = image.copy(), labels.copy()
+        image[:, bottom:] = 0.0
+        labels[bottom:] = 0
+        return image, labels
 
     def _geometry(self, image, labels):
         """Random scale/rotation/crop centred near the labels; left-right flip swaps neighbours."""
@@ -181,12 +199,24 @@ class SliceSampler:
             out = out[::-1].copy()                                 # mirror: n-d and n+d swap
         return out, out_labels
 
+    def _bias_field(self, image):
+        return image * _bias_field_gain(image.shape[1:], self.rng)[None]
+
     def _intensity(self, image):
         rng = self.rng
         image = np.clip(image, 0, 1) ** rng.uniform(0.7, 1.5)
+        if rng.random() < self.bias_field:
+            image = self._bias_field(image)
         image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
         image = image + rng.normal(0, rng.uniform(0, 0.05), image.shape)
         return np.clip(image, -0.2, 1.2).astype(np.float32)
+
+
+def _bias_field_gain(shape: tuple[int, int], rng) -> np.ndarray:
+    """Receive-coil fall-off: a smooth gain across the slice (MRI bodies at the image edge look
+    darker and flatter than in the middle)."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]] / max(shape) - 0.5
+    return np.exp(rng.uniform(-0.6, 0.6) * rows + rng.uniform(-0.4, 0.4) * cols)
 
 
 def make_target(labels: np.ndarray, min_pixels: int = 15) -> dict:

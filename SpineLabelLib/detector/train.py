@@ -204,12 +204,19 @@ def fit(args) -> None:
     last_path = out / "last.pt"
     config = DetectorConfig(**json.loads(args.config)) if args.config else DetectorConfig()
     state = None
+    if args.init and not last_path.exists():
+        # Fine-tuning: weights from an earlier run, fresh optimiser and schedule.
+        init = torch.load(args.init, weights_only=True)
+        config = DetectorConfig.from_dict(json.loads(init["config"]))
+        print(f"initialised from {args.init}", flush=True)
     if last_path.exists():
         state = torch.load(last_path, weights_only=True)
         config = DetectorConfig.from_dict(json.loads(state["config"]))
         print(f"resuming at iteration {int(state['iteration'])}", flush=True)
     torch.manual_seed(0)
     model = build_model(config)
+    if args.init and state is None:
+        model.load_state_dict(init["model"])
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     iteration, best, history, elapsed = 0, -1.0, [], 0.0
     if state is not None:
@@ -220,7 +227,8 @@ def fit(args) -> None:
         elapsed = float(state.get("elapsed", 0.0))
     data = Path(args.data)
     cases, weights, n_phantoms = _load_pool(data)
-    sampler = SliceSampler(cases, config.train_size, config.slice_offset, seed=iteration, weights=weights)
+    augment = {"bottom_cut": args.bottom_cut, "bias_field": args.bias_field}
+    sampler = SliceSampler(cases, config.train_size, config.slice_offset, seed=iteration, weights=weights, **augment)
     val = validation_slices(data, config.slice_offset)
     print(f"{len(cases)} cases ({n_phantoms} phantoms), {len(val)} validation slices, config {config}", flush=True)
     model.train()
@@ -274,7 +282,7 @@ def fit(args) -> None:
                 if count != n_phantoms:
                     n_phantoms = count
                     sampler = SliceSampler(cases, config.train_size, config.slice_offset,
-                                           seed=iteration, weights=weights)
+                                           seed=iteration, weights=weights, **augment)
                     print(f"data pool now {len(cases)} cases ({count} phantoms)", flush=True)
         if time.time() - last_save > args.save_minutes * 60 or finishing:
             elapsed = elapsed_before + time.time() - session_start
@@ -367,6 +375,9 @@ def main(argv=None) -> int:
     f.add_argument("--save-minutes", type=float, default=4.0)
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--config", default="", help="JSON overrides of DetectorConfig (new runs only)")
+    f.add_argument("--init", default="", help="checkpoint whose weights start a new (fine-tuning) run")
+    f.add_argument("--bottom-cut", type=float, default=0.0, help="share of slices cut below a random body")
+    f.add_argument("--bias-field", type=float, default=0.0, help="share of slices with a smooth gain field")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri), Path(args.out), args.spacing)

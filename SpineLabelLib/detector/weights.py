@@ -44,8 +44,7 @@ def load_network(directory: Path, card: dict | None = None):
     if sha256_of(weights) != card["sha256"]:
         raise ModelError(f"{weights}: sha256 does not match the model card (file changed or damaged); refusing to load")
     try:
-        config = DetectorConfig.from_dict(card["architecture"])
-        network = build_model(config)
+        network = _build_for(card["architecture"])
         network.load_state_dict(load_file(str(weights)), strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -54,7 +53,16 @@ def load_network(directory: Path, card: dict | None = None):
     return network
 
 
-def export_weights(state_dict: dict, config: DetectorConfig, directory: Path, card: dict) -> dict:
+def _build_for(architecture: dict):
+    """The network a card describes: the body segmenter's U-Net or (the default) the detector."""
+    from ..segmenter import model as segmenter_model
+
+    if architecture.get("family") == segmenter_model.FAMILY:
+        return segmenter_model.build_model(segmenter_model.SegmenterConfig.from_dict(architecture))
+    return build_model(DetectorConfig.from_dict(architecture))
+
+
+def export_weights(state_dict: dict, config, directory: Path, card: dict) -> dict:
     """Write model.safetensors and model_card.json (with its sha256) into ``directory``."""
     from safetensors.torch import save_file
 

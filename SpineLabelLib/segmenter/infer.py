@@ -1,0 +1,88 @@
+"""Refine body masks: U-Net foreground at 1 mm, split into bodies by the detector's instances.
+
+The detector decides which bodies exist, where they are and what they are called; the segmenter
+only decides, voxel by voxel, where each body's boundary lies. A foreground voxel joins the
+nearest detected body within `reach_mm`; each body then keeps its largest connected piece.
+Works on any instance map on the image grid, so it can also redraw masks a person has moved.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..volume import Volume, resample, resample_to_canonical
+
+Cancel = Callable[[], bool]
+
+
+def predict_probability(model, stack: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Foreground probability for (N, 3, H, W) slices; sides are padded to the network's divisor."""
+    import torch
+
+    count, _, height, width = stack.shape
+    divisor = model.config.divisor
+    pad_h, pad_w = (-height) % divisor, (-width) % divisor
+    padded = np.pad(stack, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
+    out = np.empty((count, height, width), np.float32)
+    with torch.inference_mode():
+        for start in range(0, count, batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(padded[start: start + batch], dtype=np.float32))
+            out[start: start + batch] = torch.sigmoid(model(chunk))[:, :height, :width].numpy()
+    return out
+
+
+def sub_volume(canonical: Volume, low: np.ndarray, high: np.ndarray) -> Volume:
+    """Geometry of canonical[low0:high0, low1:high1, low2:high2] (array order)."""
+    matrix = canonical.ijk_to_ras.copy()
+    matrix[:3, 3] = canonical.kji_to_ras(np.asarray(low)[None])[0]
+    return Volume(np.zeros(tuple(np.asarray(high) - np.asarray(low)), np.uint8), matrix)
+
+
+def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str,
+                     cancel: Cancel | None = None, reach_mm: float = 4.0,
+                     margin_mm: float = 8.0) -> np.ndarray:
+    """New instance map on ``volume``'s grid with boundaries from the segmenter."""
+    from ..detector.data import normalise_intensity
+    from ..detector.infer import _check, to_input_grid
+
+    config = model.config
+    canonical = resample_to_canonical(volume, config.spacing_mm)
+    detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=canonical, label=True).array
+    present = np.argwhere(detected)
+    if present.size == 0:
+        return instances
+    margin = int(round(margin_mm / config.spacing_mm))
+    low = np.maximum(present.min(axis=0) - margin, 0)
+    high = np.minimum(present.max(axis=0) + margin + 1, detected.shape)
+    image = normalise_intensity(canonical.array, modality)
+    image = image[:, low[1]:high[1], low[2]:high[2]]
+    last = image.shape[0] - 1
+    stacks = np.stack([image[[min(last, max(0, x + d)) for d in (-config.slice_offset, 0, config.slice_offset)]]
+                       for x in range(low[0], high[0])])
+    _check(cancel)
+    probability = predict_probability(model, stacks)
+    _check(cancel)
+    region = detected[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    refined = assign_to_bodies(probability >= 0.5, region, reach_mm / config.spacing_mm)
+    probability = np.where(refined > 0, probability, 0.0).astype(np.float32)
+    return to_input_grid(refined, probability, sub_volume(canonical, low, high), volume)
+
+
+def assign_to_bodies(foreground: np.ndarray, detected: np.ndarray, reach_voxels: float) -> np.ndarray:
+    """Each foreground voxel takes the label of the nearest detected body within reach; each body
+    keeps its largest connected component (stray islands of a neighbour's label go)."""
+    from scipy import ndimage
+
+    distance, nearest = ndimage.distance_transform_edt(detected == 0, return_indices=True)
+    owner = detected[tuple(nearest)]
+    labels = np.where(foreground & (distance <= reach_voxels), owner, 0).astype(np.uint16)
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mine = labels[box] == number
+        pieces, count = ndimage.label(mine)
+        if count > 1:
+            sizes = ndimage.sum(mine, pieces, range(1, count + 1))
+            labels[box][mine & (pieces != 1 + int(np.argmax(sizes)))] = 0
+    return labels
