@@ -81,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
 
     status = run(args.inputs, args.out, model=args.model, modality=args.modality,
-                 progress_bar=not args.quiet, on_error=report, segmenter=args.segmenter)
+                 progress_bar=not args.quiet, on_error=report, segmenter=args.segmenter,
+                 input_mode=args.input_mode)
     if status == 0 and not args.quiet:
         print(f"outputs in {Path(args.out).resolve()}")
     return status
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", default="auto",
                    help="body-mask segmenter: auto (the bundled one when installed), none (the detector's "
                         "own masks), or a model name or folder")
+    p.add_argument("--input-mode", choices=("slices", "mip"), default="slices",
+                   help="what the detector sees: sagittal slices linked in 3-D (default), or for CT the "
+                        "sagittal maximum-intensity projection of the spine's slab (paper 001)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

@@ -49,16 +49,17 @@ def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
 
 def detect(result: SpineResult, model: str | None = None, modality: str = "auto",
            progress: Progress | None = None, cancel: Cancel | None = None,
-           segmenter: str = "auto") -> SpineResult:
+           segmenter: str = "auto", input_mode: str = "slices") -> SpineResult:
     """Find the vertebral bodies, segment them and name them in anatomical order.
 
     segmenter: "auto" redraws the body masks with the bundled segmenter when installed, "none"
-    keeps the detector's masks; or a segmenter model name or folder."""
+    keeps the detector's masks; or a segmenter model name or folder.
+    input_mode: "slices", or "mip" for CT (the detector sees the sagittal MIP, paper 001)."""
     from . import detector, labelling
 
     with timed(result, "detect"):
         detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel,
-                        segmenter=segmenter)
+                        segmenter=segmenter, input_mode=input_mode)
     if not result.vertebrae:
         raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
     with timed(result, "label"):
@@ -109,10 +110,11 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
 
 def run_case(path: str | Path, out_root: str | Path, model: str | None = None, modality: str = "auto",
              progress: Progress | None = None, cancel: Cancel | None = None,
-             segmenter: str = "auto") -> SpineResult:
+             segmenter: str = "auto", input_mode: str = "slices") -> SpineResult:
     """load -> detect -> measure -> write for one input."""
     result = load_case(path)
-    detect(result, model=model, modality=modality, progress=progress, cancel=cancel, segmenter=segmenter)
+    detect(result, model=model, modality=modality, progress=progress, cancel=cancel, segmenter=segmenter,
+           input_mode=input_mode)
     measure(result)
     write_outputs(result, out_root)
     return result
@@ -120,7 +122,8 @@ def run_case(path: str | Path, out_root: str | Path, model: str | None = None, m
 
 def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = None,
         modality: str = "auto", progress_bar: bool = True,
-        on_error: Callable[[str, str], None] | None = None, segmenter: str = "auto") -> int:
+        on_error: Callable[[str, str], None] | None = None, segmenter: str = "auto",
+        input_mode: str = "slices") -> int:
     """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
     from tqdm import tqdm
 
@@ -130,7 +133,7 @@ def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = 
     for path in bar:
         bar.set_postfix_str(path.name[:30])
         try:
-            run_case(path, out_root, model=model, modality=modality, segmenter=segmenter)
+            run_case(path, out_root, model=model, modality=modality, segmenter=segmenter, input_mode=input_mode)
         except SpineLabelError as error:
             failures += 1
             (on_error or _log_error)(str(path), str(error))

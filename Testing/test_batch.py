@@ -23,7 +23,8 @@ BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
 
 
-def fake_detect(result, model=None, modality="auto", progress=None, cancel=None, segmenter="auto"):
+def fake_detect(result, model=None, modality="auto", progress=None, cancel=None, segmenter="auto",
+                input_mode="slices"):
     """Bright connected blobs become unnamed vertebrae with their masks (labelling names them)."""
     from scipy import ndimage
 

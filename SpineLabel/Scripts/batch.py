@@ -1,7 +1,7 @@
 """Headless SpineLabel: the same arguments, outputs and exit status as `spinelabel run`, inside Slicer.
 
     Slicer --no-main-window --python-script <ext>/SpineLabel/Scripts/batch.py -- INPUT... --out DIR \
-        [--model NAME] [--modality auto|ct|mr] [--segmenter auto|none|NAME]
+        [--model NAME] [--modality auto|ct|mr] [--segmenter auto|none|NAME] [--input-mode slices|mip]
 
 Inputs are read with Slicer's own volume storage node (DICOM folders through the engine), so the grid
 is exactly what Slicer shows; the segmentation and the point list are written by Slicer's storage nodes
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
     parser.add_argument("--segmenter", default="auto",
                         help="body-mask segmenter: auto (bundled when installed), none, or a model name or folder")
+    parser.add_argument("--input-mode", choices=("slices", "mip"), default="slices",
+                        help="sagittal slices (default) or, for CT, the sagittal MIP of the spine's slab")
     return parser
 
 
@@ -83,7 +85,8 @@ def run_case(mrml, path: Path, args: argparse.Namespace) -> Path:
     try:
         result = pipeline.case_from_volume(adapter.node_to_volume(volume_node), case_id(path))
         result.input_path, result.input_sha256 = str(path), sha256_file(path)
-        pipeline.detect(result, model=args.model, modality=args.modality, segmenter=args.segmenter)
+        pipeline.detect(result, model=args.model, modality=args.modality, segmenter=args.segmenter,
+                        input_mode=args.input_mode)
         pipeline.measure(result)
         folder = pipeline.write_outputs(result, args.out)
         nodes = adapter.result_to_nodes(mrml, result, volume_node)

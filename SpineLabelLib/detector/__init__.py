@@ -13,16 +13,20 @@ from ..errors import InputError
 from ..result import SpineResult, Vertebra
 
 MODALITIES = ("auto", "ct", "mr")
+INPUT_MODES = ("slices", "mip")
 
 
 def detect(result: SpineResult, model=None, modality: str = "auto",
            progress: Callable[[float, str], None] | None = None,
-           cancel: Callable[[], bool] | None = None, segmenter="auto") -> SpineResult:
+           cancel: Callable[[], bool] | None = None, segmenter="auto",
+           input_mode: str = "slices") -> SpineResult:
     """Detect and segment the vertebral bodies of ``result.image``.
 
     model: a `models.LoadedModel`, a model name or folder, or None for the bundled default.
     segmenter: "auto" (the bundled body segmenter when installed), "none" (the detector's own
     masks), or a `models.LoadedModel`, model name or folder.
+    input_mode: "slices" (sagittal slices linked in 3-D) or "mip" (CT only: the sagittal
+    maximum-intensity projection of the spine's slab, paper 001).
     progress(fraction, message) is called as work proceeds; cancel() returning True stops with
     a SpineLabelError('cancelled').
     """
@@ -33,14 +37,22 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
         raise InputError(f"{result.case_id}: no image to detect vertebrae in")
     if modality not in MODALITIES:
         raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if input_mode not in INPUT_MODES:
+        raise InputError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     result.modality = guess_modality(result.image) if modality == "auto" else modality
-    output = detect_volume(result.image, loaded.network, result.modality, progress=progress, cancel=cancel)
     refiner = _segmenter(segmenter)
+    detector_progress = progress
+    if refiner is not None and progress is not None:
+        detector_progress = lambda fraction, message: progress(0.9 * fraction, message)  # noqa: E731
+    output = detect_volume(result.image, loaded.network, result.modality, progress=detector_progress,
+                           cancel=cancel, input_mode=input_mode)
     if refiner is not None and output.bodies:
         if progress:
             progress(0.92, "redrawing body masks at 1 mm")
         _refine(output, result, refiner, cancel)
+        if progress:
+            progress(1.0, f"{len(output.bodies)} vertebral bodies segmented")
     result.instances = output.instances
     result.vertebrae = []
     for body in output.bodies:
@@ -97,4 +109,4 @@ def _refine(output, result: SpineResult, refiner, cancel) -> None:
     output.instances = refined
 
 
-__all__ = ["detect", "MODALITIES"]
+__all__ = ["detect", "MODALITIES", "INPUT_MODES"]

@@ -79,6 +79,7 @@ class Case:
     labels: np.ndarray        # VerSe codes, same shape
     blank_top: bool           # real data with unlabelled vertebrae above the labelled ones
     name: str
+    ct: bool = False          # CT: may also be shown as a sagittal MIP (paper 001)
 
     @classmethod
     def load(cls, path: Path) -> "Case":
@@ -107,9 +108,9 @@ class SliceSampler:
 
     def __init__(self, cases: list[Case], size: int, slice_offset: int, seed: int = 0,
                  weights: list[float] | None = None, augment: bool = True, bottom_cut: float = 0.0,
-                 bias_field: float = 0.0) -> None:
+                 bias_field: float = 0.0, mip: float = 0.0) -> None:
         self.cases, self.size, self.offset, self.augment = cases, size, slice_offset, augment
-        self.bottom_cut, self.bias_field = bottom_cut, bias_field
+        self.bottom_cut, self.bias_field, self.mip = bottom_cut, bias_field, mip
         self.rng = np.random.default_rng(seed)
         weights = np.ones(len(cases)) if weights is None else np.asarray(weights, float)
         self.weights = weights / weights.sum()
@@ -133,6 +134,15 @@ class SliceSampler:
         picks = [min(last, max(0, x + d)) for d in (-self.offset, 0, self.offset)]
         return case.image[picks].astype(np.float32), case.labels[x]
 
+    @staticmethod
+    def mip_stack(case: Case, x: int, half_width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Paper 001's input: the maximum-intensity projection of a sagittal slab (three equal
+        channels); each body's target is its projection over the slab."""
+        low, high = max(0, x - half_width), min(case.image.shape[0], x + half_width + 1)
+        projection = case.image[low:high].max(axis=0).astype(np.float32)
+        labels = case.labels[low:high].max(axis=0)
+        return np.stack([projection] * 3), labels
+
     def sample(self):
         index = int(self.rng.choice(len(self.cases), p=self.weights))
         case = self.cases[index]
@@ -141,7 +151,10 @@ class SliceSampler:
             x = int(self.rng.choice(labelled))
         else:
             x = int(self.rng.integers(case.image.shape[0]))
-        image, labels = self.slice_stack(case, x)
+        if case.ct and self.rng.random() < self.mip:
+            image, labels = self.mip_stack(case, x, int(self.rng.integers(6, 33)))
+        else:
+            image, labels = self.slice_stack(case, x)
         cuts = self.tops[index]
         if cuts is not None:
             # Half the time the cut is above a lower level, so that the first visible body is not

@@ -341,11 +341,20 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+INPUT_MODES = ("slices", "mip")
+
+
 def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progress | None = None,
-                  cancel: Cancel | None = None, slice_step: int = 2, threads: int | None = None) -> DetectionOutput:
-    """Detect vertebral bodies in a volume; masks on the input grid, centroids in RAS."""
+                  cancel: Cancel | None = None, slice_step: int = 2, threads: int | None = None,
+                  input_mode: str = "slices") -> DetectionOutput:
+    """Detect vertebral bodies in a volume; masks on the input grid, centroids in RAS.
+
+    input_mode "slices" runs every other sagittal slice of the spine's slab and links them;
+    "mip" (CT only, paper 001) runs once on the slab's maximum-intensity projection."""
     threads = int(os.environ.get("SPINELABEL_THREADS", "1")) if threads is None else threads
     with torch_threads(threads):
+        if input_mode == "mip":
+            return _detect_mip(volume, model, modality, progress, cancel)
         return _detect_volume(volume, model, modality, progress, cancel, slice_step)
 
 
@@ -377,6 +386,58 @@ def _detect_volume(volume: Volume, model, modality: str, progress: Progress | No
     extras = {"slab_ras_x_mm": [float(canonical.kji_to_ras(np.array([x, 0, 0]))[0][0]) for x in (low, high)],
               "most_bodies_slice": _most_bodies_slice(per_slice, canonical),
               "slices_run": len(set(per_slice) | set(coarse))}
+    if progress:
+        progress(1.0, f"{len(out_bodies)} vertebral bodies found")
+    return DetectionOutput(on_input, out_bodies, extras)
+
+
+#: Bone in the CT window: 150 HU on the -250..1000 HU scale of `normalise_intensity`.
+BONE_LEVEL = (150.0 + 250.0) / 1250.0
+
+
+def _detect_mip(volume: Volume, model, modality: str, progress: Progress | None,
+                cancel: Cancel | None, min_score: float = 0.5) -> DetectionOutput:
+    """Paper 001: one detector pass on the sagittal MIP of the spine's slab. The slab (found as
+    in slice mode) leaves out the hip bones, which would hide L5 in a projection. A body's 3-D
+    mask is its 2-D mask carried across the slab where the CT is bone (>= 150 HU), largest piece."""
+    from scipy import ndimage
+
+    if modality != "ct":
+        raise SpineLabelError("the sagittal MIP input is for CT (paper 001); use --input-mode slices for MRI")
+    config = model.config
+    _check(cancel)
+    if progress:
+        progress(0.0, "resampling to canonical orientation")
+    canonical = resample_to_canonical(volume, config.spacing_mm)
+    image = normalise_intensity(canonical.array, modality)
+    low, high, _ = find_slab(model, image, config, progress=progress, cancel=cancel)
+    if low < 0:
+        return DetectionOutput(np.zeros(volume.array.shape, np.uint16), [], {"slab": None})
+    slab_image = image[low: high + 1]
+    projection = slab_image.max(axis=0)
+    if progress:
+        progress(0.5, "detecting vertebrae on the sagittal MIP")
+    detections = [d for d in predict_slices(model, np.stack([projection] * 3)[None])[0] if d.score >= min_score]
+    detections.sort(key=lambda d: (d.box[1] + d.box[3]) / 2)
+    instances = np.zeros(slab_image.shape, np.uint16)
+    probability = np.zeros(slab_image.shape, np.float32)
+    bone = slab_image >= BONE_LEVEL
+    bodies = []
+    for d in detections:
+        col0, row0, col1, row1 = d.box
+        region = (slice(None), slice(row0, row1), slice(col0, col1))
+        column = (d.mask >= 0.5)[None] & bone[region] & (instances[region] == 0)
+        pieces, count = ndimage.label(column)
+        if count == 0:
+            continue
+        largest = pieces == 1 + int(np.argmax(ndimage.sum(column, pieces, range(1, count + 1))))
+        bodies.append(Body([d]))
+        instances[region][largest] = len(bodies)
+        probability[region][largest] = np.maximum(d.mask[None].repeat(len(largest), 0)[largest], 0.5)
+    slab = slab_volume(canonical, low, high)
+    on_input = to_input_grid(instances, probability, slab, volume)
+    out_bodies = _describe(bodies, on_input, instances, volume, slab)
+    extras = {"input_mode": "mip", "slab_ras_x_mm": [float(canonical.kji_to_ras(np.array([x, 0, 0]))[0][0]) for x in (low, high)]}
     if progress:
         progress(1.0, f"{len(out_bodies)} vertebral bodies found")
     return DetectionOutput(on_input, out_bodies, extras)

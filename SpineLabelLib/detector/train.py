@@ -139,6 +139,8 @@ def _load_pool(data: Path):
 
     real = [Case.load(p) for p in sorted(data.glob("real_*.npz"))]
     phantoms = [Case.load(p) for p in sorted(data.glob("phantom_*.npz"))]
+    for case in phantoms:
+        case.ct = phantom_parameters(int(case.name.split("_")[1]))["modality"] == "ct"
     cases = real + phantoms
     # Phantoms get up to 40 % of the draws, less while only a few exist (no over-fitting to them).
     share = min(0.4, len(phantoms) / 80)
@@ -227,7 +229,7 @@ def fit(args) -> None:
         elapsed = float(state.get("elapsed", 0.0))
     data = Path(args.data)
     cases, weights, n_phantoms = _load_pool(data)
-    augment = {"bottom_cut": args.bottom_cut, "bias_field": args.bias_field}
+    augment = {"bottom_cut": args.bottom_cut, "bias_field": args.bias_field, "mip": args.mip}
     sampler = SliceSampler(cases, config.train_size, config.slice_offset, seed=iteration, weights=weights, **augment)
     val = validation_slices(data, config.slice_offset)
     print(f"{len(cases)} cases ({n_phantoms} phantoms), {len(val)} validation slices, config {config}", flush=True)
@@ -378,6 +380,7 @@ def main(argv=None) -> int:
     f.add_argument("--init", default="", help="checkpoint whose weights start a new (fine-tuning) run")
     f.add_argument("--bottom-cut", type=float, default=0.0, help="share of slices cut below a random body")
     f.add_argument("--bias-field", type=float, default=0.0, help="share of slices with a smooth gain field")
+    f.add_argument("--mip", type=float, default=0.0, help="share of CT phantom draws shown as a sagittal MIP")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri), Path(args.out), args.spacing)
