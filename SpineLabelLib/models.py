@@ -2,7 +2,8 @@
 
 Search order: folders named in the environment variable SPINELABEL_MODELS (os.pathsep-separated),
 then <repo>/Resources/Models beside the package (a source checkout), then Resources/Models inside
-or beside the installed package (the Slicer extension layout). Nothing is ever downloaded.
+or beside the installed package (the Slicer extension layout), then <prefix>/share/spinelabel/Models
+(where `pip install spinelabel` puts them). Nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def model_roots() -> list[Path]:
     package = Path(__file__).resolve().parent
     roots = [Path(p) for p in os.environ.get(ENVIRONMENT_VARIABLE, "").split(os.pathsep) if p]
     roots += [package.parent / "Resources" / "Models", package / "Resources" / "Models",
-              package.parent.parent / "Resources" / "Models"]
+              package.parent.parent / "Resources" / "Models", installed_root()]
     unique: list[Path] = []
     for root in roots:
         if root.is_dir() and root.resolve() not in [u.resolve() for u in unique]:
@@ -119,9 +120,16 @@ def bundled_root() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources" / "Models"
 
 
+def installed_root() -> Path:
+    """Where a wheel install puts the bundled models (pyproject's data-files)."""
+    import sys
+
+    return Path(sys.prefix) / "share" / "spinelabel" / "Models"
+
+
 def _check_bundled_pin(directory: Path, card: dict[str, Any]) -> None:
     """A model inside the bundled folder must be the one this release shipped."""
-    if directory.resolve().parent != bundled_root().resolve():
+    if directory.resolve().parent not in {bundled_root().resolve(), installed_root().resolve()}:
         return
     pinned = BUNDLED_SHA256.get(card["name"])
     if pinned is None or card["sha256"] != pinned:

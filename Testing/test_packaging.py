@@ -76,3 +76,23 @@ def test_requirements_are_engine_dependencies():
     wanted = {re.split(r"[<>=!~ ]", l)[0].lower() for l in lines if l.strip() and not l.startswith("#")}
     assert wanted and wanted <= names
     assert names - wanted <= {"numpy", "simpleitk"}        # bundled with Slicer
+
+
+def test_wheel_data_files_carry_every_bundled_model():
+    """`pip install` (not editable) finds models in <prefix>/share/spinelabel/Models only if
+    pyproject lists each model folder there."""
+    import fnmatch
+    import tomllib
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["data-files"]
+    models = ROOT / "Resources" / "Models"
+    for folder in sorted(p for p in models.iterdir() if p.is_dir()):
+        target = f"share/spinelabel/Models/{folder.name}"
+        assert target in data_files, f"{folder.name} is not installed by pip: add {target!r} to data-files"
+        for file in folder.iterdir():
+            relative = file.relative_to(ROOT).as_posix()
+            assert any(fnmatch.fnmatch(relative, pattern) for pattern in data_files[target]), relative
+    from SpineLabelLib.models import installed_root, model_roots
+
+    assert installed_root().parts[-3:] == ("share", "spinelabel", "Models")
+    assert all(root.is_dir() for root in model_roots())

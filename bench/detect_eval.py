@@ -177,7 +177,7 @@ def average_precision(records, iou_needed: float = 0.75, level: str | None = Non
 
 
 # --- driver -----------------------------------------------------------------------------------
-def run_suite(name: str, cases, loaded) -> dict:
+def run_suite(name: str, cases, loaded, segmenter="auto", input_mode: str = "slices") -> dict:
     from SpineLabelLib import labelling
     from SpineLabelLib.detector import detect
 
@@ -185,7 +185,7 @@ def run_suite(name: str, cases, loaded) -> dict:
     for case_id, image, truth in cases:
         result = SpineResult(case_id, image=image)
         wall, cpu = time.time(), time.process_time()
-        detect(result, loaded)
+        detect(result, loaded, segmenter=segmenter, input_mode=input_mode if result_is_ct(image) else "slices")
         argmax_by_instance = {v.instance: v.level for v in result.vertebrae}
         labelling.relabel_result(result)
         seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
@@ -199,6 +199,12 @@ def run_suite(name: str, cases, loaded) -> dict:
         print(f"{name} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
               f"{seconds:.1f} s", file=sys.stderr, flush=True)
     return summarise(rows, records)
+
+
+def result_is_ct(image: Volume) -> bool:
+    from SpineLabelLib.detector.infer import guess_modality
+
+    return guess_modality(image) == "ct"
 
 
 def summarise(rows, records) -> dict:
@@ -244,10 +250,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--suites", default="real,ct,mr,fractures")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--segmenter", default="auto", help="auto (bundled when installed), none, or a model")
+    parser.add_argument("--input-mode", default="slices", choices=("slices", "mip"), help="mip applies to CT suites")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "detect_eval.json"))
     args = parser.parse_args(argv)
     loaded = load_model(args.model)
-    report = {"model": loaded.summary(), "data": {}, "suites": {}}
+    segmenter = args.segmenter if args.segmenter in ("auto", "none") else load_model(args.segmenter)
+    report = {"model": loaded.summary(), "segmenter": args.segmenter if isinstance(segmenter, str) else segmenter.summary(),
+              "input_mode": args.input_mode, "data": {}, "suites": {}}
     for suite in args.suites.split(","):
         if suite == "real":
             cases = real_cases(args.limit)
@@ -255,7 +265,7 @@ def main(argv=None) -> int:
         else:
             cases = phantom_cases(suite, args.limit)
             report["data"][suite] = [f"{s} {m} fractures={f}" for s, m, f, _ in PHANTOM_SUITES[suite]]
-        report["suites"][suite] = run_suite(suite, cases, loaded)
+        report["suites"][suite] = run_suite(suite, cases, loaded, segmenter, args.input_mode)
     write_report(report, Path(args.out))
     return 0
 
