@@ -86,10 +86,19 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
-    axes.text(0.01, 0.99, f"{result.case_id}  {result.modality.upper()}  sagittal R={right_mm:.1f} mm"
-              "  (head up, anterior left)", color="white", fontsize=8, va="top", ha="left", transform=axes.transAxes,
+    axes.text(0.01, 0.99, _title(result, right_mm, figure.get_figwidth() * figure.dpi), color="white",
+              fontsize=8, va="top", ha="left", transform=axes.transAxes,
               bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
     return figure
+
+
+def _title(result: SpineResult, right_mm: float, width_px: float) -> str:
+    """Case, modality and slice position, wrapped so that a narrow (tall lumbar) view shows it whole."""
+    import textwrap
+
+    text = f"{result.case_id}  {result.modality.upper()}  sagittal R={right_mm:.1f} mm  (head up, anterior left)"
+    characters = max(12, int(width_px * 0.94 / 6.5))        # 8-point DejaVu Sans: under 6.5 px a character
+    return "\n".join(textwrap.wrap(text, characters, break_long_words=True))
 
 
 def _view_box(result: SpineResult, canonical: Volume, labels: np.ndarray | None, rows: int, cols: int):

@@ -151,6 +151,20 @@ def test_qc_png_draws_measurement_lines(spine_result, tmp_path):
     assert plain.shape == lined.shape and np.any(plain != lined)
 
 
+def test_qc_title_is_wrapped_inside_a_narrow_picture(spine_result):
+    from SpineLabelLib.volume import resample_to_canonical
+
+    spine_result.case_id = "a_rather_long_case_identifier_from_a_batch_run_" * 2
+    canonical = resample_to_canonical(spine_result.image, qc._qc_spacing(spine_result.image))
+    labels = resample_to_canonical(spine_result.level_volume(), qc._qc_spacing(spine_result.image), label=True).array
+    figure = qc._draw(spine_result, canonical, labels, qc._slice_index(spine_result, canonical, labels))
+    renderer = figure.canvas.get_renderer()
+    title = figure.axes[0].texts[-1]
+    assert spine_result.case_id[:20] in title.get_text() and "\n" in title.get_text()
+    extent, page = title.get_window_extent(renderer), figure.bbox
+    assert page.x0 <= extent.x0 and extent.x1 <= page.x1 + 1 and page.y0 <= extent.y0
+
+
 def test_qc_png_for_mr_without_masks(spine_result, tmp_path):
     spine_result.modality = "mr"
     spine_result.instances = None
