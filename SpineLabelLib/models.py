@@ -22,6 +22,7 @@ DEFAULT_SEGMENTER = "vertebral-body-segmenter"
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
 BUNDLED_SHA256 = {
     "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
+    "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
 }
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
 

@@ -186,7 +186,7 @@ def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir
     assert result.instances.shape == tiny_phantom.image.array.shape
     assert result.instances.dtype == np.uint16
     assert result.modality == "mr"
-    assert result.models[-1]["sha256"] == loaded.card["sha256"]
+    assert loaded.card["sha256"] in [m["sha256"] for m in result.models]
     assert steps and steps[-1] == 1.0 and np.all(np.diff(steps) >= -1e-9)
     for vertebra in result.vertebrae:
         assert vertebra.level in anatomy.ORDER
