@@ -64,10 +64,16 @@ class Modality(enum.Enum):
     mr = "mr"
 
 
+class InputMode(enum.Enum):
+    slices = "slices"        # sagittal slices linked in 3-D
+    mip = "mip"              # CT: the sagittal MIP of the spine's slab (paper 001)
+
+
 @parameterNodeWrapper
 class SpineLabelParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     modality: Modality = Modality.auto
+    inputMode: InputMode = InputMode.slices
     model: str = ""
     segmentation: vtkMRMLSegmentationNode
     points: vtkMRMLMarkupsFiducialNode
@@ -177,7 +183,8 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params = self._parameterNode
             if not self.logic.ensureDependencies(interactive=True):
                 return
-            self._job = self.logic.startProcess(params.inputVolume, params.modality.value, params.model or None)
+            self._job = self.logic.startProcess(params.inputVolume, params.modality.value, params.model or None,
+                                                params.inputMode.value)
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self._timer.start()
@@ -366,21 +373,22 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         return True
 
     # --- detection -----------------------------------------------------------------------------
-    def process(self, volumeNode, modality: str = "auto", model: str | None = None):
+    def process(self, volumeNode, modality: str = "auto", model: str | None = None, inputMode: str = "slices"):
         """Detect, name, segment and measure in this process (blocking; console and scripts)."""
         from SpineLabelLib import pipeline, scene
 
         result = pipeline.case_from_volume(scene.node_to_volume(volumeNode), volumeNode.GetName())
-        pipeline.detect(result, model=model, modality=modality)
+        pipeline.detect(result, model=model, modality=modality, input_mode=inputMode)
         pipeline.measure(result)
         return self.show(result, volumeNode)
 
-    def startProcess(self, volumeNode, modality: str = "auto", model: str | None = None):
+    def startProcess(self, volumeNode, modality: str = "auto", model: str | None = None, inputMode: str = "slices"):
         """The same in a background process; poll the returned job, then call `finishProcess`."""
         from SpineLabelLib import scene
         from SpineLabelLib.background import BackgroundRun
 
-        job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), model, modality)
+        job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), model, modality,
+                            input_mode=inputMode)
         job.volumeNodeID = volumeNode.GetID()      # results go onto this volume even if the selection changes
         job.start()
         return job

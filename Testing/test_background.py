@@ -26,6 +26,26 @@ def test_background_run_returns_the_detected_and_measured_result():
     assert not job.folder.exists()
 
 
+def detect_noting_the_input_mode(result, input_mode="slices", **options):
+    from test_batch import fake_detect
+
+    fake_detect(result)
+    result.warnings.append(f"input mode {input_mode}")
+    return result
+
+
+def test_background_run_passes_the_input_mode_to_the_detector():
+    job = BackgroundRun(lumbar_result().image, "mip case", modality="ct", input_mode="mip",
+                        detector="test_background:detect_noting_the_input_mode")
+    job.start()
+    try:
+        status = job.wait(timeout=120)
+        assert status.state == DONE, status.message
+        assert "input mode mip" in job.result().warnings
+    finally:
+        job.cleanup()
+
+
 def test_background_failure_is_one_line():
     image = lumbar_result().image
     image.array[:] = 7                                       # every voxel the same: refused
