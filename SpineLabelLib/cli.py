@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Each case goes to OUT/<case>/.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="bundled model name or a model folder (default: chosen by modality)")
+    p.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)")
     p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
     p.add_argument("--segmenter", default="auto",
                    help="body-mask segmenter: auto (the bundled one when installed), none (the detector's "

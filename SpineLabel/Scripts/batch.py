@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "in 3D Slicer without a window; writes the `spinelabel run` outputs")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", help="bundled model name or a model folder (default: chosen by modality)")
+    parser.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)")
     parser.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
     parser.add_argument("--segmenter", default="auto",
                         help="body-mask segmenter: auto (bundled when installed), none, or a model name or folder")
