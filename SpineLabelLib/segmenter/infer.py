@@ -7,6 +7,7 @@ Works on any instance map on the image grid, so it can also redraw masks a perso
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -48,7 +49,7 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     closer, L5 loses the sacrum below it and is drawn short (Dice 0.898 -> 0.905 on training
     cases for 8 -> 40 mm). Slices run ``lateral_margin_mm`` beyond the bodies' lateral edges."""
     from ..detector.data import normalise_intensity
-    from ..detector.infer import _check, to_input_grid
+    from ..detector.infer import _check, to_input_grid, torch_threads
 
     config = model.config
     canonical = resample_to_canonical(volume, config.spacing_mm)
@@ -65,7 +66,8 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     stacks = np.stack([image[[min(last, max(0, x + d)) for d in (-config.slice_offset, 0, config.slice_offset)]]
                        for x in range(low[0], high[0])])
     _check(cancel)
-    probability = predict_probability(model, stacks)
+    with torch_threads(int(os.environ.get("SPINELABEL_THREADS", "1"))):   # as the detector: see torch_threads
+        probability = predict_probability(model, stacks)
     _check(cancel)
     region = detected[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
     refined = assign_to_bodies(probability >= 0.5, region, reach_mm / config.spacing_mm)
