@@ -191,3 +191,23 @@ def _tiny_detector(tmp_path):
         card = {"name": "tiny-det", "version": "0.0.1", "task": "test", "modality": ["mr"], "levels": list(anatomy.ORDER)}
         export_weights(build_detector(config).state_dict(), config, folder, card)
     return load_model(folder)
+
+
+def test_skipped_slices_are_interpolated_between_computed_ones():
+    class SliceNumber:
+        config = SegmenterConfig(widths=(4, 8), slice_offset=1)
+
+        def __call__(self, images):                    # logit = the middle slice's value
+            return torch.logit(images[:, 1].clamp(1e-4, 1 - 1e-4))
+
+    image = np.zeros((12, 4, 4), np.float32)
+    for x in range(12):
+        image[x] = 0.05 + 0.07 * x
+    from SpineLabelLib.segmenter.infer import slab_probability
+
+    every = slab_probability(SliceNumber(), image, 2, 11, 1)
+    skipping = slab_probability(SliceNumber(), image, 2, 11, 3)
+    assert every.shape == skipping.shape == (9, 4, 4)
+    assert np.allclose(every[:, 0, 0], image[2:11, 0, 0], atol=1e-3)
+    assert np.allclose(skipping, every, atol=1e-3)     # linear in x, so interpolation is exact
+    assert np.allclose(skipping[[0, 3, 6, 8], 0, 0], image[[2, 5, 8, 10], 0, 0], atol=1e-3)
