@@ -340,3 +340,21 @@ def test_mip_mode_builds_3d_bodies_from_one_projection(monkeypatch):
         assert np.linalg.norm(body["centroid_ras"] - centre) < 4.0
     with pytest.raises(SpineLabelError, match="CT"):
         infer.detect_volume(phantom.image, model, "mr", input_mode="mip")
+
+
+def test_padding_above_and_below_keeps_every_voxel_where_it_was():
+    affine = make_affine((0.9, 1.3, 3.0), oblique_directions(25.0), (-40.0, 60.0, -30.0))
+    canonical = resample_to_canonical(Volume(np.random.default_rng(2).random((12, 30, 20)).astype(np.float32),
+                                             affine), 1.5)
+    padded = infer.pad_head_and_feet(canonical, 15.0)
+    rows = 10                                                   # 15 mm at 1.5 mm
+    assert padded.array.shape == (canonical.array.shape[0], canonical.array.shape[1] + 2 * rows,
+                                  canonical.array.shape[2])
+    assert np.array_equal(padded.array[:, rows:-rows], canonical.array)
+    assert padded.array[:, :rows].max() == canonical.array.min() == padded.array[:, -rows:].min()
+    voxel = np.array([[3, 7, 5]])
+    assert np.allclose(padded.kji_to_ras(voxel + [0, rows, 0]), canonical.kji_to_ras(voxel))
+    # The padded rows lie beyond the head and the feet: superior first (canonical rows run S -> I).
+    top, bottom = padded.kji_to_ras(np.array([[0, 0, 0], [0, padded.array.shape[1] - 1, 0]]))
+    assert top[2] > canonical.kji_to_ras(np.array([[0, 0, 0]]))[0][2] > bottom[2]
+    assert infer.pad_head_and_feet(canonical, 0.0) is canonical

@@ -342,6 +342,8 @@ def torch_threads(count: int):
 
 
 INPUT_MODES = ("slices", "mip")
+#: Empty margin added above and below the image before detection (see `pad_head_and_feet`).
+EDGE_PADDING_MM = 40.0
 
 
 def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progress | None = None,
@@ -358,13 +360,30 @@ def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progres
         return _detect_volume(volume, model, modality, progress, cancel, slice_step)
 
 
+def pad_head_and_feet(canonical: Volume, padding_mm: float) -> Volume:
+    """The canonical volume with empty rows above and below, its geometry moved to match.
+
+    Training crops reach past the image, so the detector has learnt image ends as empty space; a
+    field of view cut through a body with tissue up to the edge is then unusual, and the level
+    probabilities of the bodies near it drift (a lumbar MRI whose L5 touched the lower edge was
+    named one level off until padded)."""
+    rows = int(round(padding_mm / canonical.spacing[1]))
+    if rows <= 0:
+        return canonical
+    array = np.pad(canonical.array, ((0, 0), (rows, rows), (0, 0)), constant_values=canonical.array.min())
+    matrix = canonical.ijk_to_ras.copy()
+    matrix[:3, 3] = canonical.kji_to_ras(np.array([[0, -rows, 0]]))[0]
+    return Volume(array, matrix, dict(canonical.metadata))
+
+
 def _detect_volume(volume: Volume, model, modality: str, progress: Progress | None,
-                   cancel: Cancel | None, slice_step: int) -> DetectionOutput:
+                   cancel: Cancel | None, slice_step: int, edge_padding_mm: float | None = None) -> DetectionOutput:
     config = model.config
     _check(cancel)
     if progress:
         progress(0.0, "resampling to canonical orientation")
-    canonical = resample_to_canonical(volume, config.spacing_mm)
+    padding = EDGE_PADDING_MM if edge_padding_mm is None else edge_padding_mm
+    canonical = pad_head_and_feet(resample_to_canonical(volume, config.spacing_mm), padding)
     image = normalise_intensity(canonical.array, modality)
     low, high, coarse = find_slab(model, image, config, progress=progress, cancel=cancel)
     if low < 0:
