@@ -357,19 +357,25 @@ def resample_to_canonical(volume: Volume, spacing: float, label: bool = False) -
 
     The grid covers the input's whole bounding box in RAS at isotropic ``spacing`` mm.
     """
-    k, j, i = volume.array.shape
-    corners_kji = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)], float)
-    corners = volume.kji_to_ras(corners_kji)
+    return resample(volume, None, reference=canonical_grid(volume, spacing), label=label)
+
+
+def canonical_grid(volume: Volume, spacing: float, points_kji: np.ndarray | None = None,
+                   margin_mm=(0.0, 0.0, 0.0)) -> Volume:
+    """An empty canonical grid at isotropic ``spacing`` covering the given input voxels (default:
+    the whole volume) plus ``margin_mm`` along each canonical axis (left-right, S-I, A-P)."""
+    if points_kji is None:
+        k, j, i = volume.array.shape
+        points_kji = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)], float)
     axes = CANONICAL_AXES_RAS                              # row n = RAS dir of canonical axis n
-    projected = corners @ axes.T                           # coordinates along each canonical axis
-    low, high = projected.min(axis=0), projected.max(axis=0)
+    projected = volume.kji_to_ras(np.asarray(points_kji, float)) @ axes.T
+    low = projected.min(axis=0) - np.asarray(margin_mm, float)
+    high = projected.max(axis=0) + np.asarray(margin_mm, float)
     shape_kji = np.maximum(1, np.floor((high - low) / spacing + 1e-6).astype(int) + 1)
     ijk_to_ras = np.eye(4)
-    directions_ijk = axes[::-1].T                          # columns: dirs of i, j, k
-    ijk_to_ras[:3, :3] = directions_ijk * spacing
+    ijk_to_ras[:3, :3] = axes[::-1].T * spacing            # columns: dirs of i, j, k
     ijk_to_ras[:3, 3] = low @ axes                         # RAS point of voxel 0
-    grid = Volume(np.zeros(tuple(shape_kji), dtype=np.uint8), ijk_to_ras)
-    return resample(volume, None, reference=grid, label=label)
+    return Volume(np.zeros(tuple(shape_kji), dtype=np.uint8), ijk_to_ras)
 
 
 def sagittal_slices(canonical: Volume, centre_x: int | None = None, half_width: int | None = None) -> np.ndarray:

@@ -33,15 +33,23 @@ CT_WINDOW_HU = (-250.0, 1000.0)
 
 def normalise_intensity(array: np.ndarray, modality: str = "mr") -> np.ndarray:
     """To 0..1 (float32): CT through a fixed HU window, MRI by the volume's 1st-99th percentile."""
-    array = np.asarray(array, dtype=np.float32)
+    return apply_window(array, intensity_window(array, modality))
+
+
+def intensity_window(array: np.ndarray, modality: str = "mr") -> tuple[float, float]:
+    """The intensities that become 0 and 1: a fixed HU window for CT, the 1st and 99th
+    percentiles for MRI (computed once on a whole volume, then applied to any part of it)."""
     if modality == "ct":
-        low, high = CT_WINDOW_HU
-        return np.clip((array - low) / (high - low), 0.0, 1.0)
+        return CT_WINDOW_HU
+    array = np.asarray(array)
     sample = array[::2, ::2, ::2] if array.size > 8_000_000 else array
     low, high = np.percentile(sample, [1.0, 99.0])
-    if high <= low:
-        high = low + 1.0
-    return np.clip((array - low) / (high - low), 0.0, 1.0)
+    return float(low), float(high) if high > low else float(low) + 1.0
+
+
+def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = window
+    return np.clip((np.asarray(array, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
 
 
 def split_real_cases(names: list[str]) -> tuple[list[str], list[str]]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..volume import Volume, resample, resample_to_canonical
+from ..volume import Volume, canonical_grid, resample
 
 Cancel = Callable[[], bool]
 
@@ -52,44 +52,37 @@ def slab_probability(model, image: np.ndarray, low: int, high: int, step: int) -
     return out
 
 
-def sub_volume(canonical: Volume, low: np.ndarray, high: np.ndarray) -> Volume:
-    """Geometry of canonical[low0:high0, low1:high1, low2:high2] (array order)."""
-    matrix = canonical.ijk_to_ras.copy()
-    matrix[:3, 3] = canonical.kji_to_ras(np.asarray(low)[None])[0]
-    return Volume(np.zeros(tuple(np.asarray(high) - np.asarray(low)), np.uint8), matrix)
-
-
 def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str,
                      cancel: Cancel | None = None, reach_mm: float = 4.0,
-                     margin_mm: float = 40.0, lateral_margin_mm: float = 6.0, slice_step: int = 2) -> np.ndarray:
+                     margin_mm: float = 24.0, lateral_margin_mm: float = 6.0, slice_step: int = 2) -> np.ndarray:
     """New instance map on ``volume``'s grid with boundaries from the segmenter.
 
     The U-Net sees the bodies with ``margin_mm`` of surroundings in the sagittal plane: cut
-    closer, L5 loses the sacrum below it and is drawn short (Dice 0.898 -> 0.905 on training
-    cases for 8 -> 40 mm). Slices run ``lateral_margin_mm`` beyond the bodies' lateral edges;
-    the U-Net sees every ``slice_step``-th of them and the probability is interpolated between."""
-    from ..detector.data import normalise_intensity
+    closer, L5 loses the sacrum below it and is drawn short (Dice on training cases 0.898 at
+    8 mm, 0.905 at 40 mm with an early checkpoint; 0.9164 at 24 mm vs 0.9167 at 40 mm with the
+    final one, for 20 % less time). Slices run ``lateral_margin_mm`` beyond the bodies' lateral
+    edges; the U-Net sees every ``slice_step``-th of them and the probability is interpolated
+    between (every slice: 0.9166)."""
+    from ..detector.data import apply_window, intensity_window
     from ..detector.infer import _check, to_input_grid, torch_threads
 
     config = model.config
-    canonical = resample_to_canonical(volume, config.spacing_mm)
-    detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=canonical, label=True).array
-    present = np.argwhere(detected)
+    present = np.argwhere(instances)
     if present.size == 0:
         return instances
-    margin = np.round(np.array([lateral_margin_mm, margin_mm, margin_mm]) / config.spacing_mm).astype(int)
-    low = np.maximum(present.min(axis=0) - margin, 0)
-    high = np.minimum(present.max(axis=0) + margin + 1, detected.shape)
-    image = normalise_intensity(canonical.array, modality)
-    image = image[:, low[1]:high[1], low[2]:high[2]]
+    # Only the bodies' surroundings are resampled (a whole CT at 1 mm is ~50 M voxels), their
+    # voxels' own extent, not their oblique bounding box; the MRI intensity window still comes
+    # from the whole volume, as in training.
+    grid = canonical_grid(volume, config.spacing_mm, present, (lateral_margin_mm, margin_mm, margin_mm))
+    image = apply_window(resample(volume, None, reference=grid).array, intensity_window(volume.array, modality))
+    detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=grid, label=True).array
     _check(cancel)
     with torch_threads(int(os.environ.get("SPINELABEL_THREADS", "1"))):   # as the detector: see torch_threads
-        probability = slab_probability(model, image, low[0], high[0], slice_step)
+        probability = slab_probability(model, image, 0, image.shape[0], slice_step)
     _check(cancel)
-    region = detected[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
-    refined = assign_to_bodies(probability >= 0.5, region, reach_mm / config.spacing_mm)
+    refined = assign_to_bodies(probability >= 0.5, detected, reach_mm / config.spacing_mm)
     probability = np.where(refined > 0, probability, 0.0).astype(np.float32)
-    return to_input_grid(refined, probability, sub_volume(canonical, low, high), volume)
+    return to_input_grid(refined, probability, grid, volume)
 
 
 def assign_to_bodies(foreground: np.ndarray, detected: np.ndarray, reach_voxels: float) -> np.ndarray:
