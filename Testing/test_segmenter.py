@@ -42,8 +42,11 @@ def test_unet_keeps_the_slice_size_and_learns(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
     model.eval()
     odd = np.random.default_rng(0).random((3, 3, 37, 29)).astype(np.float32)
+    with torch.no_grad():
+        plain = torch.sigmoid(model(torch.from_numpy(np.pad(odd, ((0, 0), (0, 0), (0, 3), (0, 3))))))
     probability = predict_probability(model, odd)              # padded to the divisor and cropped back
     assert probability.shape == (3, 37, 29) and 0 <= probability.min() <= probability.max() <= 1
+    assert np.allclose(probability, plain[:, :37, :29].numpy(), atol=1e-5)   # channels-last: same numbers
 
 
 def test_loss_ignores_unlabelled_pixels():

@@ -26,9 +26,12 @@ def predict_probability(model, stack: np.ndarray, batch: int = 8) -> np.ndarray:
     pad_h, pad_w = (-height) % divisor, (-width) % divisor
     padded = np.pad(stack, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
     out = np.empty((count, height, width), np.float32)
+    if isinstance(model, torch.nn.Module):
+        model.to(memory_format=torch.channels_last)      # the same float32 result, ~1/3 faster on CPU
     with torch.inference_mode():
         for start in range(0, count, batch):
             chunk = torch.from_numpy(np.ascontiguousarray(padded[start: start + batch], dtype=np.float32))
+            chunk = chunk.to(memory_format=torch.channels_last)
             out[start: start + batch] = torch.sigmoid(model(chunk))[:, :height, :width].numpy()
     return out
 
@@ -54,15 +57,15 @@ def slab_probability(model, image: np.ndarray, low: int, high: int, step: int) -
 
 def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str,
                      cancel: Cancel | None = None, reach_mm: float = 4.0,
-                     margin_mm: float = 24.0, lateral_margin_mm: float = 6.0, slice_step: int = 2) -> np.ndarray:
+                     margin_mm: float = 40.0, lateral_margin_mm: float = 6.0, slice_step: int = 2) -> np.ndarray:
     """New instance map on ``volume``'s grid with boundaries from the segmenter.
 
     The U-Net sees the bodies with ``margin_mm`` of surroundings in the sagittal plane: cut
-    closer, L5 loses the sacrum below it and is drawn short (Dice on training cases 0.898 at
-    8 mm, 0.905 at 40 mm with an early checkpoint; 0.9164 at 24 mm vs 0.9167 at 40 mm with the
-    final one, for 20 % less time). Slices run ``lateral_margin_mm`` beyond the bodies' lateral
-    edges; the U-Net sees every ``slice_step``-th of them and the probability is interpolated
-    between (every slice: 0.9166)."""
+    closer, L5 loses the sacrum below it and is drawn short (MRI training cases: Dice 0.898 at
+    8 mm, 0.905 at 40 mm with an early checkpoint; 0.9162 at 24 mm and 0.9171 at 40 mm with the
+    final one; the lowest body of a C3-L5 CT phantom: 0.62 at 24 mm, 0.89 at 40 mm). Slices run
+    ``lateral_margin_mm`` beyond the bodies' lateral edges; the U-Net sees every
+    ``slice_step``-th of them and the probability is interpolated between (every slice: same Dice)."""
     from ..detector.data import apply_window, intensity_window
     from ..detector.infer import _check, to_input_grid, torch_threads
 
