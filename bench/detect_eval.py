@@ -1,6 +1,7 @@
 """Detector benchmark: real lumbar MRI validation split and phantom suites; prints JSON.
 
     python bench/detect_eval.py [--model NAME_OR_DIR] [--suites real,ct,mr,fractures] [--limit N]
+        [--segmenter auto|none|NAME_OR_DIR] [--input-mode slices|mip]
 
 Metrics per suite (VerSe conventions where they exist):
   recall        ground-truth bodies matched by a detected body (3-D Dice >= 0.5)

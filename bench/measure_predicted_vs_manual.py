@@ -1,4 +1,4 @@
-"""Heights from the detector's predicted body masks against heights from the manual masks (real MRI).
+"""Heights from the predicted body masks (detector + segmenter) against the manual masks (real MRI).
 
     python bench/measure_predicted_vs_manual.py [--model NAME_OR_DIR] [--limit N]
 
