@@ -29,6 +29,9 @@ for _name in anatomy.ORDER:
 
 #: CT is windowed in Hounsfield units: a percentile clip would put soft tissue and bone together.
 CT_WINDOW_HU = (-250.0, 1000.0)
+#: How `normalise_intensity` works, as the model cards state it.
+NORMALISATION_CARD = {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
+                      "ct": "Hounsfield window -250..1000 HU scaled to 0..1"}
 
 
 def normalise_intensity(array: np.ndarray, modality: str = "mr") -> np.ndarray:

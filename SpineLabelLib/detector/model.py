@@ -19,8 +19,23 @@ from .. import anatomy
 CLASS_NAMES: tuple[str, ...] = ("background", *anatomy.ORDER)
 
 
+class CardConfig:
+    """A network configuration stored in a model card: to JSON and back (lists become tuples)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, value in known.items():
+            if isinstance(value, list):
+                known[key] = tuple(value)
+        return cls(**known)
+
+
 @dataclass
-class DetectorConfig:
+class DetectorConfig(CardConfig):
     """Everything that defines the network; stored in the model card so weights reload exactly."""
 
     widths: tuple[int, ...] = (32, 64, 128, 256)     # channels of ResNet stages C2..C5
@@ -42,17 +57,6 @@ class DetectorConfig:
     spacing_mm: float = 1.25                         # canonical isotropic spacing of the input
     slice_offset: int = 2                            # neighbour slices stacked as channels (voxels)
     train_size: int = 320                            # training crops are train_size^2 pixels
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DetectorConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key, value in known.items():
-            if isinstance(value, list):
-                known[key] = tuple(value)
-        return cls(**known)
 
 
 class SmallResNet(nn.Module):

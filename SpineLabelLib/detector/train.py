@@ -318,6 +318,7 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
     import torch
 
     from .. import anatomy
+    from .data import NORMALISATION_CARD
     from .model import DetectorConfig
     from .weights import export_weights
 
@@ -333,9 +334,9 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
         "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
                   "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
                   "slice_offset_voxels": config.slice_offset, "train_crop_px": config.train_size,
-                  "inference_size": "whole canonical slices (no resizing); every 2nd slice of the spine's slab"},
-        "normalisation": {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
-                          "ct": "Hounsfield window -250..1000 HU scaled to 0..1"},
+                  "inference_size": "whole canonical slices (no resizing) with 40 mm of empty rows above and below; "
+                                    "every 2nd slice of the spine's slab; or, for CT on request, one sagittal MIP"},
+        "normalisation": NORMALISATION_CARD,
         "training": {"iterations": int(state["iteration"]), "training_minutes": round(float(state.get("elapsed", 0)) / 60, 1),
                      "validation_history": [h for h in history if "recall" in h]},
     }

@@ -8,15 +8,17 @@ decide which body each foreground voxel belongs to (`infer.refine_instances`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import nn
+
+from ..detector.model import CardConfig
 
 FAMILY = "body-unet"
 
 
 @dataclass
-class SegmenterConfig:
+class SegmenterConfig(CardConfig):
     """Everything that defines the network; stored in the model card so weights reload exactly."""
 
     family: str = FAMILY
@@ -25,17 +27,6 @@ class SegmenterConfig:
     spacing_mm: float = 1.0              # canonical isotropic spacing of the input
     slice_offset: int = 2                # neighbour slices stacked as channels (voxels)
     train_size: int = 160                # training crops are train_size^2 pixels
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SegmenterConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key, value in known.items():
-            if isinstance(value, list):
-                known[key] = tuple(value)
-        return cls(**known)
 
     @property
     def divisor(self) -> int:

@@ -182,6 +182,7 @@ def fit(args) -> None:
 def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Path | None) -> dict:
     import torch
 
+    from ..detector.data import NORMALISATION_CARD
     from ..detector.weights import export_weights
 
     state = torch.load(checkpoint, weights_only=True)
@@ -194,8 +195,7 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
         "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
                   "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
                   "slice_offset_voxels": config.slice_offset, "train_crop_px": config.train_size},
-        "normalisation": {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
-                          "ct": "Hounsfield window -250..1000 HU scaled to 0..1"},
+        "normalisation": NORMALISATION_CARD,
         "training": {"iterations": int(state["iteration"]),
                      "training_minutes": round(float(state.get("elapsed", 0)) / 60, 1),
                      "validation_history": [h for h in history if "validation_slice_dice" in h]},
