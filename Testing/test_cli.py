@@ -52,6 +52,20 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("options, message", [(["--segmenter", "no-such-model"], "not found"),
+                                              (["--input-mode", "mip", "--modality", "mr"], "for CT")])
+def test_bad_detection_options_give_one_line_and_write_nothing(tmp_path, options, message):
+    from SpineLabelLib.phantom import generate_phantom, write_phantom
+
+    phantom = generate_phantom(["L1", "L2"], "t2", spacing=(2.0, 2.0, 3.0), seed=1, crop_to_spine=True)
+    image = write_phantom(phantom, tmp_path / "in", "case")["image"]
+    proc = spinelabel("run", image, "--out", tmp_path / "out", "-q", *options)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_bad_phantom_level_range_is_one_line(tmp_path):
     proc = spinelabel("phantom", "--out", tmp_path / "p", "--levels", "L3-T1")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
