@@ -488,7 +488,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
             self.nodes.points.RemoveNthControlPoint(index)
         finally:
             self.writing = False
-        self._correct(lambda result: correction.add_vertebra(result, list(position)))
+        # The engine draws its body with the segmenter when one is installed.
+        self._correct(lambda result: correction.draw_mask(result, correction.add_vertebra(result, list(position))))
 
     def openSegmentEditor(self, index: int) -> None:
         from SpineLabelLib import scene

@@ -83,6 +83,29 @@ def delete_vertebra(result: SpineResult, which: str | Vertebra) -> None:
                   voxels=voxels)
 
 
+def draw_mask(result: SpineResult, which: str | Vertebra, segmenter="auto") -> Vertebra:
+    """Draw the body mask of a vertebra that has none (one a person added) with the body segmenter,
+    seeded at its centroid; other bodies keep their voxels. Without a segmenter, or when nothing
+    body-like is there, the vertebra stays without a mask (a warning says so)."""
+    from .models import segmenter_for
+    from .segmenter.infer import draw_body
+
+    v = _vertebra(result, which)
+    model = segmenter_for(segmenter)
+    if model is None or result.image is None or v.instance:
+        return v
+    instances = result.instances if result.instances is not None else np.zeros(result.image.array.shape, np.uint16)
+    mask = draw_body(result.image, instances, v.centroid_ras, model.network, result.modality or "mr")
+    if not mask.any():
+        result.warnings.append(f"no body mask drawn for the vertebra added at {np.round(v.centroid_ras, 1).tolist()}")
+        return v
+    result.instances = instances
+    v.instance = result.next_instance()
+    result.instances[mask] = v.instance
+    result.record("draw_mask", level=v.level, instance=v.instance, voxels=int(mask.sum()))
+    return v
+
+
 def replace_mask(result: SpineResult, which: str | Vertebra, mask: np.ndarray) -> Vertebra:
     """Set a vertebra's body mask (painted or erased by a person); voxels of other bodies are taken over."""
     v = _vertebra(result, which)

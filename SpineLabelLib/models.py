@@ -117,6 +117,20 @@ def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
     return loaded
 
 
+def segmenter_for(choice) -> LoadedModel | None:
+    """The body segmenter a caller asked for: "auto" (the bundled one when installed, else None),
+    "none"/None, a `LoadedModel`, or a model name or folder."""
+    if choice is None or choice == "none":
+        return None
+    if isinstance(choice, LoadedModel):
+        return choice
+    if choice == "auto":
+        if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
+            return None
+        choice = DEFAULT_SEGMENTER
+    return load_model(choice)
+
+
 def bundled_root() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources" / "Models"
 

@@ -1,6 +1,8 @@
 """Guided correction: each operation changes the result as a person meant and says so in the record."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,42 @@ def test_scripted_session_gives_result_measurements_and_record():
     assert actions == ["move", "set_level", "relabel", "delete", "edit_mask",
                        "recompute_centroid", "recompute_centroid"]
     assert result.corrections[4]["voxels_removed"] == erased
+
+
+class _BrightIsBody:
+    """Stands in for the body segmenter: 'body' wherever the middle slice is bright."""
+
+    def __init__(self):
+        from SpineLabelLib.segmenter.model import SegmenterConfig
+
+        self.config = SegmenterConfig(spacing_mm=1.0)
+
+    def __call__(self, images):
+        return (images[:, 1] - 0.5) * 40.0
+
+
+def test_an_added_vertebra_gets_its_body_drawn_and_the_others_keep_theirs():
+    from SpineLabelLib.models import LoadedModel
+
+    result = lumbar_result()
+    missed = result.by_level("L3")
+    truth = result.instances == missed.instance
+    result.instances[truth] = 0                                  # the detector missed L3
+    result.vertebrae.remove(missed)
+    others = result.instances.copy()
+    added = correction.add_vertebra(result, missed.centroid_ras)
+    assert added.instance == 0 and added.level == "L3"
+    segmenter = LoadedModel("stub", "0", Path("."), {"sha256": "0"}, _BrightIsBody())
+    correction.draw_mask(result, added, segmenter=segmenter)
+    mask = result.instances == added.instance
+    assert added.instance and 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.85
+    assert np.array_equal(result.instances[others > 0], others[others > 0])
+    assert result.corrections[-1]["action"] == "draw_mask" and result.corrections[-1]["level"] == "L3"
+
+
+def test_without_a_segmenter_an_added_vertebra_stays_maskless():
+    result = lumbar_result()
+    added = correction.add_vertebra(result, result.vertebrae[0].centroid_ras + [0, 0, 40.0])
+    before = result.instances.copy()
+    correction.draw_mask(result, added, segmenter="none")
+    assert added.instance == 0 and np.array_equal(result.instances, before)

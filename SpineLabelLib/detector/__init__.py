@@ -30,7 +30,7 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     progress(fraction, message) is called as work proceeds; cancel() returning True stops with
     a SpineLabelError('cancelled').
     """
-    from ..models import LoadedModel, load_model
+    from ..models import LoadedModel, load_model, segmenter_for
     from .infer import detect_volume, guess_modality
 
     if result.image is None:
@@ -41,7 +41,7 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
         raise InputError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     result.modality = guess_modality(result.image) if modality == "auto" else modality
-    refiner = _segmenter(segmenter)
+    refiner = segmenter_for(segmenter)
     detector_progress = progress
     if refiner is not None and progress is not None:
         detector_progress = lambda fraction, message: progress(0.9 * fraction, message)  # noqa: E731
@@ -68,20 +68,6 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     result.models = [m for m in result.models if m.get("name") not in {u.name for u in used}] + [u.summary() for u in used]
     result.extras["detector"] = output.extras
     return result
-
-
-def _segmenter(segmenter):
-    from ..models import DEFAULT_SEGMENTER, LoadedModel, list_models, load_model
-
-    if segmenter is None or segmenter == "none":
-        return None
-    if isinstance(segmenter, LoadedModel):
-        return segmenter
-    if segmenter == "auto":
-        if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
-            return None
-        segmenter = DEFAULT_SEGMENTER
-    return load_model(segmenter)
 
 
 def _refine(output, result: SpineResult, refiner, cancel) -> None:

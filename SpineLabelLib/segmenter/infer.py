@@ -88,6 +88,29 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     return to_input_grid(refined, probability, grid, volume)
 
 
+def draw_body(volume: Volume, instances: np.ndarray, centre_ras, model, modality: str,
+              seed_radius_mm: float = 5.0, reach_mm: float = 12.0) -> np.ndarray:
+    """The body around a clicked centre (a vertebra a person added): a small ball there seeds a new
+    body among the existing ones, which keep their voxels; returns its mask (maybe empty)."""
+    centre = volume.ras_to_kji(np.asarray(centre_ras, float)[None])[0]
+    half = np.ceil(seed_radius_mm / volume.spacing[::-1]).astype(int)        # per k, j, i
+    low = np.maximum(np.floor(centre).astype(int) - half, 0)
+    high = np.minimum(np.ceil(centre).astype(int) + half + 1, instances.shape)
+    if np.any(high <= low):
+        return np.zeros(instances.shape, bool)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    kji = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij"), -1).reshape(-1, 3)
+    near = np.linalg.norm(volume.kji_to_ras(kji) - np.asarray(centre_ras, float), axis=1) <= seed_radius_mm
+    seed = np.zeros(instances.shape, bool)
+    seed[box] = near.reshape(tuple(high - low)) & (instances[box] == 0)
+    if not seed.any():
+        return seed
+    new = int(instances.max()) + 1
+    seeded = np.where(seed, new, instances).astype(np.uint16)
+    refined = refine_instances(volume, seeded, model, modality, reach_mm=reach_mm)
+    return (refined == new) & (instances == 0)
+
+
 def assign_to_bodies(foreground: np.ndarray, detected: np.ndarray, reach_voxels: float) -> np.ndarray:
     """Each foreground voxel takes the label of the nearest detected body within reach; each body
     keeps its largest connected component (stray islands of a neighbour's label go)."""
