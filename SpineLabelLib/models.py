@@ -21,7 +21,7 @@ DEFAULT_SEGMENTER = "vertebral-body-segmenter"
 #: SHA-256 of the weights shipped with this release. A model card can be edited together with its
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
 BUNDLED_SHA256 = {
-    "vertebra-detector": "9e68b21a48582b8c5ae4d06b9ce5866d2751f22f805184211c8c85e0e49547df",
+    "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
     "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
 }
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
