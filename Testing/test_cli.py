@@ -1,7 +1,6 @@
 """The `spinelabel` command: --help everywhere, one-line errors, exit codes, nothing written on failure."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -6,11 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from SpineLabelLib import pipeline
 from SpineLabelLib.cli import main
 from SpineLabelLib.outputs import case_files
 from SpineLabelLib.phantom import generate_phantom
-from SpineLabelLib.result import Vertebra
 from SpineLabelLib.volume import Volume, make_affine, save_volume
 
 

@@ -3,7 +3,6 @@ ignoring what is unlabelled, splitting foreground into detected bodies, redrawin
 oblique anisotropic grid, and model folders (dispatch by card, hash check, use inside `detect`)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -314,35 +314,17 @@ def _save(path: Path, model, optimiser, iteration, best, history, config, elapse
 
 
 def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Path | None) -> dict:
-    """Checkpoint -> model folder (safetensors + card). Training facts come from split.json and the log."""
-    import torch
-
+    """Checkpoint -> model folder (safetensors + card); data, split and metrics come from ``extra_card``."""
     from .. import anatomy
-    from .data import NORMALISATION_CARD
     from .model import DetectorConfig
-    from .weights import export_weights
+    from .weights import export_checkpoint
 
-    state = torch.load(checkpoint, weights_only=True)
-    config = DetectorConfig.from_dict(json.loads(state["config"]))
-    history = json.loads(state["history"])
-    card = {
-        "name": name, "version": version,
-        "task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
-        "modality": ["ct", "mr"],
-        "levels": list(anatomy.ORDER),
-        "classes": ["background", *anatomy.ORDER],
-        "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
-                  "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
-                  "slice_offset_voxels": config.slice_offset, "train_crop_px": config.train_size,
-                  "inference_size": "whole canonical slices (no resizing) with 40 mm of empty rows above and below; "
-                                    "every 2nd slice of the spine's slab; or, for CT on request, one sagittal MIP"},
-        "normalisation": NORMALISATION_CARD,
-        "training": {"iterations": int(state["iteration"]), "training_minutes": round(float(state.get("elapsed", 0)) / 60, 1),
-                     "validation_history": [h for h in history if "recall" in h]},
-    }
-    if extra_card is not None and extra_card.is_file():
-        card.update(json.loads(extra_card.read_text()))
-    return export_weights(state["model"], config, out, card)
+    card = {"name": name, "version": version,
+            "task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
+            "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": ["background", *anatomy.ORDER],
+            "input": {"inference_size": "whole canonical slices (no resizing) with 40 mm of empty rows above and "
+                                        "below; every 2nd slice of the spine's slab; or, for CT on request, one sagittal MIP"}}
+    return export_checkpoint(checkpoint, out, DetectorConfig, card, "recall", extra_card)
 
 
 def main(argv=None) -> int:

@@ -62,6 +62,30 @@ def _build_for(architecture: dict):
     return build_model(DetectorConfig.from_dict(architecture))
 
 
+def export_checkpoint(checkpoint: Path, out: Path, config_class, card: dict, history_key: str,
+                      extra_card: Path | None = None) -> dict:
+    """A training checkpoint -> model folder. ``card`` holds what the model does; this adds the
+    input and normalisation every slice model shares, the training facts from the checkpoint and
+    then ``extra_card`` (data, split, metrics: a JSON file merged last)."""
+    import torch
+
+    from .data import NORMALISATION_CARD
+
+    state = torch.load(checkpoint, weights_only=True)
+    config = config_class.from_dict(json.loads(state["config"]))
+    history = json.loads(state["history"])
+    input_card = {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
+                  "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
+                  "slice_offset_voxels": config.slice_offset, "train_crop_px": config.train_size}
+    card = {**card, "input": {**input_card, **card.get("input", {})}, "normalisation": NORMALISATION_CARD,
+            "training": {"iterations": int(state["iteration"]),
+                         "training_minutes": round(float(state.get("elapsed", 0)) / 60, 1),
+                         "validation_history": [h for h in history if history_key in h]}}
+    if extra_card is not None and Path(extra_card).is_file():
+        card.update(json.loads(Path(extra_card).read_text()))
+    return export_weights(state["model"], config, out, card)
+
+
 def export_weights(state_dict: dict, config, directory: Path, card: dict) -> dict:
     """Write model.safetensors and model_card.json (with its sha256) into ``directory``."""
     from safetensors.torch import save_file

@@ -180,29 +180,12 @@ def fit(args) -> None:
 
 
 def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Path | None) -> dict:
-    import torch
+    from ..detector.weights import export_checkpoint
 
-    from ..detector.data import NORMALISATION_CARD
-    from ..detector.weights import export_weights
-
-    state = torch.load(checkpoint, weights_only=True)
-    config = SegmenterConfig.from_dict(json.loads(state["config"]))
-    history = json.loads(state["history"])
-    card = {
-        "name": name, "version": version,
-        "task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
-        "modality": ["ct", "mr"], "levels": [],
-        "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
-                  "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
-                  "slice_offset_voxels": config.slice_offset, "train_crop_px": config.train_size},
-        "normalisation": NORMALISATION_CARD,
-        "training": {"iterations": int(state["iteration"]),
-                     "training_minutes": round(float(state.get("elapsed", 0)) / 60, 1),
-                     "validation_history": [h for h in history if "validation_slice_dice" in h]},
-    }
-    if extra_card is not None and extra_card.is_file():
-        card.update(json.loads(extra_card.read_text()))
-    return export_weights(state["model"], config, out, card)
+    card = {"name": name, "version": version,
+            "task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
+            "modality": ["ct", "mr"], "levels": []}
+    return export_checkpoint(checkpoint, out, SegmenterConfig, card, "validation_slice_dice", extra_card)
 
 
 def main(argv=None) -> int:
