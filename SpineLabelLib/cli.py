@@ -124,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(init=args.init, iterations=args.iterations, minutes=args.minutes,
                            phantoms=args.phantoms, old_data=Path(args.old_data) if args.old_data else None,
-                           holdout_fraction=args.holdout, threads=args.threads, name=args.name, seed=args.seed)
+                           holdout_fraction=args.holdout, threads=args.threads, name=args.name, seed=args.seed,
+                           kind=args.kind)
     card = train(args.dataset, args.out, options)
     print(f"model {card['name']} written to {Path(args.out).resolve()} (sha256 {card['sha256'][:12]}...)")
     held = card.get("held_out_metrics", {})
@@ -223,12 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="replace an earlier export of the same image, keeping it in history/")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train or fine-tune the detector on an exported dataset folder",
+    p = sub.add_parser("train", help="train or fine-tune the detector or the body segmenter on an exported dataset folder",
                        description="Fine-tune a model (--init) or train one from scratch on the cases of a dataset "
                                    "folder; writes MODEL_DIR (weights + model card with held-out metrics). "
                                    "Run again with the same --out to continue from MODEL_DIR/work.")
     p.add_argument("--dataset", required=True, help="dataset folder written by 'spinelabel export'")
-    p.add_argument("--init", help="model name or folder to start from (default: train from scratch)")
+    p.add_argument("--init", help="model name or folder to start from (default: train from scratch); "
+                   "a segmenter (e.g. vertebral-body-segmenter) fine-tunes the segmenter")
+    p.add_argument("--kind", choices=("detector", "segmenter"), default="detector",
+                   help="what to train from scratch (with --init, the initial model's kind)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
     p.add_argument("--iterations", type=int, default=2000, help="training iterations in total (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=0.0, help="training-time budget in minutes (0 = none)")

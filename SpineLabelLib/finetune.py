@@ -1,4 +1,5 @@
-"""Train or fine-tune the vertebra detector on a dataset folder of corrected cases (`spinelabel train`).
+"""Train or fine-tune the vertebra detector or the body segmenter on a dataset folder of corrected
+cases (`spinelabel train`; the kind follows the initial model, or `kind` when training from scratch).
 
     dataset folder (SpineLabelLib.dataset layout)
       -> checked (`validate_dataset`), split into training cases and a held-out part
@@ -58,7 +59,8 @@ class TrainOptions:
     eval_every: int = 250                  # 2-D validation on held-out slices, recorded in the card
     name: str | None = None                # model name (default: the output folder's name)
     version: str = "0.1.0"
-    config: Any = None                     # DetectorConfig for a new model (ignored with init)
+    config: Any = None                     # DetectorConfig / SegmenterConfig for a new model (ignored with init)
+    kind: str = "detector"                 # "detector" or "segmenter" from scratch; with init, the init's kind
     seed: int = 0
     evaluate_init: bool = True             # also measure the initial model on the held-out cases
     progress: bool = True                  # tqdm progress bar
@@ -219,6 +221,79 @@ def train_step(model, optimiser, sampler, batch: int) -> float | None:
     return float(loss.item())
 
 
+def segmenter_step(model, optimiser, sampler, batch: int) -> float | None:
+    """One optimisation step of the body segmenter (cross-entropy + Dice over labelled pixels)."""
+    import torch
+
+    from .segmenter.train import loss_function
+
+    drawn = [sampler.sample() for _ in range(batch)]
+    images = torch.from_numpy(np.stack([image for image, _ in drawn]))
+    targets = torch.from_numpy(np.stack([target for _, target in drawn]).astype(np.int64))
+    loss = loss_function(model(images), targets)
+    optimiser.zero_grad()
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    optimiser.step()
+    return float(loss.item())
+
+
+class _Recipe:
+    """What differs between training the detector and the body segmenter. Steps are looked up
+    in this module when called, so that they can be replaced (tests count them)."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("detector", "segmenter"):
+            raise InputError(f"model kind must be detector or segmenter, got {kind!r}")
+        self.kind = kind
+
+    @classmethod
+    def of(cls, init, kind: str) -> "_Recipe":
+        from .segmenter.model import FAMILY
+
+        if init is None:
+            return cls(kind)
+        return cls("segmenter" if init.card["architecture"].get("family") == FAMILY else "detector")
+
+    def config(self, data: dict | None = None):
+        from .detector.model import DetectorConfig
+        from .segmenter.model import SegmenterConfig
+
+        config_class = SegmenterConfig if self.kind == "segmenter" else DetectorConfig
+        return config_class.from_dict(data) if data is not None else config_class()
+
+    def build(self, config):
+        from .detector.model import build_model as build_detector
+        from .segmenter.model import build_model as build_segmenter
+
+        return build_segmenter(config) if self.kind == "segmenter" else build_detector(config)
+
+    def sampler(self, pool, config, seed: int, weights):
+        from .detector.data import SliceSampler
+        from .segmenter.data import BodySliceSampler
+
+        sampler_class = BodySliceSampler if self.kind == "segmenter" else SliceSampler
+        return sampler_class(pool, config.train_size, config.slice_offset, seed=seed, weights=weights)
+
+    def step(self, model, optimiser, sampler, batch: int) -> float | None:
+        return (segmenter_step if self.kind == "segmenter" else train_step)(model, optimiser, sampler, batch)
+
+    def validation(self, folder: Path, offset: int):
+        from .detector.train import validation_slices as detector_slices
+        from .segmenter.train import validation_slices as segmenter_slices
+
+        return (segmenter_slices if self.kind == "segmenter" else detector_slices)(folder, offset)
+
+    def validate(self, model, slices) -> dict:
+        from .detector.train import evaluate_slices
+        from .segmenter.train import slice_dice
+
+        if self.kind == "segmenter":
+            return {"validation_slice_dice": round(slice_dice(model, slices), 4)}
+        return evaluate_slices(model, slices)
+
+
 @dataclass
 class _State:
     """What last.pt holds besides the network and optimiser."""
@@ -256,11 +331,9 @@ def load_checkpoint(path: Path):
                          "delete it to start over") from None
 
 
-def _start(options: TrainOptions, init, saved, held_out: list[str]):
+def _start(options: TrainOptions, init, saved, held_out: list[str], recipe: _Recipe):
     """Model, optimiser and state: resumed from the checkpoint, or fresh (from init or scratch)."""
     import torch
-
-    from .detector.model import DetectorConfig, build_model
 
     init_summary = init.summary() if init is not None else None
     if saved is not None:
@@ -268,13 +341,13 @@ def _start(options: TrainOptions, init, saved, held_out: list[str]):
         if (state.init or {}).get("sha256") != (init_summary or {}).get("sha256"):
             raise InputError("the work folder holds a run from another initial model; "
                              "use another --out folder or delete its work/ folder")
-        config = DetectorConfig.from_dict(state.config)
+        config = recipe.config(state.config)
     else:
-        config = init.config if init is not None else (options.config or DetectorConfig())
+        config = init.config if init is not None else (options.config or recipe.config())
         peak = options.lr or (3e-4 if init is not None else 1e-3)
         state = _State(held_out=held_out, init=init_summary, config=config.to_dict(), peak_lr=peak)
     torch.manual_seed(options.seed)
-    model = build_model(config)
+    model = recipe.build(config)
     if saved is not None:
         model.load_state_dict(model_state)
     elif init is not None:
@@ -286,12 +359,11 @@ def _start(options: TrainOptions, init, saved, held_out: list[str]):
 
 
 def run_training(model, optimiser, sampler, state: _State, options: TrainOptions, validation,
-                 checkpoint: Path) -> None:
+                 checkpoint: Path, recipe: _Recipe | None = None) -> None:
     """The loop: until `iterations` or the time budget, whichever comes first; saves on exit and Ctrl-C."""
     from tqdm import tqdm
 
-    from .detector.train import evaluate_slices
-
+    recipe = recipe or _Recipe("detector")
     budget = options.minutes * 60 if options.minutes else math.inf
     started, elapsed_before, last_save = time.time(), state.elapsed, time.time()
     bar = tqdm(total=options.iterations, initial=state.iteration, desc="spinelabel train", unit="it",
@@ -302,14 +374,14 @@ def run_training(model, optimiser, sampler, state: _State, options: TrainOptions
             progress = max(state.iteration / options.iterations, state.elapsed / budget)
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(progress, state.peak_lr)
-            loss = train_step(model, optimiser, sampler, options.batch)
+            loss = recipe.step(model, optimiser, sampler, options.batch)
             state.iteration += 1
             state.elapsed = elapsed_before + time.time() - started
             bar.update(1)
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if validation and state.iteration % options.eval_every == 0:
-                state.history.append({"iteration": state.iteration, **evaluate_slices(model, validation)})
+                state.history.append({"iteration": state.iteration, **recipe.validate(model, validation)})
             if time.time() - last_save > options.save_minutes * 60:
                 save_checkpoint(checkpoint, model, optimiser, state)
                 last_save = time.time()
@@ -360,7 +432,11 @@ def evaluate_model(loaded, cases: list) -> dict | None:
         image = load_volume(case.image_path)
         result = SpineResult(case.case_id, image=image)
         modality = case.manifest_entry.get("modality")
-        detect(result, loaded, modality if modality in ("ct", "mr") else "auto")
+        modality = modality if modality in ("ct", "mr") else "auto"
+        if _Recipe.of(loaded, "detector").kind == "segmenter":
+            detect(result, None, modality, segmenter=loaded)      # behind the bundled detector
+        else:
+            detect(result, loaded, modality)
         labelling.relabel_result(result)
         rows.append({"case": case.case_id, **score_case(result, load_volume(case.label_path).array)})
     bodies = sum(r["bodies"] for r in rows)
@@ -378,12 +454,15 @@ def evaluate_model(loaded, cases: list) -> dict | None:
 
 
 # --- model folder ---------------------------------------------------------------------------------
-def base_card(init, config) -> dict:
+def base_card(init, config, recipe: _Recipe | None = None) -> dict:
     """Card fields describing what the model does (inherited from the initial model when there is one)."""
     from .detector.model import CLASS_NAMES
 
     if init is not None:
         return {k: v for k, v in init.card.items() if k not in _NOT_INHERITED}
+    if recipe is not None and recipe.kind == "segmenter":
+        return {"task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
+                "modality": ["ct", "mr"], "levels": []}
     return {"task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
             "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": list(CLASS_NAMES),
             "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
@@ -421,8 +500,6 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     """
     import torch
 
-    from .detector.data import SliceSampler
-    from .detector.train import validation_slices
     from .models import load_model
     from .paths import safe_name
 
@@ -432,22 +509,22 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     out = Path(out_dir)
     cases, manifest_sha = read_dataset(dataset_dir)
     init = load_model(options.init) if options.init else None
+    recipe = _Recipe.of(init, options.kind)
     if options.threads:
         torch.set_num_threads(options.threads)
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     held_out = split_held_out([c.case_id for c in cases], options.holdout_fraction)
-    model, optimiser, state = _start(options, init, load_checkpoint(work / CHECKPOINT), held_out)
+    model, optimiser, state = _start(options, init, load_checkpoint(work / CHECKPOINT), held_out, recipe)
     config = model.config
     prepared = prepare_cases(cases, state.held_out, work / "data", config.spacing_mm)
     phantoms = make_phantoms(work / "phantoms", options.phantoms, config.spacing_mm, **options.phantom_options)
     site = [prepared[c.case_id] for c in cases if c.case_id not in state.held_out]
     pool, weights, counts = build_pool(site, options.old_data, phantoms, options, config.spacing_mm)
-    sampler = SliceSampler(pool, config.train_size, config.slice_offset,
-                           seed=options.seed + state.iteration, weights=weights)
+    sampler = recipe.sampler(pool, config, options.seed + state.iteration, weights)
     run_training(model, optimiser, sampler, state, options,
-                 validation_slices(work / "data", config.slice_offset), work / CHECKPOINT)
-    card = {**base_card(init, config), "name": options.name or safe_name(out.resolve().name, "site-model"),
+                 recipe.validation(work / "data", config.slice_offset), work / CHECKPOINT, recipe)
+    card = {**base_card(init, config, recipe), "name": options.name or safe_name(out.resolve().name, "site-model"),
             "version": options.version, **training_card(state, options, manifest_sha, cases, counts)}
     return _write_model(out, model, card, init, [c for c in cases if c.case_id in state.held_out], options)
 

@@ -186,3 +186,30 @@ def test_control_run_without_site_cases_records_none_trained_on(dataset, init_di
                                                                evaluate_init=False))
     assert card["training"]["draw_shares"] == {"site": 0.0, "old": 0.0, "phantoms": 1.0}
     assert card["training_data"]["dataset"]["trained_on"] == [] and "base_model" not in card["held_out_metrics"]
+
+
+def test_the_body_segmenter_fine_tunes_from_its_own_model(dataset, tmp_path, monkeypatch):
+    """--init with a segmenter folder trains the segmenter (its sampler, loss and card); its held-out
+    metrics come from the bundled detector with the new segmenter behind it."""
+    from SpineLabelLib.segmenter.model import SegmenterConfig, build_model as build_segmenter
+
+    config = SegmenterConfig(widths=(4, 8, 8), train_size=32, spacing_mm=2.0)
+    init = tmp_path / "tiny-segmenter"
+    card = {"name": "tiny-segmenter", "version": "0.0.1", "task": "body test", "modality": ["ct", "mr"], "levels": []}
+    torch.manual_seed(0)
+    export_weights(build_segmenter(config).state_dict(), config, init, card)
+    steps = []
+    original = finetune.segmenter_step
+    monkeypatch.setattr(finetune, "segmenter_step", lambda *a: steps.append(1) or original(*a))
+    out = tmp_path / "site-segmenter"
+    tuned = finetune.train(dataset, out, quick(init=str(init), evaluate_init=False))
+    assert len(steps) == 2
+    assert tuned["architecture"]["family"] == "body-unet" and tuned["task"] == "body test"
+    assert tuned["base_model"]["name"] == "tiny-segmenter"
+    assert "validation_slice_dice" in tuned["training"]["validation_history"][-1]
+    held = tuned["held_out_metrics"]["model"]
+    assert held["cases"] == 1 and held["bodies"] == 3 and 0 <= held["recall"] <= 1
+    assert load_model(out).network.config.widths == config.widths
+    with pytest.raises(InputError, match="kind"):
+        finetune.train(dataset, tmp_path / "other", quick(kind="classifier"))
+    assert not (tmp_path / "other").exists()
