@@ -58,3 +58,10 @@ def spine_result() -> SpineResult:
 @pytest.fixture
 def image() -> Volume:
     return oblique_image()
+
+
+def flip_a_byte(path: Path, offset: int = -1) -> None:
+    """Damage a file by one bit (a tampered or corrupted model file)."""
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x01
+    path.write_bytes(bytes(blob))

@@ -18,6 +18,7 @@ from SpineLabelLib.detector.weights import CARD_FILE, export_weights  # noqa: E4
 from SpineLabelLib.errors import ModelError, SpineLabelError  # noqa: E402
 from SpineLabelLib.result import SpineResult  # noqa: E402
 from SpineLabelLib.volume import Volume, make_affine, resample_to_canonical  # noqa: E402
+from conftest import flip_a_byte  # noqa: E402
 
 TINY = DetectorConfig(widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fpn_channels=16, box_head_dim=32,
                       mask_head_channels=8, train_size=64, spacing_mm=2.0, rpn_pre_nms_test=50,
@@ -208,9 +209,7 @@ def test_tampered_weights_are_refused(tiny_model_dir):
     from SpineLabelLib.models import load_model
 
     weights = tiny_model_dir / "model.safetensors"
-    blob = bytearray(weights.read_bytes())
-    blob[-1] ^= 0x01
-    weights.write_bytes(bytes(blob))
+    flip_a_byte(weights, -1)
     with pytest.raises(ModelError, match="sha256"):
         load_model(tiny_model_dir)
 

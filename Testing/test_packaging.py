@@ -92,7 +92,15 @@ def test_wheel_data_files_carry_every_bundled_model():
         for file in folder.iterdir():
             relative = file.relative_to(ROOT).as_posix()
             assert any(fnmatch.fnmatch(relative, pattern) for pattern in data_files[target]), relative
-    from SpineLabelLib.models import installed_root, model_roots
 
-    assert installed_root().parts[-3:] == ("share", "spinelabel", "Models")
-    assert all(root.is_dir() for root in model_roots())
+
+def test_models_installed_under_the_prefix_are_found(tmp_path, monkeypatch):
+    import sys
+
+    from SpineLabelLib import models
+
+    installed = tmp_path / "share" / "spinelabel" / "Models"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert models.installed_root() == installed
+    assert installed.resolve() in [root.resolve() for root in models.model_roots()]

@@ -18,7 +18,7 @@ from SpineLabelLib.segmenter.model import SegmenterConfig, build_model
 from SpineLabelLib.segmenter.train import loss_function
 from SpineLabelLib.volume import Volume, make_affine
 
-from conftest import oblique_directions
+from conftest import flip_a_byte, oblique_directions
 
 TINY = SegmenterConfig(widths=(4, 8, 8), train_size=32, spacing_mm=2.0)
 
@@ -146,9 +146,7 @@ def test_segmenter_folder_loads_by_family_and_refuses_tampering(tiny_segmenter_d
     assert loaded.card["architecture"]["family"] == "body-unet"
     assert loaded.network.config.widths == TINY.widths
     weights = tiny_segmenter_dir / "model.safetensors"
-    blob = bytearray(weights.read_bytes())
-    blob[-2] ^= 0x01
-    weights.write_bytes(bytes(blob))
+    flip_a_byte(weights, -2)
     with pytest.raises(ModelError, match="sha256"):
         load_model(tiny_segmenter_dir)
 

@@ -79,9 +79,10 @@ def _refine(output, result: SpineResult, refiner, cancel) -> None:
 
     refined = refine_instances(result.image, output.instances, refiner.network, result.modality, cancel=cancel)
     numbers = [body["instance"] for body in output.bodies]
-    before = ndimage.sum(np.ones(refined.shape), output.instances, numbers)
-    after = ndimage.sum(np.ones(refined.shape), refined, numbers)
-    for number, old, new in zip(numbers, before, after):
+    size = max(numbers) + 1
+    before = np.bincount(output.instances.ravel(), minlength=size)
+    after = np.bincount(refined.ravel(), minlength=size)
+    for number, old, new in zip(numbers, before[numbers], after[numbers]):
         if new < 0.3 * old:
             # The segmenter does not see this body (an unusual contrast, say): a mask that is
             # too coarse beats a vertebra without one.

@@ -452,7 +452,7 @@ def _detect_mip(volume: Volume, model, modality: str, progress: Progress | None,
         largest = pieces == 1 + int(np.argmax(ndimage.sum(column, pieces, range(1, count + 1))))
         bodies.append(Body([d]))
         instances[region][largest] = len(bodies)
-        probability[region][largest] = np.maximum(d.mask[None].repeat(len(largest), 0)[largest], 0.5)
+        probability[region][largest] = np.maximum(np.broadcast_to(d.mask, largest.shape)[largest], 0.5)
     slab = slab_volume(canonical, low, high)
     on_input = to_input_grid(instances, probability, slab, volume)
     out_bodies = _describe(bodies, on_input, instances, volume, slab)

@@ -50,6 +50,10 @@ def load_network(directory: Path, card: dict | None = None):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{weights}: weights do not fit the card's architecture ({first})") from None
     network.eval()
+    if card["architecture"].get("family") == "body-unet":
+        import torch
+
+        network.to(memory_format=torch.channels_last)    # the U-Net's convolutions: ~1/3 faster on CPU
     return network
 
 

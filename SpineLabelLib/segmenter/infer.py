@@ -26,12 +26,10 @@ def predict_probability(model, stack: np.ndarray, batch: int = 8) -> np.ndarray:
     pad_h, pad_w = (-height) % divisor, (-width) % divisor
     padded = np.pad(stack, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
     out = np.empty((count, height, width), np.float32)
-    if isinstance(model, torch.nn.Module):
-        model.to(memory_format=torch.channels_last)      # the same float32 result, ~1/3 faster on CPU
     with torch.inference_mode():
         for start in range(0, count, batch):
             chunk = torch.from_numpy(np.ascontiguousarray(padded[start: start + batch], dtype=np.float32))
-            chunk = chunk.to(memory_format=torch.channels_last)
+            chunk = chunk.to(memory_format=torch.channels_last)   # as the loaded network (weights.py)
             out[start: start + batch] = torch.sigmoid(model(chunk))[:, :height, :width].numpy()
     return out
 
