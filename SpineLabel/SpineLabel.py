@@ -6,7 +6,6 @@ its scene adapter (`SpineLabelLib.scene`); the logic class below is a thin facad
 """
 from __future__ import annotations
 
-import enum
 import os
 import sys
 from pathlib import Path
@@ -35,8 +34,9 @@ def _make_engine_importable() -> None:
 
 _make_engine_importable()
 
-LEVELS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", *(f"T{n}" for n in range(1, 14)),
-          "L1", "L2", "L3", "L4", "L5", "L6", "S1")
+# The engine's lists of choices (stdlib-only modules): the panel offers exactly what the CLI accepts.
+from SpineLabelLib.anatomy import ORDER as LEVELS  # noqa: E402
+from SpineLabelLib.options import INPUT_MODES, MODALITIES, RunOptions  # noqa: E402
 
 
 class SpineLabel(ScriptedLoadableModule):
@@ -58,23 +58,13 @@ class SpineLabel(ScriptedLoadableModule):
             "rule-based vertebral height measurement; see the extension's README for references.")
 
 
-class Modality(enum.Enum):
-    auto = "auto"
-    ct = "ct"
-    mr = "mr"
-
-
-class InputMode(enum.Enum):
-    slices = "slices"        # sagittal slices linked in 3-D
-    mip = "mip"              # CT: the sagittal MIP of the spine's slab (paper 001)
-
-
 @parameterNodeWrapper
 class SpineLabelParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
-    modality: Modality = Modality.auto
-    inputMode: InputMode = InputMode.slices
+    modality: Annotated[str, Choice(MODALITIES)] = RunOptions.modality
+    inputMode: Annotated[str, Choice(INPUT_MODES)] = RunOptions.input_mode
     model: str = ""
+    segmenter: str = RunOptions.segmenter
     segmentation: vtkMRMLSegmentationNode
     points: vtkMRMLMarkupsFiducialNode
     table: vtkMRMLTableNode
@@ -183,12 +173,16 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params = self._parameterNode
             if not self.logic.ensureDependencies(interactive=True):
                 return
-            self._job = self.logic.startProcess(params.inputVolume, params.modality.value, params.model or None,
-                                                params.inputMode.value)
+            self._job = self.logic.startProcess(params.inputVolume, self.runOptions())
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self._timer.start()
             self._updateButtons()
+
+    def runOptions(self) -> RunOptions:
+        params = self._parameterNode
+        return RunOptions(model=params.model or None, modality=params.modality, segmenter=params.segmenter or "auto",
+                          input_mode=params.inputMode)
 
     def onPollJob(self) -> None:
         from SpineLabelLib.background import RUNNING
@@ -373,22 +367,23 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         return True
 
     # --- detection -----------------------------------------------------------------------------
-    def process(self, volumeNode, modality: str = "auto", model: str | None = None, inputMode: str = "slices"):
-        """Detect, name, segment and measure in this process (blocking; console and scripts)."""
+    def process(self, volumeNode, options: RunOptions | None = None):
+        """Detect, name, segment and measure in this process (blocking; console and scripts).
+
+        ``options``: ``RunOptions(model=..., modality=..., segmenter=..., input_mode=...)``."""
         from SpineLabelLib import pipeline, scene
 
         result = pipeline.case_from_volume(scene.node_to_volume(volumeNode), volumeNode.GetName())
-        pipeline.detect(result, model=model, modality=modality, input_mode=inputMode)
+        pipeline.detect(result, options)
         pipeline.measure(result)
         return self.show(result, volumeNode)
 
-    def startProcess(self, volumeNode, modality: str = "auto", model: str | None = None, inputMode: str = "slices"):
+    def startProcess(self, volumeNode, options: RunOptions | None = None):
         """The same in a background process; poll the returned job, then call `finishProcess`."""
         from SpineLabelLib import scene
         from SpineLabelLib.background import BackgroundRun
 
-        job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), model, modality,
-                            input_mode=inputMode)
+        job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), options)
         job.volumeNodeID = volumeNode.GetID()      # results go onto this volume even if the selection changes
         job.start()
         return job
@@ -539,7 +534,7 @@ class SpineLabelTest(ScriptedLoadableModuleTest):
         logic = SpineLabelLogic()
         result = pipeline.case_from_volume(scene.node_to_volume(volumeNode), "phantom")
         try:
-            pipeline.detect(result, modality="ct")
+            pipeline.detect(result, RunOptions(modality="ct"))
         except ModelError:          # no bundled weights in this build: the phantom's truth stands in
             known = truth.to_result("phantom")
             result.vertebrae, result.instances = known.vertebrae, known.instances

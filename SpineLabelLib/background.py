@@ -39,10 +39,12 @@ class Status:
 class BackgroundRun:
     """One detection job in a child process: `start()`, then `poll()` until not running, then `result()`."""
 
-    def __init__(self, volume, case_id: str, model: str | None = None, modality: str = "auto",
-                 python: str | None = None, detector: str | None = None, input_mode: str = "slices"):
-        self.volume, self.case_id, self.model, self.modality = volume, case_id, model, modality
-        self.input_mode = input_mode
+    def __init__(self, volume, case_id: str, options: "RunOptions | None" = None,
+                 python: str | None = None, detector: str | None = None):
+        from SpineLabelLib.options import RunOptions   # absolute: this file also runs as the worker script
+
+        self.volume, self.case_id = volume, case_id
+        self.options = (options or RunOptions()).validated()
         self.python = python or sys.executable       # PythonSlicer inside Slicer
         self.detector = detector                     # "module:function" replacing the bundled detector
         self.folder: Path | None = None
@@ -52,7 +54,7 @@ class BackgroundRun:
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="spinelabel-"))
         np.savez(self.folder / "input.npz", array=self.volume.array, ijk_to_ras=self.volume.ijk_to_ras)
-        job = {"case_id": self.case_id, "model": self.model, "modality": self.modality, "input_mode": self.input_mode,
+        job = {"case_id": self.case_id, "options": self.options.to_dict(),
                "detector": self.detector, "engine_root": str(Path(__file__).resolve().parents[1]),
                "sys_path": [p for p in sys.path if p]}
         (self.folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
@@ -129,6 +131,7 @@ def _worker(folder: Path) -> int:
 
     from SpineLabelLib import pipeline
     from SpineLabelLib.errors import SpineLabelError
+    from SpineLabelLib.options import RunOptions
     from SpineLabelLib.paths import atomic_path, atomic_write_text
     from SpineLabelLib.result import save_snapshot
     from SpineLabelLib.volume import Volume, validate
@@ -147,9 +150,8 @@ def _worker(folder: Path) -> int:
         data = np.load(folder / "input.npz")
         result = pipeline.case_from_volume(validate(Volume(data["array"], data["ijk_to_ras"])), job["case_id"])
         progress(0.0, "detecting vertebrae")
-        pipeline.detect(result, model=job.get("model"), modality=job.get("modality", "auto"),
-                        progress=lambda fraction, message: progress(0.9 * fraction, message),
-                        input_mode=job.get("input_mode", "slices"))
+        pipeline.detect(result, RunOptions.from_dict(job["options"]),
+                        progress=lambda fraction, message: progress(0.9 * fraction, message))
         progress(0.9, "measuring")
         pipeline.measure(result)
         with atomic_path(folder / "result.npz") as tmp:

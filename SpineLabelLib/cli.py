@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SpineLabelError
+from .options import add_run_arguments
 
 PROG = "spinelabel"
 
@@ -75,14 +76,13 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .options import RunOptions
     from .pipeline import run
 
     def report(path: str, message: str) -> None:
         print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
 
-    status = run(args.inputs, args.out, model=args.model, modality=args.modality,
-                 progress_bar=not args.quiet, on_error=report, segmenter=args.segmenter,
-                 input_mode=args.input_mode)
+    status = run(args.inputs, args.out, RunOptions.from_args(args), progress_bar=not args.quiet, on_error=report)
     if status == 0 and not args.quiet:
         print(f"outputs in {Path(args.out).resolve()}")
     return status
@@ -165,14 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Each case goes to OUT/<case>/.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)")
-    p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
-    p.add_argument("--segmenter", default="auto",
-                   help="body-mask segmenter: auto (the bundled one when installed), none (the detector's "
-                        "own masks), or a model name or folder")
-    p.add_argument("--input-mode", choices=("slices", "mip"), default="slices",
-                   help="what the detector sees: sagittal slices linked in 3-D (default), or for CT the "
-                        "sagittal maximum-intensity projection of the spine's slab (paper 001)")
+    add_run_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -267,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:
+        from .optional import explain_missing
+
+        message = explain_missing(error)
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
     except Exception as error:  # a bug: still one line for the user, the traceback with -v
         if args.verbose:
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .markups import write_markups
@@ -32,15 +33,27 @@ def case_files(case: str) -> dict[str, str]:
     }
 
 
-def _write_all(result: SpineResult, folder: Path, case: str) -> None:
-    names = case_files(case)
-    write_seg_nrrd(result, folder / names["segmentation"])
-    write_label_nifti(result, folder / names["label_map"])
-    write_markups(result, folder / names["markups"])
-    write_measurements_csv(result, folder / names["measurements"])
-    write_distances_csv(result, folder / names["distances"])
-    write_summary_json(result, folder / names["summary"])
-    write_qc_png(result, folder / names["qc"])
+#: contract file key -> the engine's writer of that file
+WRITERS: dict[str, Callable[[SpineResult, Path], object]] = {
+    "segmentation": write_seg_nrrd,
+    "label_map": write_label_nifti,
+    "markups": write_markups,
+    "measurements": write_measurements_csv,
+    "distances": write_distances_csv,
+    "summary": write_summary_json,
+    "qc": write_qc_png,
+}
+
+#: writes one contract file to the path it is given (a shell's own writer, Slicer's storage node say)
+FileWriter = Callable[[Path], object]
+
+
+def _write_all(result: SpineResult, folder: Path, case: str, writers: dict[str, FileWriter]) -> None:
+    for key, name in case_files(case).items():
+        if key in writers:
+            writers[key](folder / name)
+        else:
+            WRITERS[key](result, folder / name)
 
 
 def _replace_folder(new: Path, final: Path) -> None:
@@ -59,15 +72,23 @@ def _replace_folder(new: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_case_outputs(result: SpineResult, out_root: str | os.PathLike) -> Path:
-    """Write every contract file for the case; returns `out_root/<case>/`."""
+def write_case_outputs(result: SpineResult, out_root: str | os.PathLike,
+                       writers: dict[str, FileWriter] | None = None) -> Path:
+    """Write every contract file for the case; returns `out_root/<case>/`.
+
+    writers: contract file key -> a writer replacing the engine's for that file (the batch script
+    lets Slicer's storage nodes write the .seg.nrrd and .mrk.json); they run inside the staging
+    folder, so a failure there leaves the previous outputs untouched too."""
+    unknown = set(writers or {}) - set(WRITERS)
+    if unknown:
+        raise ValueError(f"no contract file called {sorted(unknown)}")
     case = safe_name(result.case_id)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / case
     staging = Path(tempfile.mkdtemp(prefix=f".{case}.tmp-", dir=out_root))
     try:
-        _write_all(result, staging, case)
+        _write_all(result, staging, case, writers or {})
         _replace_folder(staging, final)
     finally:
         if staging.exists():

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import NoSpineFoundError, SpineLabelError
+from .options import RunOptions
 from .result import SpineResult
 from .volume import Volume, case_id as case_id_of, load_volume
 
@@ -47,19 +48,18 @@ def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
     return SpineResult(safe_name(case_id), image=volume)
 
 
-def detect(result: SpineResult, model: str | None = None, modality: str = "auto",
-           progress: Progress | None = None, cancel: Cancel | None = None,
-           segmenter: str = "auto", input_mode: str = "slices") -> SpineResult:
+def detect(result: SpineResult, options: RunOptions | None = None,
+           progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
     """Find the vertebral bodies, segment them and name them in anatomical order.
 
-    segmenter: "auto" redraws the body masks with the bundled segmenter when installed, "none"
-    keeps the detector's masks; or a segmenter model name or folder.
-    input_mode: "slices", or "mip" for CT (the detector sees the sagittal MIP, paper 001)."""
+    options: model, modality, segmenter ("auto" redraws the body masks with the bundled segmenter
+    when installed, "none" keeps the detector's masks) and input mode (`RunOptions`)."""
     from . import detector, labelling
 
+    options = (options or RunOptions()).validated()
     with timed(result, "detect"):
-        detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel,
-                        segmenter=segmenter, input_mode=input_mode)
+        detector.detect(result, model=options.model, modality=options.modality, progress=progress, cancel=cancel,
+                        segmenter=options.segmenter, input_mode=options.input_mode)
     if not result.vertebrae:
         raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
     with timed(result, "label"):
@@ -76,11 +76,11 @@ def measure(result: SpineResult) -> SpineResult:
     return result
 
 
-def write_outputs(result: SpineResult, out_root: str | Path) -> Path:
-    """All files of the output contract into ``out_root/<case>/``, atomically."""
+def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | None = None) -> Path:
+    """All files of the output contract into ``out_root/<case>/``, atomically (`outputs.write_case_outputs`)."""
     from .outputs import write_case_outputs
 
-    return write_case_outputs(result, out_root)
+    return write_case_outputs(result, out_root, writers)
 
 
 def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
@@ -108,32 +108,29 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
     return result
 
 
-def run_case(path: str | Path, out_root: str | Path, model: str | None = None, modality: str = "auto",
-             progress: Progress | None = None, cancel: Cancel | None = None,
-             segmenter: str = "auto", input_mode: str = "slices") -> SpineResult:
+def run_case(path: str | Path, out_root: str | Path, options: RunOptions | None = None,
+             progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
     """load -> detect -> measure -> write for one input."""
     result = load_case(path)
-    detect(result, model=model, modality=modality, progress=progress, cancel=cancel, segmenter=segmenter,
-           input_mode=input_mode)
+    detect(result, options, progress=progress, cancel=cancel)
     measure(result)
     write_outputs(result, out_root)
     return result
 
 
-def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = None,
-        modality: str = "auto", progress_bar: bool = True,
-        on_error: Callable[[str, str], None] | None = None, segmenter: str = "auto",
-        input_mode: str = "slices") -> int:
+def run(inputs: Iterable[str | Path], out_root: str | Path, options: RunOptions | None = None,
+        progress_bar: bool = True, on_error: Callable[[str, str], None] | None = None) -> int:
     """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
     from tqdm import tqdm
 
     inputs = [Path(p) for p in inputs]
+    options = (options or RunOptions()).validated()
     failures = 0
     bar = tqdm(inputs, desc="spinelabel run", unit="case", disable=not progress_bar or len(inputs) < 2)
     for path in bar:
         bar.set_postfix_str(path.name[:30])
         try:
-            run_case(path, out_root, model=model, modality=modality, segmenter=segmenter, input_mode=input_mode)
+            run_case(path, out_root, options)
         except SpineLabelError as error:
             failures += 1
             (on_error or _log_error)(str(path), str(error))

@@ -218,6 +218,9 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
             raise InputError(f"{path}: file is empty")
         if path.name.lower().endswith(".gz"):
             _check_gzip(path)
+        from .header_checks import check_file_header
+
+        check_file_header(path)
         try:
             with _QuietITK():
                 image = sitk.ReadImage(str(path))

@@ -8,11 +8,12 @@ import numpy as np
 from test_correction import lumbar_result
 
 from SpineLabelLib.background import CANCELLED, DONE, FAILED, RUNNING, BackgroundRun
+from SpineLabelLib.options import RunOptions
 
 
 def test_background_run_returns_the_detected_and_measured_result():
     image = lumbar_result().image
-    job = BackgroundRun(image, "bg case", modality="ct", detector="test_batch:fake_detect")
+    job = BackgroundRun(image, "bg case", RunOptions(modality="ct"), detector="test_batch:fake_detect")
     job.start()
     try:
         status = job.wait(timeout=120)
@@ -26,22 +27,23 @@ def test_background_run_returns_the_detected_and_measured_result():
     assert not job.folder.exists()
 
 
-def detect_noting_the_input_mode(result, input_mode="slices", **options):
+def detect_noting_the_input_mode(result, input_mode="slices", segmenter="auto", **options):
     from test_batch import fake_detect
 
     fake_detect(result)
-    result.warnings.append(f"input mode {input_mode}")
+    result.warnings.append(f"input mode {input_mode}, segmenter {segmenter}")
     return result
 
 
-def test_background_run_passes_the_input_mode_to_the_detector():
-    job = BackgroundRun(lumbar_result().image, "mip case", modality="ct", input_mode="mip",
+def test_background_run_passes_the_whole_options_to_the_detector():
+    options = RunOptions(modality="ct", input_mode="mip", segmenter="none")
+    job = BackgroundRun(lumbar_result().image, "mip case", options,
                         detector="test_background:detect_noting_the_input_mode")
     job.start()
     try:
         status = job.wait(timeout=120)
         assert status.state == DONE, status.message
-        assert "input mode mip" in job.result().warnings
+        assert "input mode mip, segmenter none" in job.result().warnings
     finally:
         job.cleanup()
 

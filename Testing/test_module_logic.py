@@ -17,6 +17,7 @@ import pytest
 import slicer
 
 from SpineLabelLib import scene  # noqa: E402
+from SpineLabelLib.options import RunOptions  # noqa: E402
 
 MODULE = Path(__file__).resolve().parents[1] / "SpineLabel" / "SpineLabel.py"
 
@@ -110,12 +111,12 @@ def test_blocking_process_and_background_finish_show_results(module, monkeypatch
     image = lumbar_result().image
     first = scene.volume_to_node(slicer.mrmlScene, image, "first")
     logic = module.SpineLabelLogic()
-    nodes = logic.process(first, modality="ct")
+    nodes = logic.process(first, RunOptions(modality="ct"))
     assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
     assert nodes.table.GetNumberOfRows() == 5
 
     second = scene.volume_to_node(slicer.mrmlScene, image, "second")
-    job = BackgroundRun(image, "second", modality="ct", detector="test_batch:fake_detect")
+    job = BackgroundRun(image, "second", RunOptions(modality="ct"), detector="test_batch:fake_detect")
     job.volumeNodeID = second.GetID()
     job.start()
     job.wait(timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import py_compile
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ BATCH = ROOT / "SpineLabel" / "Scripts" / "batch.py"
 STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "typing", "copy", "tempfile", "argparse", "unittest"}
 SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils"}
 ENGINE_FACADE = {"pipeline", "scene", "correction", "dataset", "background", "errors", "phantom",
-                 "outputs", "summary", "volume"}
+                 "outputs", "summary", "volume", "options", "anatomy"}
+#: engine modules the panel imports at load for its lists of choices; they must stay stdlib-only
+CHOICE_MODULES = {"SpineLabelLib.options", "SpineLabelLib.anatomy"}
 FORBIDDEN_CALLS = {"open", "measure_result", "assign_levels", "relabel_result", "write_seg_nrrd",
                    "write_markups", "write_case_outputs", "savez", "load", "dump", "read_text", "write_text"}
 
@@ -50,11 +53,20 @@ def test_imports_only_slicer_and_the_engine_facade(path):
 
 
 def test_module_imports_nothing_heavy_at_load():
-    """Module-level imports: Slicer/Qt/stdlib only; the engine comes in lazily inside methods."""
+    """Module-level imports: Slicer/Qt/stdlib, and the engine's stdlib-only lists of choices; the rest
+    of the engine comes in lazily inside methods."""
     tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0] for n in top_level}
-    assert names <= STDLIB_OK | {"qt", "vtk", "slicer"}
+    modules = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top_level}
+    engine = {m for m in modules if m.startswith("SpineLabelLib")}
+    assert engine <= CHOICE_MODULES
+    assert {m.split(".")[0] for m in modules - engine} <= STDLIB_OK | {"qt", "vtk", "slicer"}
+    for name in engine:
+        source = ROOT / (name.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
+                top = (node.names[0].name if isinstance(node, ast.Import) else node.module).split(".")[0]
+                assert top in sys.stdlib_module_names, f"{name} imports {top}: the panel would load it at start"
 
 
 @pytest.mark.parametrize("path", [MODULE, BATCH], ids=["SpineLabel.py", "batch.py"])

@@ -203,12 +203,35 @@ def test_failure_leaves_previous_folder_untouched(spine_result, tmp_path, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(outputs, "write_qc_png", broken)            # the last file fails
+    monkeypatch.setitem(outputs.WRITERS, "qc", broken)              # the last file fails
     spine_result.vertebrae[0].level = "T12"
     with pytest.raises(RuntimeError, match="disk full"):
         outputs.write_case_outputs(spine_result, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["synthetic_case"]
+
+
+def test_a_shell_writer_runs_inside_the_atomic_step(spine_result, tmp_path):
+    """The batch script's Slicer-written .seg.nrrd goes into the staging folder: when it fails, the
+    previous outputs stay whole; when it works, its bytes are what the case folder holds."""
+    first = outputs.write_case_outputs(spine_result, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+
+    def slicer_crash(path):
+        path.write_bytes(b"half a segmentation")
+        raise RuntimeError("storage node crashed")
+
+    with pytest.raises(RuntimeError, match="storage node crashed"):
+        outputs.write_case_outputs(spine_result, tmp_path / "out", {"segmentation": slicer_crash})
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["synthetic_case"]
+
+    folder = outputs.write_case_outputs(spine_result, tmp_path / "out",
+                                        {"markups": lambda path: path.write_text("{}")})
+    assert (folder / "synthetic_case.mrk.json").read_text() == "{}"
+    assert set(before) == {p.name for p in folder.iterdir()}
+    with pytest.raises(ValueError, match="no contract file"):
+        outputs.write_case_outputs(spine_result, tmp_path / "out", {"thumbnail": print})
 
 
 def test_phantom_measured_case_folder(tmp_path):

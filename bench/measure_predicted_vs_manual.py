@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from SpineLabelLib import pipeline  # noqa: E402
+from SpineLabelLib.options import RunOptions  # noqa: E402
 from SpineLabelLib.detector.data import split_real_cases  # noqa: E402
 from SpineLabelLib.result import SpineResult  # noqa: E402
 from SpineLabelLib.volume import load_volume  # noqa: E402
@@ -38,7 +39,7 @@ def compare_case(name: str, model) -> dict:
     manual = SpineResult.from_level_map(name, image, load_volume(MRI / f"{name}_seg.nii.gz").array)
     pipeline.measure(manual)
     predicted = pipeline.case_from_volume(image, name)
-    pipeline.detect(predicted, model=model, modality="mr")
+    pipeline.detect(predicted, RunOptions(model=model, modality="mr"))
     pipeline.measure(predicted)
     truth, found = by_level(manual), by_level(predicted)
     pairs = []

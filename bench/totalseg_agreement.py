@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from SpineLabelLib import pipeline  # noqa: E402
+from SpineLabelLib.options import RunOptions  # noqa: E402
 from SpineLabelLib.volume import load_volume  # noqa: E402
 
 CASE = REPO.parent / "shared" / "data" / "ct" / "totalsegmentator"
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     result = pipeline.load_case(CASE / "example_ct.nii.gz")
-    pipeline.detect(result, model=args.model, modality="ct")
+    pipeline.detect(result, RunOptions(model=args.model, modality="ct"))
     seconds = time.perf_counter() - start
     ours = {v.level: v.centroid_ras for v in result.vertebrae}
     theirs = load_volume(CASE / "totalseg.nii.gz")

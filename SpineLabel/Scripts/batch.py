@@ -4,8 +4,8 @@
         [--model NAME] [--modality auto|ct|mr] [--segmenter auto|none|NAME] [--input-mode slices|mip]
 
 Inputs are read with Slicer's own volume storage node (DICOM folders through the engine), so the grid
-is exactly what Slicer shows; the segmentation and the point list are written by Slicer's storage nodes
-after the engine has written the whole output contract. Uses only MRML classes and storage nodes, so
+is exactly what Slicer shows; the segmentation and the point list are written by Slicer's storage nodes,
+inside the engine's atomic write of the output contract (a failure leaves no half-updated case). Uses only MRML classes and storage nodes, so
 it also runs with the PyPI `slicer-core` package (a bare `vtkMRMLScene` when there is no application).
 Exit status: 0 when every case succeeded, 1 when some failed (the others are complete), 2 for usage.
 """
@@ -33,16 +33,14 @@ def _make_engine_importable() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _make_engine_importable()
+    from SpineLabelLib.options import add_run_arguments
+
     parser = argparse.ArgumentParser(prog=PROG, description="detect, name, segment and measure vertebrae "
                                      "in 3D Slicer without a window; writes the `spinelabel run` outputs")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)")
-    parser.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
-    parser.add_argument("--segmenter", default="auto",
-                        help="body-mask segmenter: auto (bundled when installed), none, or a model name or folder")
-    parser.add_argument("--input-mode", choices=("slices", "mip"), default="slices",
-                        help="sagittal slices (default) or, for CT, the sagittal MIP of the spine's slab")
+    add_run_arguments(parser)
     return parser
 
 
@@ -72,11 +70,11 @@ def _read_input(mrml, path: Path):
     return node
 
 
-def run_case(mrml, path: Path, args: argparse.Namespace) -> Path:
-    """One input: read -> engine (detect, measure, write contract) -> Slicer-written .seg.nrrd/.mrk.json."""
+def run_case(mrml, path: Path, options, out: Path) -> Path:
+    """One input: read -> engine (detect, measure) -> the output contract, with the .seg.nrrd and the
+    .mrk.json written by Slicer's storage nodes inside the engine's atomic step."""
     from SpineLabelLib import pipeline
     from SpineLabelLib import scene as adapter
-    from SpineLabelLib.outputs import case_files
     from SpineLabelLib.summary import sha256_file
     from SpineLabelLib.volume import case_id
 
@@ -85,16 +83,13 @@ def run_case(mrml, path: Path, args: argparse.Namespace) -> Path:
     try:
         result = pipeline.case_from_volume(adapter.node_to_volume(volume_node), case_id(path))
         result.input_path, result.input_sha256 = str(path), sha256_file(path)
-        pipeline.detect(result, model=args.model, modality=args.modality, segmenter=args.segmenter,
-                        input_mode=args.input_mode)
+        pipeline.detect(result, options)
         pipeline.measure(result)
-        folder = pipeline.write_outputs(result, args.out)
         nodes = adapter.result_to_nodes(mrml, result, volume_node)
         created += [nodes.segmentation, nodes.points, nodes.table]
-        names = case_files(result.case_id)
-        adapter.write_segmentation_file(nodes.segmentation, folder / names["segmentation"])
-        adapter.write_markups_file(nodes.points, folder / names["markups"])
-        return folder
+        slicer_writers = {"segmentation": lambda target: adapter.write_segmentation_file(nodes.segmentation, target),
+                          "markups": lambda target: adapter.write_markups_file(nodes.points, target)}
+        return pipeline.write_outputs(result, out, slicer_writers)
     finally:
         for node in created:
             if node is not None and node.GetScene() is not None:
@@ -109,15 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:       # argparse: --help (0) or a usage error (2)
         return int(stop.code or 0)
-    _make_engine_importable()
     from SpineLabelLib.errors import SpineLabelError
+    from SpineLabelLib.options import RunOptions
 
+    try:
+        options = RunOptions.from_args(args)
+    except SpineLabelError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     mrml = _scene()
     failures = 0
     for text in args.inputs:
         path = Path(text)
         try:
-            folder = run_case(mrml, path, args)
+            folder = run_case(mrml, path, options, Path(args.out))
             print(f"{PROG}: {path.name}: outputs in {folder.resolve()}")
         except SpineLabelError as error:
             failures += 1

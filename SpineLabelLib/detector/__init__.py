@@ -12,8 +12,7 @@ from typing import Callable
 from ..errors import InputError
 from ..result import SpineResult, Vertebra
 
-MODALITIES = ("auto", "ct", "mr")
-INPUT_MODES = ("slices", "mip")
+from ..options import INPUT_MODES, MODALITIES
 
 
 def detect(result: SpineResult, model=None, modality: str = "auto",
@@ -96,4 +95,4 @@ def _refine(output, result: SpineResult, refiner, cancel) -> None:
     output.instances = refined
 
 
-__all__ = ["detect", "MODALITIES", "INPUT_MODES"]
+__all__ = ["detect"]

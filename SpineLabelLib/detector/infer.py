@@ -341,7 +341,7 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
-INPUT_MODES = ("slices", "mip")
+from ..options import INPUT_MODES
 #: Empty margin added above and below the image before detection (see `pad_head_and_feet`).
 EDGE_PADDING_MM = 40.0
 

@@ -1,0 +1,34 @@
+"""Third-party modules that only some uses of SpineLabel need, and the extra that installs each.
+
+The engine imports them where they are used; when one is missing, the shells turn the
+ModuleNotFoundError into one line naming the extra (`explain_missing`). `Testing/test_packaging.py`
+reads every import of the engine and fails when one is neither a declared dependency nor listed here.
+"""
+from __future__ import annotations
+
+#: top-level module -> the pip extra of `spinelabel` that provides it
+OPTIONAL_MODULES: dict[str, str] = {
+    "torch": "torch",            # detection and training; inside Slicer the PyTorch extension provides it
+    "torchvision": "torch",
+    "torchio": "train",          # label-to-image synthesis at training time only
+    "jsonschema": "validate",    # checking .mrk.json files against Slicer's schema
+    "slicer": "slicer",          # the MRML adapter: Slicer's Python, or the slicer-core package
+    "vtk": "slicer",
+}
+
+#: what to tell a user for each extra
+INSTALL_HINT: dict[str, str] = {
+    "torch": "pip install torch torchvision (or: pip install 'spinelabel[torch]')",
+    "train": "pip install 'spinelabel[train]'",
+    "validate": "pip install 'spinelabel[validate]'",
+    "slicer": "run inside 3D Slicer, or pip install 'spinelabel[slicer]'",
+}
+
+
+def explain_missing(error: ModuleNotFoundError) -> str | None:
+    """One line for a missing optional module, or None when the module is not an optional one."""
+    top = (error.name or "").split(".")[0]
+    extra = OPTIONAL_MODULES.get(top)
+    if extra is None:
+        return None
+    return f"this needs the optional package {top!r}, which is not installed: {INSTALL_HINT[extra]}"
