@@ -35,8 +35,8 @@ def _make_engine_importable() -> None:
 _make_engine_importable()
 
 # The engine's lists of choices (stdlib-only modules): the panel offers exactly what the CLI accepts.
-from SpineLabelLib.anatomy import ORDER as LEVELS  # noqa: E402
-from SpineLabelLib.options import INPUT_MODES, MODALITIES, RunOptions  # noqa: E402
+from SpineLabelLib.core.anatomy import ORDER as LEVELS  # noqa: E402
+from SpineLabelLib.core.options import INPUT_MODES, MODALITIES, RunOptions  # noqa: E402
 
 
 class SpineLabel(ScriptedLoadableModule):
@@ -185,7 +185,7 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                           input_mode=params.inputMode)
 
     def onPollJob(self) -> None:
-        from SpineLabelLib.background import RUNNING
+        from SpineLabelLib.app.background import RUNNING
 
         status = self._job.poll()
         self.ui.progressBar.value = int(100 * status.fraction)
@@ -208,7 +208,7 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _outputNodes(self):
         """The output nodes chosen in the panel (empty selectors: the logic creates nodes)."""
-        from SpineLabelLib.scene import SceneNodes
+        from SpineLabelLib.slicer_adapter.scene import SceneNodes
 
         params = self._parameterNode
         return SceneNodes(None, params.segmentation, params.points, params.table)
@@ -371,7 +371,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         """Detect, name, segment and measure in this process (blocking; console and scripts).
 
         ``options``: ``RunOptions(model=..., modality=..., segmenter=..., input_mode=...)``."""
-        from SpineLabelLib import pipeline, scene
+        from SpineLabelLib.app import pipeline
+        from SpineLabelLib.slicer_adapter import scene
 
         result = pipeline.case_from_volume(scene.node_to_volume(volumeNode), volumeNode.GetName())
         pipeline.detect(result, options)
@@ -380,8 +381,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
 
     def startProcess(self, volumeNode, options: RunOptions | None = None):
         """The same in a background process; poll the returned job, then call `finishProcess`."""
-        from SpineLabelLib import scene
-        from SpineLabelLib.background import BackgroundRun
+        from SpineLabelLib.slicer_adapter import scene
+        from SpineLabelLib.app.background import BackgroundRun
 
         job = BackgroundRun(scene.node_to_volume(volumeNode), volumeNode.GetName(), options)
         job.volumeNodeID = volumeNode.GetID()      # results go onto this volume even if the selection changes
@@ -391,7 +392,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
     def finishProcess(self, job, outputs=None):
         """Show a finished background job's result on the volume it was started for."""
         try:
-            from SpineLabelLib.background import DONE
+            from SpineLabelLib.app.background import DONE
 
             status = job.poll()
             if status.state != DONE:
@@ -423,7 +424,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         return self.nodes
 
     def _write(self, volumeNode=None, segments: bool = True) -> None:
-        from SpineLabelLib import scene
+        from SpineLabelLib.slicer_adapter import scene
 
         self.writing = True
         try:
@@ -435,7 +436,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
     # --- correction ---------------------------------------------------------------------------
     def syncFromScene(self, remeasure: bool = True) -> None:
         """Take in what a person did in the views (recorded), then measure again."""
-        from SpineLabelLib import pipeline, scene
+        from SpineLabelLib.app import pipeline
+        from SpineLabelLib.slicer_adapter import scene
 
         self.result = scene.nodes_to_result(self.nodes, previous=self.result)
         if remeasure:
@@ -443,7 +445,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         self._write(segments=False)     # the segments already show what the person did
 
     def _correct(self, operation, *args) -> None:
-        from SpineLabelLib import pipeline, scene
+        from SpineLabelLib.app import pipeline
+        from SpineLabelLib.slicer_adapter import scene
 
         self.result = scene.nodes_to_result(self.nodes, previous=self.result)
         operation(self.result, *args)
@@ -451,17 +454,17 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         self._write()
 
     def setLevel(self, index: int, level: str) -> None:
-        from SpineLabelLib import correction
+        from SpineLabelLib.correction import edits as correction
 
         self._correct(lambda result: correction.set_level(result, result.vertebrae[index], level))
 
     def deleteVertebra(self, index: int) -> None:
-        from SpineLabelLib import correction
+        from SpineLabelLib.correction import edits as correction
 
         self._correct(lambda result: correction.delete_vertebra(result, result.vertebrae[index]))
 
     def recomputeCentroids(self) -> None:
-        from SpineLabelLib import correction
+        from SpineLabelLib.correction import edits as correction
 
         self._correct(correction.recompute_centroids_from_masks)
 
@@ -475,7 +478,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
 
     def addVertebraFromPoint(self, index: int) -> None:
         """A person clicked where a vertebra was missed: it joins the result and levels are re-assigned."""
-        from SpineLabelLib import correction
+        from SpineLabelLib.correction import edits as correction
 
         position = self.nodes.points.GetNthControlPointPositionVector(index)
         self.writing = True
@@ -487,7 +490,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         self._correct(lambda result: correction.draw_mask(result, correction.add_vertebra(result, list(position))))
 
     def openSegmentEditor(self, index: int) -> None:
-        from SpineLabelLib import scene
+        from SpineLabelLib.slicer_adapter import scene
 
         vertebra = self.result.vertebrae[index]
         slicer.util.selectModule("SegmentEditor")
@@ -502,7 +505,8 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
     # --- export ---------------------------------------------------------------------------------
     def exportCase(self, datasetFolder, replace: bool = False) -> str:
         """Add the corrected case (image, bodies, points, correction record) to a training-set folder."""
-        from SpineLabelLib import dataset, scene
+        from SpineLabelLib import dataset
+        from SpineLabelLib.slicer_adapter import scene
 
         self.result = scene.nodes_to_result(self.nodes, previous=self.result)
         record = dataset.export_case(
@@ -526,8 +530,10 @@ class SpineLabelTest(ScriptedLoadableModuleTest):
     def test_load_detect_correct_measure_export(self) -> None:
         import tempfile
 
-        from SpineLabelLib import phantom, pipeline, scene
-        from SpineLabelLib.errors import ModelError
+        from SpineLabelLib import phantom
+        from SpineLabelLib.app import pipeline
+        from SpineLabelLib.slicer_adapter import scene
+        from SpineLabelLib.core.errors import ModelError
 
         truth = phantom.generate_phantom(["T12", "L1", "L2", "L3"], spacing=(2.0, 2.0, 2.0), crop_to_spine=True)
         volumeNode = scene.volume_to_node(slicer.mrmlScene, truth.image, "SpineLabel phantom")

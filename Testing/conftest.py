@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SpineLabelLib.result import SpineResult, Vertebra
-from SpineLabelLib.volume import Volume, make_affine
+from SpineLabelLib.core.result import SpineResult, Vertebra
+from SpineLabelLib.core.volume import Volume, make_affine
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

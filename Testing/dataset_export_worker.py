@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from SpineLabelLib.dataset import export_case
-from SpineLabelLib.errors import SpineLabelError
+from SpineLabelLib.core.errors import SpineLabelError
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 import pytest
 
-from SpineLabelLib import anatomy
+from SpineLabelLib.core import anatomy
 
 
 def test_codes_follow_verse():

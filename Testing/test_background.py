@@ -7,8 +7,8 @@ import numpy as np
 
 from test_correction import lumbar_result
 
-from SpineLabelLib.background import CANCELLED, DONE, FAILED, RUNNING, BackgroundRun
-from SpineLabelLib.options import RunOptions
+from SpineLabelLib.app.background import CANCELLED, DONE, FAILED, RUNNING, BackgroundRun
+from SpineLabelLib.core.options import RunOptions
 
 
 def test_background_run_returns_the_detected_and_measured_result():

@@ -17,7 +17,7 @@ import slicer  # noqa: F401
 from conftest import FIXTURES  # noqa: E402
 from test_correction import lumbar_result  # noqa: E402
 
-from SpineLabelLib.volume import save_volume  # noqa: E402
+from SpineLabelLib.core.volume import save_volume  # noqa: E402
 
 BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.py"
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
@@ -28,7 +28,7 @@ def fake_detect(result, model=None, modality="auto", progress=None, cancel=None,
     """Bright connected blobs become unnamed vertebrae with their masks (labelling names them)."""
     from scipy import ndimage
 
-    from SpineLabelLib.result import Vertebra
+    from SpineLabelLib.core.result import Vertebra
 
     instances, count = ndimage.label(result.image.array > 500)
     result.instances = instances.astype(np.uint16)
@@ -49,7 +49,7 @@ def spine_file(tmp_path) -> Path:
 
 
 def run_batch(monkeypatch, *args: str) -> int:
-    import SpineLabelLib.detector as detector
+    import SpineLabelLib.stages.locate as detector
 
     monkeypatch.setattr(detector, "detect", fake_detect, raising=False)  # may not exist yet
     monkeypatch.setattr(sys, "argv", [str(BATCH), "--", *args])
@@ -71,7 +71,7 @@ def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_
     labels = [p["label"] for p in document["markups"][0]["controlPoints"]]
     assert len(labels) == 5 and all(labels)
     segmentation = slicerio.read_segmentation(str(case / "spine_case.seg.nrrd"))
-    from SpineLabelLib import anatomy
+    from SpineLabelLib.core import anatomy
 
     assert [s["name"] for s in segmentation["segments"]] == labels
     assert [s["labelValue"] for s in segmentation["segments"]] == [anatomy.code_of(n) for n in labels]
@@ -80,7 +80,7 @@ def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_
     assert np.array_equal(voxels > 0, lumbar_result().instances > 0)
     assert len((case / "spine_case.measurements.csv").read_text().strip().splitlines()) == 6
     summary = json.loads((case / "spine_case.json").read_text())
-    from SpineLabelLib.summary import sha256_file
+    from SpineLabelLib.io.summary import sha256_file
 
     assert summary["input"]["sha256"] == sha256_file(spine_file)
 

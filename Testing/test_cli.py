@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from SpineLabelLib.cli import build_parser, main
+from SpineLabelLib.app.cli import build_parser, main
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -74,7 +74,7 @@ def test_bad_phantom_level_range_is_one_line(tmp_path):
 @pytest.mark.parametrize("segmentation", ["seg.nrrd", "label_map"])
 def test_measure_command_writes_tables_matching_the_phantom_truth(tmp_path, segmentation, capsys):
     from SpineLabelLib.phantom import generate_phantom, write_phantom
-    from SpineLabelLib.tables import read_csv_rows
+    from SpineLabelLib.io.tables import read_csv_rows
 
     phantom = generate_phantom(["T12", "L1", "L2", "L3"], "t2", spacing=(1.0, 1.0, 1.0), seed=5,
                                fractures={"L1": ("wedge", 32.0)}, rotation_deg=(0.0, 10.0, 0.0), crop_to_spine=True)

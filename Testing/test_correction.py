@@ -8,10 +8,10 @@ import pytest
 
 from conftest import box_result, oblique_directions
 
-from SpineLabelLib import correction
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.result import SpineResult, Vertebra
-from SpineLabelLib.volume import Volume, make_affine
+from SpineLabelLib.correction import edits as correction
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.core.result import SpineResult, Vertebra
+from SpineLabelLib.core.volume import Volume, make_affine
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 
@@ -127,7 +127,7 @@ def test_diff_results_names_every_change():
 
 def test_scripted_session_gives_result_measurements_and_record():
     """Move, relabel with an anchor, delete, add, erase part of a mask, recompute, measure."""
-    from SpineLabelLib.measure import measure_result
+    from SpineLabelLib.measurement.bodies import measure_result
 
     result = lumbar_result()
     correction.move_centroid(result, "L1", result.vertebrae[0].centroid_ras + [0, 3.0, 0])
@@ -159,7 +159,7 @@ class _BrightIsBody:
     """Stands in for the body segmenter: 'body' wherever the middle slice is bright."""
 
     def __init__(self):
-        from SpineLabelLib.segmenter.model import SegmenterConfig
+        from SpineLabelLib.models.body_unet.network import SegmenterConfig
 
         self.config = SegmenterConfig(spacing_mm=1.0)
 
@@ -168,7 +168,7 @@ class _BrightIsBody:
 
 
 def test_an_added_vertebra_gets_its_body_drawn_and_the_others_keep_theirs():
-    from SpineLabelLib.models import LoadedModel
+    from SpineLabelLib.models.registry import LoadedModel
 
     result = lumbar_result()
     missed = result.by_level("L3")

@@ -13,9 +13,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from SpineLabelLib import dataset as ds
-from SpineLabelLib.errors import InputError, SpineLabelError
-from SpineLabelLib.result import SpineResult, Vertebra
-from SpineLabelLib.volume import Volume, load_volume, make_affine, save_volume
+from SpineLabelLib.core.errors import InputError, SpineLabelError
+from SpineLabelLib.core.result import SpineResult, Vertebra
+from SpineLabelLib.core.volume import Volume, load_volume, make_affine, save_volume
 
 WORKER = Path(__file__).with_name("dataset_export_worker.py")
 SHAPE_KJI = (9, 12, 10)
@@ -145,7 +145,7 @@ def test_export_result_records_relabel_and_modality(tmp_path):
 def test_seg_nrrd_label_input(tmp_path):
     import slicerio
 
-    from SpineLabelLib.volume import LPS_TO_RAS
+    from SpineLabelLib.core.volume import LPS_TO_RAS
     image, labels = make_case()
     segmentation = slicerio.create_segmentation(image.shape_ijk, LPS_TO_RAS @ image.ijk_to_ras)
     for name, code in (("L1", L1), ("L2", L2)):
@@ -355,7 +355,7 @@ def test_dicom_input_never_leaks_patient_name_id_or_date(tmp_path):
     loaded = load_volume(folder)
     np.testing.assert_array_equal(loaded.array, image.array)            # the series is the image we meant
     np.testing.assert_allclose(loaded.ijk_to_ras, image.ijk_to_ras, atol=1e-3)
-    from SpineLabelLib.markups import write_markups
+    from SpineLabelLib.io.markups import write_markups
     points = write_markups([Vertebra("L1", [1.0, 2.0, 3.0], source="manual")], tmp_path / "p.mrk.json",
                            name="DOE^JOHN 12345 20190412")                 # a point list named after the patient
     record = ds.export_case(tmp_path / "set", folder, labels, centroids=points, model={"name": "m"},
@@ -378,7 +378,7 @@ def test_dicom_input_never_leaks_patient_name_id_or_date(tmp_path):
 
 
 def test_cli_export_and_one_line_refusal(tmp_path, capsys):
-    from SpineLabelLib.cli import main
+    from SpineLabelLib.app.cli import main
 
     image_path, label_path, _, _ = write_case(tmp_path / "in")
     arguments = ["export", "--image", str(image_path), "--seg", str(label_path), "--dataset", str(tmp_path / "set")]

@@ -12,7 +12,7 @@ try:
 except ModuleNotFoundError:      # Python 3.10
     import tomli as tomllib
 
-from SpineLabelLib.optional import INSTALL_HINT, OPTIONAL_MODULES, explain_missing
+from SpineLabelLib.core.optional import INSTALL_HINT, OPTIONAL_MODULES, explain_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Slicer's own Python ships these; the module's requirements file need not list them.

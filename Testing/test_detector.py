@@ -11,13 +11,13 @@ import pytest
 import torch
 import torchvision  # noqa: F401
 import safetensors  # noqa: F401
-from SpineLabelLib import anatomy  # noqa: E402
-from SpineLabelLib.detector import data, infer  # noqa: E402
-from SpineLabelLib.detector.model import CLASS_NAMES, DetectorConfig, build_model  # noqa: E402
-from SpineLabelLib.detector.weights import CARD_FILE, export_weights  # noqa: E402
-from SpineLabelLib.errors import ModelError, SpineLabelError  # noqa: E402
-from SpineLabelLib.result import SpineResult  # noqa: E402
-from SpineLabelLib.volume import Volume, make_affine, resample_to_canonical  # noqa: E402
+from SpineLabelLib.core import anatomy  # noqa: E402
+from SpineLabelLib.models.maskrcnn import data, infer  # noqa: E402
+from SpineLabelLib.models.maskrcnn.network import CLASS_NAMES, DetectorConfig, build_model  # noqa: E402
+from SpineLabelLib.models.cards import CARD_FILE, export_weights  # noqa: E402
+from SpineLabelLib.core.errors import ModelError, SpineLabelError  # noqa: E402
+from SpineLabelLib.core.result import SpineResult  # noqa: E402
+from SpineLabelLib.core.volume import Volume, make_affine, resample_to_canonical  # noqa: E402
 from conftest import flip_a_byte  # noqa: E402
 
 TINY = DetectorConfig(widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fpn_channels=16, box_head_dim=32,
@@ -177,8 +177,8 @@ def test_canonical_instances_map_back_onto_oblique_anisotropic_grid():
 
 
 def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir):
-    from SpineLabelLib.detector import detect
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.models.registry import load_model
 
     loaded = load_model(tiny_model_dir)
     result = SpineResult("tiny", image=tiny_phantom.image)
@@ -197,8 +197,8 @@ def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir
 
 
 def test_cancel_stops_detection(tiny_phantom, tiny_model_dir):
-    from SpineLabelLib.detector import detect
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.models.registry import load_model
 
     result = SpineResult("tiny", image=tiny_phantom.image)
     with pytest.raises(SpineLabelError, match="cancelled"):
@@ -206,7 +206,7 @@ def test_cancel_stops_detection(tiny_phantom, tiny_model_dir):
 
 
 def test_tampered_weights_are_refused(tiny_model_dir):
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     weights = tiny_model_dir / "model.safetensors"
     flip_a_byte(weights, -1)
@@ -215,7 +215,7 @@ def test_tampered_weights_are_refused(tiny_model_dir):
 
 
 def test_missing_weights_and_bad_card_are_refused(tiny_model_dir, tmp_path):
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     (tiny_model_dir / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="missing"):
@@ -228,8 +228,8 @@ def test_missing_weights_and_bad_card_are_refused(tiny_model_dir, tmp_path):
 
 
 def test_weights_that_do_not_fit_the_card_are_refused(tiny_model_dir):
-    from SpineLabelLib.detector.weights import sha256_of
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.cards import sha256_of
+    from SpineLabelLib.models.registry import load_model
 
     card_path = tiny_model_dir / CARD_FILE
     card = json.loads(card_path.read_text())
@@ -241,7 +241,7 @@ def test_weights_that_do_not_fit_the_card_are_refused(tiny_model_dir):
 
 
 def test_registry_finds_models_through_the_environment(tiny_model_dir, monkeypatch):
-    from SpineLabelLib import models
+    from SpineLabelLib.models import registry as models
 
     monkeypatch.setenv(models.ENVIRONMENT_VARIABLE, str(tiny_model_dir.parent))
     names = [card["name"] for card in models.list_models()]
@@ -252,8 +252,8 @@ def test_registry_finds_models_through_the_environment(tiny_model_dir, monkeypat
 
 
 def test_bundled_model_matches_the_hash_pinned_in_code():
-    from SpineLabelLib.detector.weights import sha256_of
-    from SpineLabelLib.models import BUNDLED_SHA256, bundled_root, list_models
+    from SpineLabelLib.models.cards import sha256_of
+    from SpineLabelLib.models.registry import BUNDLED_SHA256, bundled_root, list_models
 
     bundled = [c for c in list_models() if Path(c["directory"]).parent == bundled_root()]
     assert {c["name"] for c in bundled} == set(BUNDLED_SHA256)
@@ -265,8 +265,8 @@ def test_bundled_model_matches_the_hash_pinned_in_code():
 def test_bundled_model_with_edited_card_and_weights_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from SpineLabelLib import models
-    from SpineLabelLib.detector.weights import sha256_of
+    from SpineLabelLib.models import registry as models
+    from SpineLabelLib.models.cards import sha256_of
 
     fake_root = tmp_path / "Resources" / "Models"
     source = models.bundled_root() / models.DEFAULT_MODEL

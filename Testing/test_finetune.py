@@ -13,13 +13,15 @@ import pytest
 import torch
 import torchvision  # noqa: F401
 import safetensors  # noqa: F401
-from SpineLabelLib import anatomy, cli, finetune  # noqa: E402
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.app import cli
+from SpineLabelLib.training import finetune  # noqa: E402
 from SpineLabelLib.dataset import MANIFEST, export_case  # noqa: E402
-from SpineLabelLib.detector.model import DetectorConfig, build_model  # noqa: E402
-from SpineLabelLib.detector.weights import CARD_FILE, export_weights, read_card, sha256_of  # noqa: E402
-from SpineLabelLib.errors import InputError  # noqa: E402
-from SpineLabelLib.models import load_model  # noqa: E402
-from SpineLabelLib.summary import sha256_file  # noqa: E402
+from SpineLabelLib.models.maskrcnn.network import DetectorConfig, build_model  # noqa: E402
+from SpineLabelLib.models.cards import CARD_FILE, export_weights, read_card, sha256_of  # noqa: E402
+from SpineLabelLib.core.errors import InputError  # noqa: E402
+from SpineLabelLib.models.registry import load_model  # noqa: E402
+from SpineLabelLib.io.summary import sha256_file  # noqa: E402
 
 TINY = DetectorConfig(widths=(8, 16, 16, 16), blocks=(1, 1, 1, 1), fpn_channels=16, box_head_dim=32,
                       mask_head_channels=8, train_size=64, spacing_mm=2.0, rpn_pre_nms_test=50,
@@ -78,9 +80,9 @@ def test_draw_weights_follow_shares_and_skip_empty_or_zero_groups():
 
 
 def test_training_from_scratch_writes_a_loadable_model_folder(dataset, tmp_path, phantoms):
-    from SpineLabelLib.detector import detect
-    from SpineLabelLib.detector.data import prepare_case
-    from SpineLabelLib.result import SpineResult
+    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.models.maskrcnn.data import prepare_case
+    from SpineLabelLib.core.result import SpineResult
 
     old = tmp_path / "old"
     old.mkdir()
@@ -165,7 +167,7 @@ def test_bad_input_gives_one_line(dataset, init_dir, phantoms, tmp_path, capsys,
     elif kind == "not-a-model":
         target, extra = dataset, ["--init", str(tmp_path)]
     elif kind == "old-data-spacing":         # prepared at 1.5 mm, the model works at 2 mm
-        from SpineLabelLib.detector.data import prepare_case
+        from SpineLabelLib.models.maskrcnn.data import prepare_case
 
         (tmp_path / "old").mkdir()
         prepare_case(phantoms[0].image, phantoms[0].labels, 1.5, tmp_path / "old" / "real_a.npz", "real")
@@ -177,7 +179,7 @@ def test_bad_input_gives_one_line(dataset, init_dir, phantoms, tmp_path, capsys,
 
 
 def test_control_run_without_site_cases_records_none_trained_on(dataset, init_dir, phantoms, tmp_path):
-    from SpineLabelLib.detector.data import prepare_case
+    from SpineLabelLib.models.maskrcnn.data import prepare_case
 
     old = tmp_path / "old"
     old.mkdir()
@@ -191,7 +193,7 @@ def test_control_run_without_site_cases_records_none_trained_on(dataset, init_di
 def test_the_body_segmenter_fine_tunes_from_its_own_model(dataset, tmp_path, monkeypatch):
     """--init with a segmenter folder trains the segmenter (its sampler, loss and card); its held-out
     metrics come from the bundled detector with the new segmenter behind it."""
-    from SpineLabelLib.segmenter.model import SegmenterConfig, build_model as build_segmenter
+    from SpineLabelLib.models.body_unet.network import SegmenterConfig, build_model as build_segmenter
 
     config = SegmenterConfig(widths=(4, 8, 8), train_size=32, spacing_mm=2.0)
     init = tmp_path / "tiny-segmenter"

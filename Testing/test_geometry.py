@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from SpineLabelLib.volume import (CANONICAL_AXES_RAS, Volume, make_affine, resample, resample_to_canonical,
-                                  to_canonical, undo_reorientation)
+from SpineLabelLib.core.volume import CANONICAL_AXES_RAS, Volume, make_affine, resample, resample_to_canonical, to_canonical, undo_reorientation
 
 LPS_LIKE = np.diag([-1.0, -1.0, 1.0])                       # how most DICOM/NRRD axial scans map to RAS
 SAGITTAL = np.array([[0, 0, -1.0], [1.0, 0, 0], [0, -1.0, 0]])  # i->A, j->-S, k->-R: a sagittal MRI stack
@@ -70,7 +69,7 @@ def test_resample_to_spacing_keeps_physical_centre():
 def test_atomic_path_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
     import os
 
-    from SpineLabelLib.paths import atomic_path, atomic_write_text
+    from SpineLabelLib.core.paths import atomic_path, atomic_write_text
 
     target = tmp_path / "a.nii.gz"
     atomic_write_text(target, "old")
@@ -86,7 +85,7 @@ def test_atomic_path_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
 
 
 def test_result_snapshot_round_trip_without_pickle(tmp_path):
-    from SpineLabelLib.result import SpineResult, Vertebra, load_snapshot, save_snapshot
+    from SpineLabelLib.core.result import SpineResult, Vertebra, load_snapshot, save_snapshot
 
     image = Volume(np.arange(60, dtype=np.float32).reshape(3, 4, 5), make_affine((0.8, 0.9, 2.0), oblique()))
     instances = np.zeros((3, 4, 5), np.uint16)
@@ -107,7 +106,7 @@ def test_result_snapshot_round_trip_without_pickle(tmp_path):
 
 
 def test_sagittal_slab_and_mip_are_clipped_at_the_volume_edge():
-    from SpineLabelLib.volume import sagittal_mip, sagittal_slices
+    from SpineLabelLib.core.volume import sagittal_mip, sagittal_slices
 
     array = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
     canonical = Volume(array, make_affine((1.0, 1.0, 1.0), CANONICAL_AXES_RAS[::-1].T))

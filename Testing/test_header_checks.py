@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.header_checks import check_file_header
-from SpineLabelLib.volume import load_volume
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.io.header_checks import check_file_header
+from SpineLabelLib.core.volume import load_volume
 
 
 def spine_like(seed: int = 0) -> np.ndarray:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SpineLabelLib import anatomy
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.labelling import (assign_levels, region_scores_to_level_scores, relabel_markups_file,
-                                     relabel_result, set_level)
-from SpineLabelLib.result import SpineResult, Vertebra
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.naming.labelling import assign_levels, region_scores_to_level_scores, relabel_markups_file, relabel_result, set_level
+from SpineLabelLib.core.result import SpineResult, Vertebra
 
 
 def levels_between(first: str, last: str, t13: bool = False, l6: bool = False) -> list[str]:
@@ -249,7 +248,7 @@ def test_set_level_makes_the_others_follow():
 
 
 def test_relabel_markups_file_round_trip(tmp_path):
-    from SpineLabelLib.markups import read_markups, write_markups
+    from SpineLabelLib.io.markups import read_markups, write_markups
 
     names = levels_between("T11", "L5")
     points = spine_points(names)

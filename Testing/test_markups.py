@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from SpineLabelLib import markups
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.result import Vertebra
+from SpineLabelLib.io import markups
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.core.result import Vertebra
 
 from conftest import FIXTURES
 

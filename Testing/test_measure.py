@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from SpineLabelLib.measure import genant, genant_grade, measure_result
-from SpineLabelLib.radiomics import first_order
-from SpineLabelLib.result import SpineResult, Vertebra
-from SpineLabelLib.volume import Volume, make_affine
+from SpineLabelLib.measurement.bodies import genant, genant_grade, measure_result
+from SpineLabelLib.measurement.radiomics import first_order
+from SpineLabelLib.core.result import SpineResult, Vertebra
+from SpineLabelLib.core.volume import Volume, make_affine
 
 OBLIQUE = Rotation.from_euler("xyz", [8, -6, 5], degrees=True).as_matrix()
 DEPTH, WIDTH = 32.0, 40.0

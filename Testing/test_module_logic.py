@@ -16,8 +16,8 @@ import pytest
 
 import slicer
 
-from SpineLabelLib import scene  # noqa: E402
-from SpineLabelLib.options import RunOptions  # noqa: E402
+from SpineLabelLib.slicer_adapter import scene  # noqa: E402
+from SpineLabelLib.core.options import RunOptions  # noqa: E402
 
 MODULE = Path(__file__).resolve().parents[1] / "SpineLabel" / "SpineLabel.py"
 
@@ -67,8 +67,8 @@ def module(monkeypatch):
 
 
 def test_self_test_runs_load_detect_correct_measure_export(module, monkeypatch):
-    import SpineLabelLib.detector as detector
-    from SpineLabelLib.errors import ModelError
+    import SpineLabelLib.stages.locate as detector
+    from SpineLabelLib.core.errors import ModelError
 
     def no_weights(*args, **kwargs):
         raise ModelError("no bundled model")
@@ -82,7 +82,8 @@ def test_self_test_runs_load_detect_correct_measure_export(module, monkeypatch):
 
 
 def test_logic_records_scene_edits_before_a_correction(module):
-    from SpineLabelLib import phantom, pipeline
+    from SpineLabelLib import phantom
+    from SpineLabelLib.app import pipeline
 
     truth = phantom.generate_phantom(["L1", "L2", "L3"], spacing=(2.0, 2.0, 2.0), crop_to_spine=True)
     volume_node = scene.volume_to_node(slicer.mrmlScene, truth.image, "phantom")
@@ -101,11 +102,11 @@ def test_logic_records_scene_edits_before_a_correction(module):
 
 
 def test_blocking_process_and_background_finish_show_results(module, monkeypatch):
-    import SpineLabelLib.detector as detector
+    import SpineLabelLib.stages.locate as detector
     from test_batch import fake_detect
     from test_correction import lumbar_result
 
-    from SpineLabelLib.background import BackgroundRun
+    from SpineLabelLib.app.background import BackgroundRun
 
     monkeypatch.setattr(detector, "detect", fake_detect, raising=False)
     image = lumbar_result().image

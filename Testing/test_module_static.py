@@ -18,10 +18,9 @@ BATCH = ROOT / "SpineLabel" / "Scripts" / "batch.py"
 
 STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "typing", "copy", "tempfile", "argparse", "unittest"}
 SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils"}
-ENGINE_FACADE = {"pipeline", "scene", "correction", "dataset", "background", "errors", "phantom",
-                 "outputs", "summary", "volume", "options", "anatomy"}
+ENGINE_FACADE = {"app", "slicer_adapter", "correction", "dataset", "core", "io", "phantom"}
 #: engine modules the panel imports at load for its lists of choices; they must stay stdlib-only
-CHOICE_MODULES = {"SpineLabelLib.options", "SpineLabelLib.anatomy"}
+CHOICE_MODULES = {"SpineLabelLib.core.options", "SpineLabelLib.core.anatomy"}
 FORBIDDEN_CALLS = {"open", "measure_result", "assign_levels", "relabel_result", "write_seg_nrrd",
                    "write_markups", "write_case_outputs", "savez", "load", "dump", "read_text", "write_text"}
 

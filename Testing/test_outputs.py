@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from SpineLabelLib import outputs, qc, summary, tables
-from SpineLabelLib.result import Vertebra
+from SpineLabelLib.io import outputs, qc, summary, tables
+from SpineLabelLib.core.result import Vertebra
 
 CONTRACT_SUFFIXES = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
 
@@ -133,7 +133,7 @@ def _has_colour(pixels, colour, tolerance=40) -> bool:
 
 
 def test_qc_png_shows_outlines_and_is_deterministic(spine_result, tmp_path):
-    from SpineLabelLib import anatomy
+    from SpineLabelLib.core import anatomy
 
     first = qc.write_qc_png(spine_result, tmp_path / "a.png")
     second = qc.write_qc_png(spine_result, tmp_path / "b.png")
@@ -152,7 +152,7 @@ def test_qc_png_draws_measurement_lines(spine_result, tmp_path):
 
 
 def test_qc_title_is_wrapped_inside_a_narrow_picture(spine_result):
-    from SpineLabelLib.volume import resample_to_canonical
+    from SpineLabelLib.core.volume import resample_to_canonical
 
     spine_result.case_id = "a_rather_long_case_identifier_from_a_batch_run_" * 2
     canonical = resample_to_canonical(spine_result.image, qc._qc_spacing(spine_result.image))
@@ -179,7 +179,7 @@ def test_case_folder_holds_every_contract_file(spine_result, tmp_path):
     assert folder == tmp_path / "out" / "synthetic_case"                # case id made safe
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"synthetic_case{s}" for s in CONTRACT_SUFFIXES)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["synthetic_case"]   # no temporary folder left
-    from SpineLabelLib import markups, segfile
+    from SpineLabelLib.io import markups, segfile
 
     labels, _ = segfile.read_seg_nrrd(folder / "synthetic_case.seg.nrrd")
     assert np.array_equal(labels.array, spine_result.level_map())
@@ -237,7 +237,7 @@ def test_a_shell_writer_runs_inside_the_atomic_step(spine_result, tmp_path):
 def test_phantom_measured_case_folder(tmp_path):
     """End to end with the engine's own phantom and measurements (when those modules are present)."""
     from SpineLabelLib import phantom
-    from SpineLabelLib import measure
+    from SpineLabelLib.measurement import bodies as measure
     result = phantom.make_phantom("L1-L2", case_id="ph", spacing=(1.5, 1.5, 2.0), lateral_fov_mm=80,
                                   rotation_deg=(10, 5, 0))
     measure.measure_result(result)

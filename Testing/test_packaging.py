@@ -97,7 +97,7 @@ def test_wheel_data_files_carry_every_bundled_model():
 def test_models_installed_under_the_prefix_are_found(tmp_path, monkeypatch):
     import sys
 
-    from SpineLabelLib import models
+    from SpineLabelLib.models import registry as models
 
     installed = tmp_path / "share" / "spinelabel" / "Models"
     installed.mkdir(parents=True)

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SpineLabelLib import anatomy
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.phantom import (CANCELLOUS, CORTICAL, CSF, FAT, MUSCLE, ANNULUS, NUCLEUS, AIR, Phantom,
-                                   generate_phantom, genant_grade, make_phantom, write_phantom)
-from SpineLabelLib.volume import load_volume
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.phantom import CANCELLOUS, CORTICAL, CSF, FAT, MUSCLE, ANNULUS, NUCLEUS, AIR, Phantom, generate_phantom, genant_grade, make_phantom, write_phantom
+from SpineLabelLib.core.volume import load_volume
 
 LUMBAR = ["L1", "L2", "L3"]
 
@@ -205,9 +204,9 @@ def test_make_phantom_gives_a_spine_result():
 
 
 def test_write_phantom_slicer_files_when_writers_exist(tmp_path):
-    import SpineLabelLib.segfile  # noqa: F401
-    import SpineLabelLib.markups  # noqa: F401
-    from SpineLabelLib.markups import read_markups
+    import SpineLabelLib.io.segfile  # noqa: F401
+    import SpineLabelLib.io.markups  # noqa: F401
+    from SpineLabelLib.io.markups import read_markups
 
     phantom = small(["L2", "L3"], spacing=1.5)
     paths = write_phantom(phantom, tmp_path, "ph")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from SpineLabelLib.cli import main
+from SpineLabelLib.app.cli import main
 
 import slicer
 

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from SpineLabelLib.cli import main
-from SpineLabelLib.outputs import case_files
+from SpineLabelLib.app.cli import main
+from SpineLabelLib.io.outputs import case_files
 from SpineLabelLib.phantom import generate_phantom
-from SpineLabelLib.volume import Volume, make_affine, save_volume
+from SpineLabelLib.core.volume import Volume, make_affine, save_volume
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_many_inputs_one_failing_others_complete(ct_phantom_file, tmp_path, monk
         result.instances, result.vertebrae = truth.instances, truth.vertebrae
         return result
 
-    import SpineLabelLib.detector as detector
+    import SpineLabelLib.stages.locate as detector
 
     monkeypatch.setattr(detector, "detect", fake_detect)
     broken = tmp_path / "broken.nii.gz"

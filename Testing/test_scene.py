@@ -15,7 +15,8 @@ import slicer
 import slicer.util  # noqa: F401
 from conftest import FIXTURES, box_result, oblique_image  # noqa: E402
 
-from SpineLabelLib import anatomy, scene  # noqa: E402
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.slicer_adapter import scene  # noqa: E402
 
 
 @pytest.fixture

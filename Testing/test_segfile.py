@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SpineLabelLib import anatomy, segfile
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.result import Vertebra
-from SpineLabelLib.volume import LPS_TO_RAS, Volume, make_affine
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.io import segfile
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.core.result import Vertebra
+from SpineLabelLib.core.volume import LPS_TO_RAS, Volume, make_affine
 
 import slicer
 import slicerio
@@ -229,7 +230,7 @@ def test_read_label_map_dispatches_seg_nrrd(spine_result, tmp_path):
 
 
 def test_label_map_with_unknown_code_is_rejected(spine_result, tmp_path):
-    from SpineLabelLib.volume import save_volume
+    from SpineLabelLib.core.volume import save_volume
 
     array = spine_result.level_map().copy()
     array[0, 0, 0] = 99

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from SpineLabelLib import anatomy
-from SpineLabelLib.detector.data import Case
-from SpineLabelLib.detector.weights import CARD_FILE, export_weights
-from SpineLabelLib.errors import ModelError
-from SpineLabelLib.segmenter.data import IGNORE, BodySliceSampler, body_target
-from SpineLabelLib.segmenter.infer import assign_to_bodies, predict_probability, refine_instances
-from SpineLabelLib.segmenter.model import SegmenterConfig, build_model
-from SpineLabelLib.segmenter.train import loss_function
-from SpineLabelLib.volume import Volume, make_affine
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.models.maskrcnn.data import Case
+from SpineLabelLib.models.cards import CARD_FILE, export_weights
+from SpineLabelLib.core.errors import ModelError
+from SpineLabelLib.models.body_unet.data import IGNORE, BodySliceSampler, body_target
+from SpineLabelLib.models.body_unet.infer import assign_to_bodies, predict_probability, refine_instances
+from SpineLabelLib.models.body_unet.network import SegmenterConfig, build_model
+from SpineLabelLib.training.segmenter import loss_function
+from SpineLabelLib.core.volume import Volume, make_affine
 
 from conftest import flip_a_byte, oblique_directions
 
@@ -140,7 +140,7 @@ def tiny_segmenter_dir(tmp_path):
 
 
 def test_segmenter_folder_loads_by_family_and_refuses_tampering(tiny_segmenter_dir):
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     loaded = load_model(tiny_segmenter_dir)
     assert loaded.card["architecture"]["family"] == "body-unet"
@@ -152,10 +152,10 @@ def test_segmenter_folder_loads_by_family_and_refuses_tampering(tiny_segmenter_d
 
 
 def test_detect_records_the_segmenter_and_keeps_every_body_a_mask(tiny_segmenter_dir, tmp_path, monkeypatch):
-    from SpineLabelLib.detector import detect
-    from SpineLabelLib.detector import infer as detector_infer
-    from SpineLabelLib.models import load_model
-    from SpineLabelLib.result import SpineResult
+    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.models.maskrcnn import infer as detector_infer
+    from SpineLabelLib.models.registry import load_model
+    from SpineLabelLib.core.result import SpineResult
 
     shape = (20, 40, 30)
     image = Volume(np.random.default_rng(1).random(shape).astype(np.float32) * 100,
@@ -181,8 +181,8 @@ def test_detect_records_the_segmenter_and_keeps_every_body_a_mask(tiny_segmenter
 
 
 def _tiny_detector(tmp_path):
-    from SpineLabelLib.detector.model import DetectorConfig, build_model as build_detector
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.maskrcnn.network import DetectorConfig, build_model as build_detector
+    from SpineLabelLib.models.registry import load_model
 
     config = DetectorConfig(widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), fpn_channels=8, box_head_dim=16,
                             mask_head_channels=8, train_size=64, spacing_mm=2.0)
@@ -203,7 +203,7 @@ def test_skipped_slices_are_interpolated_between_computed_ones():
     image = np.zeros((12, 4, 4), np.float32)
     for x in range(12):
         image[x] = 0.05 + 0.07 * x
-    from SpineLabelLib.segmenter.infer import slab_probability
+    from SpineLabelLib.models.body_unet.infer import slab_probability
 
     every = slab_probability(SliceNumber(), image, 2, 11, 1)
     skipping = slab_probability(SliceNumber(), image, 2, 11, 3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SpineLabelLib.errors import InputError
-from SpineLabelLib.volume import LPS_TO_RAS, Volume, load_volume, save_volume
+from SpineLabelLib.core.errors import InputError
+from SpineLabelLib.core.volume import LPS_TO_RAS, Volume, load_volume, save_volume
 
 from conftest import oblique_image
 

@@ -17,7 +17,7 @@ Metrics per suite (VerSe conventions where they exist):
                 spine (class-agnostic, and averaged over levels with the class required)
   seconds, cpu_seconds, peak_rss_gb per case (the machine is shared; cpu_seconds is load-independent)
 Data: ../shared/data/mri-lumbar (MyoSegmenTUM vb3, Zukic et al. vb2), fixed split
-SpineLabelLib.detector.data.split_real_cases (every 4th case in name order is validation).
+SpineLabelLib.models.maskrcnn.data.split_real_cases (every 4th case in name order is validation).
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ from report import write_report  # bench/report.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from SpineLabelLib import anatomy  # noqa: E402
-from SpineLabelLib.result import SpineResult  # noqa: E402
-from SpineLabelLib.volume import Volume, load_volume, resample_to_canonical  # noqa: E402
+from SpineLabelLib.core import anatomy  # noqa: E402
+from SpineLabelLib.core.result import SpineResult  # noqa: E402
+from SpineLabelLib.core.volume import Volume, load_volume, resample_to_canonical  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
 EVALUATED = [n for n in anatomy.ORDER if n != "S1"]
@@ -44,7 +44,7 @@ EVALUATED = [n for n in anatomy.ORDER if n != "S1"]
 
 # --- cases ------------------------------------------------------------------------------------
 def real_cases(limit: int | None):
-    from SpineLabelLib.detector.data import split_real_cases
+    from SpineLabelLib.models.maskrcnn.data import split_real_cases
 
     names = sorted(p.name[: -len("_mri.nii.gz")] for p in MRI.glob("*_mri.nii.gz"))
     _, validation = split_real_cases(names)
@@ -123,8 +123,8 @@ def _identified(predicted, levels, truth_centroids) -> int:
 
 def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: str, every: int = 3):
     """2-D detections and truth on canonical sagittal slices through the labelled bodies."""
-    from SpineLabelLib.detector.data import normalise_intensity
-    from SpineLabelLib.detector.infer import predict_slices, slice_stack, torch_threads
+    from SpineLabelLib.models.maskrcnn.data import normalise_intensity
+    from SpineLabelLib.models.maskrcnn.infer import predict_slices, slice_stack, torch_threads
 
     config = network.config
     canonical = resample_to_canonical(image, config.spacing_mm)
@@ -179,8 +179,8 @@ def average_precision(records, iou_needed: float = 0.75, level: str | None = Non
 
 # --- driver -----------------------------------------------------------------------------------
 def run_suite(name: str, cases, loaded, segmenter="auto", input_mode: str = "slices") -> dict:
-    from SpineLabelLib import labelling
-    from SpineLabelLib.detector import detect
+    from SpineLabelLib.naming import labelling
+    from SpineLabelLib.stages.locate import detect
 
     rows, records = [], []
     for case_id, image, truth in cases:
@@ -203,7 +203,7 @@ def run_suite(name: str, cases, loaded, segmenter="auto", input_mode: str = "sli
 
 
 def result_is_ct(image: Volume) -> bool:
-    from SpineLabelLib.detector.infer import guess_modality
+    from SpineLabelLib.models.maskrcnn.infer import guess_modality
 
     return guess_modality(image) == "ct"
 
@@ -245,7 +245,7 @@ def _round(value):
 
 
 def main(argv=None) -> int:
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)

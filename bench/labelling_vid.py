@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SpineLabelLib import anatomy
-from SpineLabelLib.paths import atomic_write_text
-from SpineLabelLib.labelling import assign_levels, region_scores_to_level_scores
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.core.paths import atomic_write_text
+from SpineLabelLib.naming.labelling import assign_levels, region_scores_to_level_scores
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "keypoints" / "vid"
 PRIORS = Path(__file__).resolve().parents[1] / "SpineLabelLib" / "resources" / "labelling_priors.json"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from SpineLabelLib import anatomy
-from SpineLabelLib.measure import measure_result
-from SpineLabelLib.result import SpineResult
-from SpineLabelLib.volume import case_id, load_volume
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.measurement.bodies import measure_result
+from SpineLabelLib.core.result import SpineResult
+from SpineLabelLib.core.volume import case_id, load_volume
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mri-lumbar"
 HEIGHTS = ("height_anterior_mm", "height_middle_mm", "height_posterior_mm")

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from SpineLabelLib.measure import measure_result
+from SpineLabelLib.measurement.bodies import measure_result
 from SpineLabelLib.phantom import generate_phantom
 
 LEVELS = ["T11", "T12", "L1", "L2", "L3", "L4"]

@@ -20,11 +20,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from SpineLabelLib import pipeline  # noqa: E402
-from SpineLabelLib.options import RunOptions  # noqa: E402
-from SpineLabelLib.detector.data import split_real_cases  # noqa: E402
-from SpineLabelLib.result import SpineResult  # noqa: E402
-from SpineLabelLib.volume import load_volume  # noqa: E402
+from SpineLabelLib.app import pipeline  # noqa: E402
+from SpineLabelLib.core.options import RunOptions  # noqa: E402
+from SpineLabelLib.models.maskrcnn.data import split_real_cases  # noqa: E402
+from SpineLabelLib.core.result import SpineResult  # noqa: E402
+from SpineLabelLib.core.volume import load_volume  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
 HEIGHTS = ("height_anterior_mm", "height_middle_mm", "height_posterior_mm")

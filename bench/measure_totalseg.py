@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SpineLabelLib.measure import measure_result
-from SpineLabelLib.result import SpineResult
-from SpineLabelLib.volume import load_volume
+from SpineLabelLib.measurement.bodies import measure_result
+from SpineLabelLib.core.result import SpineResult
+from SpineLabelLib.core.volume import load_volume
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ct" / "totalsegmentator"
 NAMES = ("anterior", "middle", "posterior")

@@ -5,7 +5,7 @@
 
 The T2 cases (vb2-*, Zukic et al. 2014, 1.5T T2 TSE) play the new site; the T1 water-fat cases
 (vb3-*, MyoSegmenTUM) are the old site. The split is the detector's own fixed validation split
-(`SpineLabelLib.detector.data.split_real_cases`: every 4th case of ../shared/data/mri-lumbar in
+(`SpineLabelLib.models.maskrcnn.data.split_real_cases`: every 4th case of ../shared/data/mri-lumbar in
 name order), never trained on by any model here.
 
 1. BEFORE: the detector's architecture (default DetectorConfig) trained from scratch with the
@@ -39,14 +39,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from report import write_report  # noqa: E402  (bench/report.py)
-from SpineLabelLib.volume import load_volume  # noqa: E402
+from SpineLabelLib.core.volume import load_volume  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
 SPACING = 1.25
 
 
 def split() -> dict[str, list[str]]:
-    from SpineLabelLib.detector.data import split_real_cases
+    from SpineLabelLib.models.maskrcnn.data import split_real_cases
 
     names = sorted(p.name[: -len("_mri.nii.gz")] for p in MRI.glob("*_mri.nii.gz"))
     train, validation = split_real_cases(names)
@@ -59,7 +59,7 @@ def split() -> dict[str, list[str]]:
 def before_data(work: Path, prepared: Path, phantom_count: int) -> Path:
     """BEFORE's training folder: phantoms + vb3 training cases (+ vb3 validation slices), linked
     from the detector's prepared data (prepared here when missing)."""
-    from SpineLabelLib.detector.train import prepare, prepare_phantoms
+    from SpineLabelLib.training.detector import prepare, prepare_phantoms
 
     if not list(prepared.glob("real_vb3-*.npz")):
         prepare(MRI, prepared, SPACING)
@@ -77,7 +77,7 @@ def before_data(work: Path, prepared: Path, phantom_count: int) -> Path:
 
 def train_before(work: Path, data: Path, minutes: float, threads: int) -> Path:
     """Train BEFORE with the detector's own `fit` (resumes) and export it as a model folder."""
-    from SpineLabelLib.detector import train
+    from SpineLabelLib.training import detector as train
 
     out, model_dir = work / "before", work / "before_model"
     if not (model_dir / "model_card.json").exists():
@@ -94,12 +94,12 @@ def train_before(work: Path, data: Path, minutes: float, threads: int) -> Path:
 
 def export_site(work: Path, names: list[str], before_dir: Path, with_original: bool) -> Path:
     """The site's "corrected" cases: manual masks, with BEFORE's prediction as the original."""
-    from SpineLabelLib import labelling
+    from SpineLabelLib.naming import labelling
     from SpineLabelLib.dataset import export_case, read_manifest
-    from SpineLabelLib.detector import detect
-    from SpineLabelLib.models import load_model
-    from SpineLabelLib.result import SpineResult
-    from SpineLabelLib.summary import sha256_file
+    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.models.registry import load_model
+    from SpineLabelLib.core.result import SpineResult
+    from SpineLabelLib.io.summary import sha256_file
 
     dataset = work / "dataset"
     done = {e["source_sha256"] for e in read_manifest(dataset)} if dataset.exists() else set()
@@ -139,7 +139,7 @@ def control(work: Path, dataset: Path, before_dir: Path, old: Path, iterations: 
             threads: int, seed: int = 0) -> Path:
     """CONTROL: the same run without the site's cases: old data only, old real cases and phantoms in
     AFTER's ratio for its non-site draws (0.3 : 0.2, which is also BEFORE's 60/40 mix)."""
-    from SpineLabelLib.finetune import TrainOptions, train
+    from SpineLabelLib.training.finetune import TrainOptions, train
 
     out = work / _folder("control", seed)
     train(dataset, out, TrainOptions(init=str(before_dir), iterations=iterations, minutes=minutes, threads=threads,
@@ -151,7 +151,7 @@ def control(work: Path, dataset: Path, before_dir: Path, old: Path, iterations: 
 def measure(model_dir: Path, names: list[str], suite: str) -> dict:
     import detect_eval
 
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     cases = ((n, load_volume(MRI / f"{n}_mri.nii.gz"), load_volume(MRI / f"{n}_seg.nii.gz").array) for n in names)
     summary = detect_eval.run_suite(suite, cases, load_model(model_dir))

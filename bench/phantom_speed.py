@@ -7,7 +7,7 @@ import json
 import resource
 import time
 
-from SpineLabelLib import anatomy
+from SpineLabelLib.core import anatomy
 from SpineLabelLib.phantom import generate_phantom
 
 CASES = [

@@ -20,9 +20,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from SpineLabelLib import pipeline  # noqa: E402
-from SpineLabelLib.options import RunOptions  # noqa: E402
-from SpineLabelLib.volume import load_volume  # noqa: E402
+from SpineLabelLib.app import pipeline  # noqa: E402
+from SpineLabelLib.core.options import RunOptions  # noqa: E402
+from SpineLabelLib.core.volume import load_volume  # noqa: E402
 
 CASE = REPO.parent / "shared" / "data" / "ct" / "totalsegmentator"
 THEIR_LEVELS = {26: "S1", 27: "L5", 28: "L4", 29: "L3", 30: "L2", 31: "L1", 32: "T12", 33: "T11"}

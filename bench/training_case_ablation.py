@@ -6,7 +6,7 @@ their settings were chosen (the validation split is reported by detect_eval.py);
 identification (VerSe rule, after labelling) on every training case with the detector's edge padding
 at 0 and 40 mm; body Dice on every `--dice-every`-th training case with the detector's own masks and
 with the body segmenter. Data: ../shared/data/mri-lumbar, training part of the fixed split
-(SpineLabelLib.detector.data.split_real_cases).
+(SpineLabelLib.models.maskrcnn.data.split_real_cases).
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from report import write_report  # bench/report.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from SpineLabelLib import anatomy, labelling  # noqa: E402
-from SpineLabelLib.detector import detect, infer  # noqa: E402
-from SpineLabelLib.detector.data import split_real_cases  # noqa: E402
-from SpineLabelLib.result import SpineResult  # noqa: E402
-from SpineLabelLib.volume import load_volume  # noqa: E402
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.naming import labelling  # noqa: E402
+from SpineLabelLib.stages.locate import detect
+from SpineLabelLib.models.maskrcnn import infer  # noqa: E402
+from SpineLabelLib.models.maskrcnn.data import split_real_cases  # noqa: E402
+from SpineLabelLib.core.result import SpineResult  # noqa: E402
+from SpineLabelLib.core.volume import load_volume  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
 
@@ -65,7 +67,7 @@ def run(image, truth, model, padding_mm: float, segmenter: str) -> SpineResult:
 
 
 def main(argv=None) -> int:
-    from SpineLabelLib.models import load_model
+    from SpineLabelLib.models.registry import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)

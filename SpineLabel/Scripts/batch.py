@@ -34,7 +34,7 @@ def _make_engine_importable() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     _make_engine_importable()
-    from SpineLabelLib.options import add_run_arguments
+    from SpineLabelLib.core.options import add_run_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="detect, name, segment and measure vertebrae "
                                      "in 3D Slicer without a window; writes the `spinelabel run` outputs")
@@ -48,7 +48,7 @@ def _scene():
     """Slicer's scene inside the application, else a fresh one prepared for segmentations and markups."""
     import slicer
 
-    from SpineLabelLib import scene as adapter
+    from SpineLabelLib.slicer_adapter import scene as adapter
 
     existing = getattr(slicer, "mrmlScene", None)
     return adapter.prepare_scene(existing) if existing is not None else adapter.new_scene()
@@ -56,13 +56,13 @@ def _scene():
 
 def _read_input(mrml, path: Path):
     """A volume node for the input: files via Slicer's storage node, DICOM folders via the engine."""
-    from SpineLabelLib import scene as adapter
-    from SpineLabelLib.volume import case_id, load_volume, validate
+    from SpineLabelLib.slicer_adapter import scene as adapter
+    from SpineLabelLib.core.volume import case_id, load_volume, validate
 
     if path.is_dir():
         return adapter.volume_to_node(mrml, load_volume(path), case_id(path))
     if not path.exists():
-        from SpineLabelLib.errors import InputError
+        from SpineLabelLib.core.errors import InputError
 
         raise InputError(f"{path}: no such file or folder")
     node = adapter.read_volume_file(mrml, path, case_id(path))
@@ -73,10 +73,10 @@ def _read_input(mrml, path: Path):
 def run_case(mrml, path: Path, options, out: Path) -> Path:
     """One input: read -> engine (detect, measure) -> the output contract, with the .seg.nrrd and the
     .mrk.json written by Slicer's storage nodes inside the engine's atomic step."""
-    from SpineLabelLib import pipeline
-    from SpineLabelLib import scene as adapter
-    from SpineLabelLib.summary import sha256_file
-    from SpineLabelLib.volume import case_id
+    from SpineLabelLib.app import pipeline
+    from SpineLabelLib.slicer_adapter import scene as adapter
+    from SpineLabelLib.io.summary import sha256_file
+    from SpineLabelLib.core.volume import case_id
 
     volume_node = _read_input(mrml, path)
     created = [volume_node]
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:       # argparse: --help (0) or a usage error (2)
         return int(stop.code or 0)
-    from SpineLabelLib.errors import SpineLabelError
-    from SpineLabelLib.options import RunOptions
+    from SpineLabelLib.core.errors import SpineLabelError
+    from SpineLabelLib.core.options import RunOptions
 
     try:
         options = RunOptions.from_args(args)

@@ -47,42 +47,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import anatomy
-from ..errors import InputError, SpineLabelError
-from ..summary import sha256_file  # noqa: F401  (re-exported: the tests hash inputs as the manifest does)
-from ..volume import Volume
+from ..core import anatomy
+from ..core.errors import InputError, SpineLabelError
+from ..io.summary import sha256_file  # noqa: F401  (re-exported: the tests hash inputs as the manifest does)
+from ..core.volume import Volume
 from .corrections import _sanitised_actions, _sanitised_models, corrections_from_maps, corrections_from_record
 from .inputs import _prepare, _Prepared, markups_document, source_sha256
 from .journal import CRASH_ENV, INTENT, _commit, _discard_staging, _history_dir, _stage, recover_dataset
-from .layout import (
-    _CASE_RE,
-    CASE_PREFIX,
-    CENTROIDS,
-    DATASET_JSON,
-    FILE_ENDING,
-    FORMAT_VERSION,
-    GEOMETRY_TOLERANCE_MM,
-    HISTORY,
-    IMAGES,
-    LABELS,
-    LOCK_NAME,
-    MANIFEST,
-    ORIGINAL,
-    STAGING_PREFIX,
-    DatasetCase,
-    ExportRecord,
-    PathLike,
-    _utc_now,
-    case_files,
-    cases_on_disk,
-)
-from .lock import (
-    LOCK_TIMEOUT_S,
-    STALE_EXCL_LOCK_S,
-    DatasetLockedError,
-    dataset_lock,
-    fcntl,  # noqa: F401  (lock._fcntl reads it here: the tests set it to None)
-)
+from .layout import _CASE_RE, CASE_PREFIX, CENTROIDS, DATASET_JSON, FILE_ENDING, FORMAT_VERSION, GEOMETRY_TOLERANCE_MM, HISTORY, IMAGES, LABELS, LOCK_NAME, MANIFEST, ORIGINAL, STAGING_PREFIX, DatasetCase, ExportRecord, PathLike, _utc_now, case_files, cases_on_disk
+from .lock import LOCK_TIMEOUT_S, STALE_EXCL_LOCK_S, DatasetLockedError, dataset_lock, fcntl
 from .manifest import _write_dataset_json, build_dataset_json, latest_entries, nnunet_labels, read_manifest
 from .reading import iter_dataset_cases, read_centroids, validate_dataset
 

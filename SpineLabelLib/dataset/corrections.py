@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import anatomy
+from ..core import anatomy
 
 
 def corrections_from_maps(original: np.ndarray, corrected: np.ndarray) -> dict:

@@ -10,12 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import anatomy
-from ..errors import InputError
-from ..markups import markups_dict, read_markups
-from ..result import Vertebra
-from ..summary import sha256_file
-from ..volume import Volume, load_volume, validate
+from ..core import anatomy
+from ..core.errors import InputError
+from ..io.markups import markups_dict, read_markups
+from ..core.result import Vertebra
+from ..io.summary import sha256_file
+from ..core.volume import Volume, load_volume, validate
 from .layout import GEOMETRY_TOLERANCE_MM, PathLike
 
 
@@ -67,7 +67,7 @@ def _as_level_codes(array: np.ndarray, what: str, allow_empty: bool) -> np.ndarr
 
 def _read_seg_nrrd(path: Path) -> Volume:
     """A .seg.nrrd as a level-code Volume on the file's own grid (segments named by level)."""
-    from ..segfile import read_seg_nrrd
+    from ..io.segfile import read_seg_nrrd
 
     return read_seg_nrrd(path)[0]
 

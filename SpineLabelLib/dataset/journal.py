@@ -10,9 +10,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..paths import atomic_write_text
-from ..summary import sha256_file
-from ..volume import save_volume
+from ..core.paths import atomic_write_text
+from ..io.summary import sha256_file
+from ..core.volume import save_volume
 from .inputs import _Prepared, markups_document
 from .layout import DATASET_JSON, FILE_ENDING, HISTORY, MANIFEST, STAGING_PREFIX, PathLike, case_files
 from .lock import LOCK_TIMEOUT_S, dataset_lock

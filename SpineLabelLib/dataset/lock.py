@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import SpineLabelError
+from ..core.errors import SpineLabelError
 from .layout import LOCK_NAME, _utc_now
 
 try:  # POSIX; absent on Windows (Slicer there), where an O_EXCL lock file is used instead

@@ -8,21 +8,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .. import anatomy
-from ..paths import atomic_write_text
-from .layout import (
-    CENTROIDS,
-    DATASET_JSON,
-    FILE_ENDING,
-    FORMAT_VERSION,
-    HISTORY,
-    IMAGES,
-    LABELS,
-    MANIFEST,
-    ORIGINAL,
-    PathLike,
-    cases_on_disk,
-)
+from ..core import anatomy
+from ..core.paths import atomic_write_text
+from .layout import CENTROIDS, DATASET_JSON, FILE_ENDING, FORMAT_VERSION, HISTORY, IMAGES, LABELS, MANIFEST, ORIGINAL, PathLike, cases_on_disk
 
 
 # --- manifest -----------------------------------------------------------------------------

@@ -9,24 +9,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
-from ..summary import sha256_file
+from ..core.errors import InputError
+from ..io.summary import sha256_file
 from .inputs import _read_markups_points
 from .journal import recover_dataset
-from .layout import (
-    CENTROIDS,
-    DATASET_JSON,
-    GEOMETRY_TOLERANCE_MM,
-    IMAGES,
-    LABELS,
-    MANIFEST,
-    ORIGINAL,
-    STAGING_PREFIX,
-    DatasetCase,
-    PathLike,
-    case_files,
-    cases_on_disk,
-)
+from .layout import CENTROIDS, DATASET_JSON, GEOMETRY_TOLERANCE_MM, IMAGES, LABELS, MANIFEST, ORIGINAL, STAGING_PREFIX, DatasetCase, PathLike, case_files, cases_on_disk
 from .manifest import build_dataset_json, latest_entries, read_manifest
 
 

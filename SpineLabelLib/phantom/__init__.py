@@ -41,15 +41,7 @@ from .canvas import CORTEX_MM
 from .files import write_phantom
 from .generate import Phantom, genant_grade, generate_phantom, make_phantom
 from .grid import LPS_DIRECTIONS
-from .intensities import (
-    DEFAULT_NOISE,
-    INTENSITY,
-    MODALITIES,
-    TEXTURE_SCALE_MM,
-    TEXTURE_WEIGHT,
-    render,
-    tissue_intensities,
-)
+from .intensities import DEFAULT_NOISE, INTENSITY, MODALITIES, TEXTURE_SCALE_MM, TEXTURE_WEIGHT, render, tissue_intensities
 from .level import DENS_LENGTH, DENS_RADIUS, DENS_Y
 from .placement import FRACTURE_TYPES, MAX_FRACTURE_PERCENT, REGIONAL_CURVES
 from .shapes import CORD_LAST_LEVEL, END_PLATE_MM, WAIST

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import atomic_write_text
-from ..volume import save_volume
+from ..core.paths import atomic_write_text
+from ..core.volume import save_volume
 from .generate import Phantom
 
 
@@ -26,9 +26,9 @@ def _jsonable(value):
 def write_phantom(phantom: Phantom, out_dir, case_id: str) -> dict[str, Path]:
     """Write <case>.nii.gz (image, int16: HU for CT), <case>_seg.nii.gz (body labels), <case>.seg.nrrd,
     <case>.mrk.json and <case>_truth.json."""
-    from ..markups import write_markups
-    from ..paths import safe_name
-    from ..segfile import write_seg_nrrd
+    from ..io.markups import write_markups
+    from ..core.paths import safe_name
+    from ..io.segfile import write_seg_nrrd
 
     out_dir, case_id = Path(out_dir), safe_name(case_id)
     paths = {"image": out_dir / f"{case_id}.nii.gz", "labels": out_dir / f"{case_id}_seg.nii.gz",

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import anatomy
-from ..errors import InputError
-from ..volume import Volume
+from ..core import anatomy
+from ..core.errors import InputError
+from ..core.volume import Volume
 from .canvas import _Canvas
 from .grid import _content_box, _crop_superior_inferior, _directions, _grid
 from .intensities import MODALITIES, render
@@ -45,7 +45,7 @@ class Phantom:
         raise KeyError(level)
 
     def to_result(self, case_id: str = "phantom"):
-        from ..result import SpineResult
+        from ..core.result import SpineResult
 
         modality = {"ct": "ct", "t1": "mr", "t2": "mr"}.get(self.truth["modality"], "unknown")
         return SpineResult.from_level_map(case_id, self.image, self.labels.array, source="phantom",

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
-from ..volume import make_affine
+from ..core.errors import InputError
+from ..core.volume import make_affine
 from .level import _Level, _outline_params, _posterior_params
 
 LPS_DIRECTIONS = np.diag([-1.0, -1.0, 1.0])   # default storage: i -> left, j -> posterior, k -> superior

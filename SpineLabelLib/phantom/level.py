@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import anatomy
+from ..core import anatomy
 
 
 @dataclass

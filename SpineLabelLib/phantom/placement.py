@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from .. import anatomy
-from ..errors import InputError
+from ..core import anatomy
+from ..core.errors import InputError
 from .level import _Level
 
 FRACTURE_TYPES = ("wedge", "biconcave", "crush")

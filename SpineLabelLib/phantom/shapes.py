@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .. import anatomy
+from ..core import anatomy
 from .canvas import CORTEX_MM, _Canvas
 from .level import DENS_LENGTH, DENS_RADIUS, DENS_Y, _Level, _posterior_params
 from .outline import _paint_outline

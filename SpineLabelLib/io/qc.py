@@ -1,0 +1,140 @@
+"""The QC image `<case>.qc.png`: one sagittal slice with body outlines, level names and measurement lines.
+
+The image is resampled to the canonical orientation (head up, anterior left) on an isotropic grid,
+so oblique acquisitions still give a true sagittal view. Drawn with matplotlib's Agg canvas (no
+window, no global pyplot state), so it is deterministic and safe inside Slicer.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..core import anatomy
+from ..core.paths import atomic_path
+from ..core.result import SpineResult
+from ..core.volume import Volume, resample_to_canonical
+
+CT_WINDOW = (400.0, 1800.0)         # bone window: centre, width in HU
+MAX_VOXELS = 24_000_000             # coarser QC grid for very large inputs (memory and time)
+LONG_SIDE_PX = 900
+VIEW_MARGIN_MM = 40.0
+
+
+def _qc_spacing(image: Volume) -> float:
+    extent = np.asarray(image.shape_ijk) * image.spacing
+    return float(max(1.0, (np.prod(extent) / MAX_VOXELS) ** (1 / 3)))
+
+
+def _window(slice_: np.ndarray, modality: str) -> tuple[float, float]:
+    if modality == "ct":
+        centre, width = CT_WINDOW
+        return centre - width / 2, centre + width / 2
+    values = slice_[slice_ > slice_.min()] if np.any(slice_ > slice_.min()) else slice_.ravel()
+    low, high = np.percentile(values, [1, 99.5])
+    return float(low), float(max(high, low + 1e-3))
+
+
+def _slice_index(result: SpineResult, canonical: Volume, labels: np.ndarray | None) -> int:
+    """Left-right index: the median centroid, else the slice with most body voxels, else the middle."""
+    centroids = [v.centroid_ras for v in result.vertebrae if np.all(np.isfinite(v.centroid_ras))]
+    if centroids:
+        x = canonical.ras_to_kji(np.median(np.array(centroids), axis=0))[0][0]
+    elif labels is not None and labels.any():
+        x = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    else:
+        x = canonical.array.shape[0] // 2
+    return int(np.clip(round(float(x)), 0, canonical.array.shape[0] - 1))
+
+
+def _to_row_col(canonical: Volume, ras) -> tuple[float, float]:
+    k, j, i = canonical.ras_to_kji(np.asarray(ras, dtype=float))[0]
+    return j, i          # row = superior->inferior, column = anterior->posterior
+
+
+def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    image = canonical.array[x].astype(float)
+    rows, cols = image.shape
+    (row0, row1), (col0, col1) = _view_box(result, canonical, labels, rows, cols)
+    zoom = LONG_SIDE_PX / max(row1 - row0, col1 - col0)  # output pixels per slice pixel
+    figure = Figure(figsize=((col1 - col0) * zoom / 100, (row1 - row0) * zoom / 100), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes([0, 0, 1, 1])
+    axes.set_axis_off()
+    low, high = _window(image, result.modality)
+    axes.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+    if labels is not None:
+        for code in sorted(int(c) for c in np.unique(labels[x]) if c):
+            mask = labels[x] == code
+            name = anatomy.name_of(code)
+            colour = anatomy.COLOUR_BY_NAME[name]
+            axes.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+            r, c = np.argwhere(mask).T
+            axes.text(c.min() - 2, r.mean(), name, color=colour, fontsize=9, ha="right", va="center",
+                      fontweight="bold")
+    for v in result.vertebrae:
+        row, col = _to_row_col(canonical, v.centroid_ras)
+        colour = anatomy.COLOUR_BY_NAME.get(v.level, (1.0, 1.0, 0.0))
+        axes.plot([col], [row], marker="+", color=colour, markersize=8)
+        if v.level and (labels is None or not np.any(labels[x] == v.code)):
+            axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
+    _draw_lines(result, canonical, axes)
+    axes.set_xlim(col0 - 0.5, col1 - 0.5)
+    axes.set_ylim(row1 - 0.5, row0 - 0.5)
+    right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
+    axes.text(0.01, 0.99, _title(result, right_mm, figure.get_figwidth() * figure.dpi), color="white",
+              fontsize=8, va="top", ha="left", transform=axes.transAxes,
+              bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+    return figure
+
+
+def _title(result: SpineResult, right_mm: float, width_px: float) -> str:
+    """Case, modality and slice position, wrapped so that a narrow (tall lumbar) view shows it whole."""
+    import textwrap
+
+    text = f"{result.case_id}  {result.modality.upper()}  sagittal R={right_mm:.1f} mm  (head up, anterior left)"
+    characters = max(12, int(width_px * 0.94 / 6.5))        # 8-point DejaVu Sans: under 6.5 px a character
+    return "\n".join(textwrap.wrap(text, characters, break_long_words=True))
+
+
+def _view_box(result: SpineResult, canonical: Volume, labels: np.ndarray | None, rows: int, cols: int):
+    """Rows and columns to show: the spine (bodies and centroids) with a margin, not the whole field of view."""
+    points = [np.array(_to_row_col(canonical, v.centroid_ras)) for v in result.vertebrae
+              if np.all(np.isfinite(v.centroid_ras))]
+    if labels is not None and labels.any():
+        projection = np.argwhere(labels.any(axis=0))
+        points += [projection.min(axis=0), projection.max(axis=0)]
+    if not points:
+        return (0, rows), (0, cols)
+    low, high = np.min(points, axis=0), np.max(points, axis=0)
+    margin = VIEW_MARGIN_MM / canonical.spacing[0]
+    box = [(int(max(0, np.floor(lo - margin))), int(min(size, np.ceil(hi + margin) + 1)))
+           for lo, hi, size in zip(low, high, (rows, cols))]
+    return box[0], box[1]
+
+
+def _draw_lines(result: SpineResult, canonical: Volume, axes) -> None:
+    for measurement in result.measurements:
+        lines = measurement.get("lines_ras") or {}
+        colour = anatomy.COLOUR_BY_NAME.get(measurement.get("level", ""), (1.0, 1.0, 0.0))
+        for start, end in lines.values():
+            (r0, c0), (r1, c1) = _to_row_col(canonical, start), _to_row_col(canonical, end)
+            axes.plot([c0, c1], [r0, r1], color=colour, linewidth=1.0)
+
+
+def write_qc_png(result: SpineResult, path: str | os.PathLike) -> Path:
+    """Write the sagittal QC overlay as PNG (through a temporary file)."""
+    path = Path(path)
+    spacing = _qc_spacing(result.image)
+    canonical = resample_to_canonical(result.image, spacing)
+    labels = None
+    if result.instances is not None:
+        labels = resample_to_canonical(result.level_volume(), spacing, label=True).array
+    figure = _draw(result, canonical, labels, _slice_index(result, canonical, labels))
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), format="png", dpi=100, metadata={"Software": None})
+    return path

@@ -1,0 +1,1 @@
+"""slicer_adapter"""

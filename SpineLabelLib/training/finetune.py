@@ -1,0 +1,545 @@
+"""Train or fine-tune the vertebra detector or the body segmenter on a dataset folder of corrected
+cases (`spinelabel train`; the kind follows the initial model, or `kind` when training from scratch).
+
+    dataset folder (SpineLabelLib.dataset layout)
+      -> checked (`validate_dataset`), split into training cases and a held-out part
+      -> prepared as the detector's .npz cases in <out>/work/data (real_<case>.npz / val_<case>.npz)
+      -> mixed with phantoms and, optionally, the detector's original training data (against forgetting)
+      -> trained from an initial model (`init`) or from scratch; <out>/work/last.pt is saved every
+         few minutes and on Ctrl-C, and a later call with the same <out> continues from it
+      -> <out>/model.safetensors + <out>/model_card.json, loadable with `models.load_model(<out>)`.
+
+The model card records the dataset's manifest SHA-256, the case ids trained on and held out, the
+initial model's name/version/SHA-256, and detection metrics on the held-out cases for the new model
+and the initial one (same definitions as bench/detect_eval.py: a body is found when the 3-D Dice
+with its ground-truth mask is >= 0.5; identified (VerSe rule) when the nearest detected centroid is
+within 20 mm and carries the same level after the order-respecting labelling).
+
+The work folder can be deleted after training; it is kept so that training can be continued with
+more iterations (``--iterations`` counts in total, across resumptions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import anatomy
+from ..core.errors import InputError
+
+WORK = "work"
+CHECKPOINT = "last.pt"
+#: Card fields describing the initial model's own weights and training; not inherited by the new model.
+_NOT_INHERITED = ("name", "version", "weights", "sha256", "weights_bytes", "architecture", "training",
+                  "training_data", "validation_split", "directory", "held_out_metrics", "base_model", "limitations")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `train` needs besides the dataset and output folders."""
+
+    init: str | None = None                # model name or folder to start from; None = from scratch
+    iterations: int = 2000                 # total, across resumptions
+    minutes: float = 0.0                   # training-time budget, total across resumptions (0 = none)
+    phantoms: int = 0                      # phantoms to generate and mix in
+    old_data: Path | None = None           # folder of the detector's prepared real_*/phantom_*.npz
+    holdout_fraction: float = 0.2          # share of the dataset's cases kept out of training
+    site_share: float = 0.5                # share of training draws from the dataset's cases
+    phantom_share: float = 0.2             # share from phantoms; the rest from old real cases
+    lr: float | None = None                # peak learning rate (default 3e-4 fine-tuning, 1e-3 scratch)
+    batch: int = 4
+    threads: int | None = None             # torch threads (None = torch's default)
+    save_minutes: float = 4.0
+    eval_every: int = 250                  # 2-D validation on held-out slices, recorded in the card
+    name: str | None = None                # model name (default: the output folder's name)
+    version: str = "0.1.0"
+    config: Any = None                     # DetectorConfig / SegmenterConfig for a new model (ignored with init)
+    kind: str = "detector"                 # "detector" or "segmenter" from scratch; with init, the init's kind
+    seed: int = 0
+    evaluate_init: bool = True             # also measure the initial model on the held-out cases
+    progress: bool = True                  # tqdm progress bar
+    phantom_options: dict = field(default_factory=dict)   # overrides of the phantom recipe
+
+
+# --- dataset ------------------------------------------------------------------------------------
+def read_dataset(dataset_dir: str | Path) -> tuple[list, str]:
+    """The dataset's committed cases and the SHA-256 of its manifest; InputError (one line) when unusable."""
+    from ..dataset import MANIFEST, iter_dataset_cases, validate_dataset
+    from ..io.summary import sha256_file
+
+    dataset = Path(dataset_dir)
+    if not dataset.is_dir():
+        raise InputError(f"{dataset}: no such dataset folder")
+    problems = validate_dataset(dataset)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise InputError(f"{dataset}: not a usable dataset: {problems[0]}{more}")
+    cases = list(iter_dataset_cases(dataset))
+    if not cases:
+        raise InputError(f"{dataset}: no exported cases (use 'spinelabel export' to add corrected cases)")
+    return cases, sha256_file(dataset / MANIFEST)
+
+
+def split_held_out(case_ids: list[str], fraction: float) -> list[str]:
+    """Held-out case ids: the cases whose id hashes lowest, round(fraction * n) of them (at least one
+    when there are two or more cases and fraction > 0). Deterministic and independent of case order."""
+    if fraction <= 0 or len(case_ids) < 2:
+        return []
+    count = min(len(case_ids) - 1, max(1, round(fraction * len(case_ids))))
+    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+    return sorted(ranked[:count])
+
+
+def prepare_cases(cases: list, held_out: list[str], folder: Path, spacing: float) -> dict[str, Path]:
+    """Dataset cases -> detector .npz files (cached; a replaced case is prepared again)."""
+    from ..models.maskrcnn.data import prepare_case
+    from ..models.maskrcnn.infer import guess_modality
+    from ..core.volume import load_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for case in cases:
+        prefix = "val" if case.case_id in held_out else "real"
+        digest = case.manifest_entry.get("files", {}).get("label", {}).get("sha256", "")[:10]
+        target = folder / f"{prefix}_{case.case_id}-{digest}.npz"
+        if not target.exists():
+            for stale in folder.glob(f"*_{case.case_id}-*.npz"):
+                stale.unlink()
+            image = load_volume(case.image_path)
+            modality = case.manifest_entry.get("modality")
+            modality = modality if modality in ("ct", "mr") else guess_modality(image)
+            try:
+                # "real": slices are blanked above the topmost labelled body, since corrected
+                # cases often label only the levels of interest while more vertebrae are visible.
+                prepare_case(image, load_volume(case.label_path), spacing, target, "real", modality=modality)
+            except ValueError as error:
+                raise InputError(f"{case.case_id}: cannot be used for training ({error})") from None
+        paths[case.case_id] = target
+    return paths
+
+
+def make_phantoms(folder: Path, count: int, spacing: float, first_seed: int = 5000,
+                  **overrides) -> list[Path]:
+    """`count` domain-randomised phantoms (the detector's recipe) as .npz cases (cached by seed)."""
+    from ..models.maskrcnn.data import prepare_case
+    from .detector import phantom_parameters
+    from ..phantom import generate_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(first_seed, first_seed + count):
+        target = folder / f"phantom_{seed:04d}.npz"
+        if not target.exists():
+            params = {**phantom_parameters(seed), "spacing": (spacing,) * 3, **overrides}
+            phantom = generate_phantom(**params)
+            modality = "ct" if params["modality"] == "ct" else "mr"
+            prepare_case(phantom.image, phantom.labels, spacing, target, "phantom", modality=modality)
+        paths.append(target)
+    return paths
+
+
+def draw_weights(groups: dict[str, int], shares: dict[str, float]) -> list[float]:
+    """Per-case draw probabilities: each group gets its share (renormalised over the non-empty
+    groups with a positive share), split equally among its cases. Order: groups as given."""
+    active = {g: shares[g] for g, n in groups.items() if n and shares.get(g, 0) > 0}
+    total = sum(active.values())
+    if total <= 0:
+        raise InputError("nothing to train on: every group of training cases is empty or has share 0")
+    weights = []
+    for group, count in groups.items():
+        weights += [active.get(group, 0.0) / total / max(count, 1)] * count
+    return weights
+
+
+def _old_data(folder: Path | None, spacing: float) -> tuple[list[Path], list[Path]]:
+    """(real, phantom) .npz files of the detector's prepared training data, checked for the model's spacing."""
+    if folder is None:
+        return [], []
+    folder = Path(folder)
+    real, phantoms = sorted(folder.glob("real_*.npz")), sorted(folder.glob("phantom_*.npz"))
+    if not folder.is_dir() or not real + phantoms:
+        raise InputError(f"{folder}: no prepared training data (real_*.npz, phantom_*.npz) there")
+    with np.load((real + phantoms)[0]) as first:
+        found = float(first["spacing"])
+    if abs(found - spacing) > 1e-6:
+        raise InputError(f"{folder}: prepared at {found} mm, but the model works at {spacing} mm")
+    return real, phantoms
+
+
+def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], options: TrainOptions,
+               spacing: float):
+    """Training cases and draw weights: the site's cases, old real cases and phantoms (old + new)."""
+    from ..models.maskrcnn.data import Case
+
+    old_real, old_phantoms = _old_data(old_data, spacing)
+    groups = {"site": site, "old": old_real, "phantoms": old_phantoms + list(phantoms)}
+    shares = {"site": options.site_share, "phantoms": options.phantom_share,
+              "old": max(0.0, 1.0 - options.site_share - options.phantom_share)}
+    weights = draw_weights({g: len(p) for g, p in groups.items()}, shares)
+    paths = [p for members in groups.values() for p in members]
+    drawn = [(path, w) for path, w in zip(paths, weights) if w > 0]     # load only what is drawn
+    first = np.cumsum([0] + [len(p) for p in groups.values()])
+    actual = {g: round(float(sum(weights[a:b])), 3) for g, a, b in zip(groups, first[:-1], first[1:])}
+    counts = {"site_cases": len(site) if actual["site"] else 0, "old_real_cases": len(old_real),
+              "phantoms": len(groups["phantoms"]), "draw_shares": actual}
+    return [Case.load(path) for path, _ in drawn], [w for _, w in drawn], counts
+
+
+# --- training -------------------------------------------------------------------------------------
+def learning_rate(progress: float, peak: float) -> float:
+    """Warm-up over the first 5 % (from 10 % of the peak), then cosine decay to 2 % of the peak."""
+    if progress < 0.05:
+        return peak * (0.1 + 0.9 * progress / 0.05)
+    progress = min(1.0, (progress - 0.05) / 0.95)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_step(model, optimiser, sampler, batch: int) -> float | None:
+    """One optimisation step on a batch of sampled slices; None when the loss was not finite (skipped)."""
+    import torch
+
+    from ..models.maskrcnn.data import make_target
+
+    images, targets = [], []
+    for _ in range(batch):
+        image, labels = sampler.sample()
+        images.append(torch.from_numpy(image))
+        targets.append(make_target(labels))
+    loss = sum(model(images, targets).values())
+    optimiser.zero_grad()
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimiser.step()
+    return float(loss.item())
+
+
+def segmenter_step(model, optimiser, sampler, batch: int) -> float | None:
+    """One optimisation step of the body segmenter (cross-entropy + Dice over labelled pixels)."""
+    import torch
+
+    from .segmenter import loss_function
+
+    drawn = [sampler.sample() for _ in range(batch)]
+    images = torch.from_numpy(np.stack([image for image, _ in drawn]))
+    targets = torch.from_numpy(np.stack([target for _, target in drawn]).astype(np.int64))
+    loss = loss_function(model(images), targets)
+    optimiser.zero_grad()
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    optimiser.step()
+    return float(loss.item())
+
+
+class _Recipe:
+    """What differs between training the detector and the body segmenter. Steps are looked up
+    in this module when called, so that they can be replaced (tests count them)."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("detector", "segmenter"):
+            raise InputError(f"model kind must be detector or segmenter, got {kind!r}")
+        self.kind = kind
+
+    @classmethod
+    def of(cls, init, kind: str) -> "_Recipe":
+        from ..models.body_unet.network import FAMILY
+
+        if init is None:
+            return cls(kind)
+        return cls("segmenter" if init.card["architecture"].get("family") == FAMILY else "detector")
+
+    def config(self, data: dict | None = None):
+        from ..models.maskrcnn.network import DetectorConfig
+        from ..models.body_unet.network import SegmenterConfig
+
+        config_class = SegmenterConfig if self.kind == "segmenter" else DetectorConfig
+        return config_class.from_dict(data) if data is not None else config_class()
+
+    def build(self, config):
+        from ..models.maskrcnn.network import build_model as build_detector
+        from ..models.body_unet.network import build_model as build_segmenter
+
+        return build_segmenter(config) if self.kind == "segmenter" else build_detector(config)
+
+    def sampler(self, pool, config, seed: int, weights):
+        from ..models.maskrcnn.data import SliceSampler
+        from ..models.body_unet.data import BodySliceSampler
+
+        sampler_class = BodySliceSampler if self.kind == "segmenter" else SliceSampler
+        return sampler_class(pool, config.train_size, config.slice_offset, seed=seed, weights=weights)
+
+    def step(self, model, optimiser, sampler, batch: int) -> float | None:
+        return (segmenter_step if self.kind == "segmenter" else train_step)(model, optimiser, sampler, batch)
+
+    def validation(self, folder: Path, offset: int):
+        from .detector import validation_slices as detector_slices
+        from .segmenter import validation_slices as segmenter_slices
+
+        return (segmenter_slices if self.kind == "segmenter" else detector_slices)(folder, offset)
+
+    def validate(self, model, slices) -> dict:
+        from .detector import evaluate_slices
+        from .segmenter import slice_dice
+
+        if self.kind == "segmenter":
+            return {"validation_slice_dice": round(slice_dice(model, slices), 4)}
+        return evaluate_slices(model, slices)
+
+
+@dataclass
+class _State:
+    """What last.pt holds besides the network and optimiser."""
+
+    iteration: int = 0
+    elapsed: float = 0.0
+    history: list = field(default_factory=list)
+    held_out: list = field(default_factory=list)
+    init: dict | None = None
+    config: dict = field(default_factory=dict)
+    peak_lr: float = 1e-3
+
+
+def save_checkpoint(path: Path, model, optimiser, state: _State) -> None:
+    import torch
+
+    from ..core.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "state": json.dumps(state.__dict__)}, tmp)
+
+
+def load_checkpoint(path: Path):
+    """(model state, optimiser state, _State) or None when there is no checkpoint."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+        return saved["model"], saved["optimiser"], _State(**json.loads(saved["state"]))
+    except Exception as error:  # a damaged or foreign file: say which, do not guess
+        raise InputError(f"{path}: unreadable training checkpoint ({type(error).__name__}); "
+                         "delete it to start over") from None
+
+
+def _start(options: TrainOptions, init, saved, held_out: list[str], recipe: _Recipe):
+    """Model, optimiser and state: resumed from the checkpoint, or fresh (from init or scratch)."""
+    import torch
+
+    init_summary = init.summary() if init is not None else None
+    if saved is not None:
+        model_state, optimiser_state, state = saved
+        if (state.init or {}).get("sha256") != (init_summary or {}).get("sha256"):
+            raise InputError("the work folder holds a run from another initial model; "
+                             "use another --out folder or delete its work/ folder")
+        config = recipe.config(state.config)
+    else:
+        config = init.config if init is not None else (options.config or recipe.config())
+        peak = options.lr or (3e-4 if init is not None else 1e-3)
+        state = _State(held_out=held_out, init=init_summary, config=config.to_dict(), peak_lr=peak)
+    torch.manual_seed(options.seed)
+    model = recipe.build(config)
+    if saved is not None:
+        model.load_state_dict(model_state)
+    elif init is not None:
+        model.load_state_dict(init.network.state_dict())
+    optimiser = torch.optim.AdamW(model.parameters(), lr=state.peak_lr, weight_decay=1e-4)
+    if saved is not None:
+        optimiser.load_state_dict(optimiser_state)
+    return model, optimiser, state
+
+
+def run_training(model, optimiser, sampler, state: _State, options: TrainOptions, validation,
+                 checkpoint: Path, recipe: _Recipe | None = None) -> None:
+    """The loop: until `iterations` or the time budget, whichever comes first; saves on exit and Ctrl-C."""
+    from tqdm import tqdm
+
+    recipe = recipe or _Recipe("detector")
+    budget = options.minutes * 60 if options.minutes else math.inf
+    started, elapsed_before, last_save = time.time(), state.elapsed, time.time()
+    bar = tqdm(total=options.iterations, initial=state.iteration, desc="spinelabel train", unit="it",
+               disable=not options.progress, dynamic_ncols=True)
+    model.train()
+    try:
+        while state.iteration < options.iterations and state.elapsed < budget:
+            progress = max(state.iteration / options.iterations, state.elapsed / budget)
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(progress, state.peak_lr)
+            loss = recipe.step(model, optimiser, sampler, options.batch)
+            state.iteration += 1
+            state.elapsed = elapsed_before + time.time() - started
+            bar.update(1)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if validation and state.iteration % options.eval_every == 0:
+                state.history.append({"iteration": state.iteration, **recipe.validate(model, validation)})
+            if time.time() - last_save > options.save_minutes * 60:
+                save_checkpoint(checkpoint, model, optimiser, state)
+                last_save = time.time()
+    finally:   # also on Ctrl-C: the next call continues from here
+        bar.close()
+        save_checkpoint(checkpoint, model, optimiser, state)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+def score_case(result, truth_codes: np.ndarray) -> dict:
+    """Found (3-D Dice >= 0.5), identified (VerSe: nearest centroid within 20 mm, same level), Dice
+    and centroid distance of the found bodies, for one detected and labelled case."""
+    codes = [int(c) for c in np.unique(truth_codes) if c and anatomy.name_of(int(c)) != "S1"]
+    predicted = [v for v in result.vertebrae if v.instance]
+    instances = result.instances
+    sizes = np.bincount(instances.ravel(), minlength=max([v.instance for v in predicted], default=0) + 1)
+    centres = np.array([v.centroid_ras for v in predicted]).reshape(-1, 3)
+    found, identified, dice, distance = 0, 0, [], []
+    for code in codes:
+        truth = truth_codes == code
+        centre = result.image.kji_to_ras(np.argwhere(truth).mean(axis=0))[0]
+        if predicted:
+            overlap = np.bincount(instances[truth], minlength=sizes.size)
+            scores = [2 * overlap[v.instance] / (sizes[v.instance] + truth.sum()) for v in predicted]
+            best = int(np.argmax(scores))
+            if scores[best] >= 0.5:
+                found += 1
+                dice.append(float(scores[best]))
+                distance.append(float(np.linalg.norm(centres[best] - centre)))
+            gaps = np.linalg.norm(centres - centre, axis=1)
+            nearest = int(gaps.argmin())
+            identified += bool(gaps[nearest] < 20.0 and predicted[nearest].level == anatomy.name_of(code))
+    return {"bodies": len(codes), "found": found, "identified": identified, "dice": dice,
+            "loc_error_mm": distance, "levels": [v.level for v in predicted]}
+
+
+def evaluate_model(loaded, cases: list) -> dict | None:
+    """Detection + labelling on each case; recall, identification rate, mean Dice and localisation error."""
+    from ..naming import labelling
+    from ..stages.locate import detect
+    from ..core.result import SpineResult
+    from ..core.volume import load_volume
+
+    if not cases:
+        return None
+    rows = []
+    for case in cases:
+        image = load_volume(case.image_path)
+        result = SpineResult(case.case_id, image=image)
+        modality = case.manifest_entry.get("modality")
+        modality = modality if modality in ("ct", "mr") else "auto"
+        if _Recipe.of(loaded, "detector").kind == "segmenter":
+            detect(result, None, modality, segmenter=loaded)      # behind the bundled detector
+        else:
+            detect(result, loaded, modality)
+        labelling.relabel_result(result)
+        rows.append({"case": case.case_id, **score_case(result, load_volume(case.label_path).array)})
+    bodies = sum(r["bodies"] for r in rows)
+
+    def mean(key):
+        values = [v for r in rows for v in r[key]]
+        return round(float(np.mean(values)), 3) if values else None
+
+    return {"cases": len(rows), "bodies": bodies,
+            "recall": round(sum(r["found"] for r in rows) / max(bodies, 1), 3),
+            "id_rate": round(sum(r["identified"] for r in rows) / max(bodies, 1), 3),
+            "dice": mean("dice"), "loc_error_mm": mean("loc_error_mm"),
+            "per_case": [{"case": r["case"], "bodies": r["bodies"], "found": r["found"],
+                          "identified": r["identified"], "levels": r["levels"]} for r in rows]}
+
+
+# --- model folder ---------------------------------------------------------------------------------
+def base_card(init, config, recipe: _Recipe | None = None) -> dict:
+    """Card fields describing what the model does (inherited from the initial model when there is one)."""
+    from ..models.maskrcnn.network import CLASS_NAMES
+
+    if init is not None:
+        return {k: v for k, v in init.card.items() if k not in _NOT_INHERITED}
+    if recipe is not None and recipe.kind == "segmenter":
+        return {"task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
+                "modality": ["ct", "mr"], "levels": []}
+    return {"task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
+            "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": list(CLASS_NAMES),
+            "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
+                      "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
+                      "slice_offset_voxels": config.slice_offset},
+            "normalisation": {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
+                              "ct": "Hounsfield window -250..1000 HU scaled to 0..1"}}
+
+
+def training_card(state: _State, options: TrainOptions, manifest_sha: str, cases: list, counts: dict) -> dict:
+    trained = [c.case_id for c in cases if c.case_id not in state.held_out] if counts["site_cases"] else []
+    old = options.old_data
+    return {
+        "base_model": state.init,
+        "training": {"kind": "fine-tuned" if state.init else "trained from scratch",
+                     "iterations": state.iteration, "training_minutes": round(state.elapsed / 60, 1),
+                     "peak_lr": state.peak_lr, "batch": options.batch,
+                     "draw_shares": counts["draw_shares"],
+                     "validation_history": state.history},
+        "training_data": {
+            "dataset": {"manifest_sha256": manifest_sha, "cases": len(cases), "trained_on": trained,
+                        "held_out": list(state.held_out)},
+            "phantoms": {"count": counts["phantoms"], "generator": "SpineLabelLib.phantom.generate_phantom",
+                         "recipe": "SpineLabelLib.training.detector.phantom_parameters"},
+            "old_data": None if old is None else {"folder": Path(old).name, "real_cases": counts["old_real_cases"]},
+        },
+    }
+
+
+# --- entry point ----------------------------------------------------------------------------------
+def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | None = None) -> dict:
+    """Train (or fine-tune with ``options.init``) on a dataset folder; write a model folder; return its card.
+
+    Continues from <out>/work/last.pt when present. Raises InputError / ModelError with one line.
+    """
+    import torch
+
+    from ..models.registry import load_model
+    from ..core.paths import safe_name
+
+    options = options or TrainOptions()
+    if options.iterations < 1 or not 0 <= options.holdout_fraction < 1:
+        raise InputError("iterations must be at least 1 and the held-out share between 0 and 1")
+    out = Path(out_dir)
+    cases, manifest_sha = read_dataset(dataset_dir)
+    init = load_model(options.init) if options.init else None
+    recipe = _Recipe.of(init, options.kind)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    work = out / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    held_out = split_held_out([c.case_id for c in cases], options.holdout_fraction)
+    model, optimiser, state = _start(options, init, load_checkpoint(work / CHECKPOINT), held_out, recipe)
+    config = model.config
+    prepared = prepare_cases(cases, state.held_out, work / "data", config.spacing_mm)
+    phantoms = make_phantoms(work / "phantoms", options.phantoms, config.spacing_mm, **options.phantom_options)
+    site = [prepared[c.case_id] for c in cases if c.case_id not in state.held_out]
+    pool, weights, counts = build_pool(site, options.old_data, phantoms, options, config.spacing_mm)
+    sampler = recipe.sampler(pool, config, options.seed + state.iteration, weights)
+    run_training(model, optimiser, sampler, state, options,
+                 recipe.validation(work / "data", config.slice_offset), work / CHECKPOINT, recipe)
+    card = {**base_card(init, config, recipe), "name": options.name or safe_name(out.resolve().name, "site-model"),
+            "version": options.version, **training_card(state, options, manifest_sha, cases, counts)}
+    return _write_model(out, model, card, init, [c for c in cases if c.case_id in state.held_out], options)
+
+
+def _write_model(out: Path, model, card: dict, init, held: list, options: TrainOptions) -> dict:
+    """Weights + card, then the held-out metrics of the written (reloaded) model added to the card."""
+    from ..models.cards import CARD_FILE, export_weights
+    from ..models.registry import load_model
+    from ..core.paths import atomic_write_text
+
+    card = export_weights(model.state_dict(), model.config, out, card)
+    metrics = {"cases": [c.case_id for c in held], "model": evaluate_model(load_model(out), held)}
+    if init is not None and options.evaluate_init:
+        metrics["base_model"] = evaluate_model(init, held)
+    card["held_out_metrics"] = metrics
+    text = json.dumps(card, indent=2)
+    atomic_write_text(out / CARD_FILE, text + "\n")
+    return json.loads(text)                 # exactly what is on disk
