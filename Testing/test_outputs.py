@@ -83,6 +83,18 @@ def test_tsv_with_schema_read_by_slicer_table_storage_node(spine_result, tmp_pat
     assert float(node.GetCellText(1, names.index("volume_mm3"))) == pytest.approx(1000.33, abs=1e-9)
 
 
+def test_encoded_table_types_units_and_cells():
+    rows = [{"level": "L1", "code": 20, "grade": 1, "ok": True, "volume_mm3": 1000.0 / 3, "lines": [1, 2]},
+            {"level": "L2", "code": 21, "grade": None, "ok": False, "volume_mm3": float("nan"), "lines": None}]
+    table = tables.encode_table(rows, ("level", "code"))
+    assert [(c.name, c.type, c.unit) for c in table.columns] == [
+        ("level", "string", ""), ("code", "int", ""), ("grade", "double", ""), ("ok", "bit", ""),
+        ("volume_mm3", "double", "mm3"), ("lines", "string", "")]
+    assert table.rows[0][table.names.index("volume_mm3")] == 333.333         # what the CSV prints
+    assert table.rows[1][table.names.index("volume_mm3")] is None
+    assert [row[table.names.index("lines")] for row in table.rows] == [None, None]   # a list is not a cell
+
+
 @pytest.mark.parametrize("value, text", [(None, ""), (float("nan"), ""), (float("inf"), ""), (3, "3"),
                                          (True, "1"), (2.0, "2"), (-0.000123456789, "-0.000123457"),
                                          (123456.789, "123457"), (np.float32(0.5), "0.5"), ("L1", "L1")])

@@ -99,21 +99,64 @@ def test_files_written_by_slicer_are_standard(mrml, tmp_path):
     assert not list(tmp_path.glob(".*part*"))                               # atomic writes left nothing
 
 
-def test_table_holds_measurements_with_units(mrml):
-    result = box_result()
-    result.measurements = [{"level": "L1", "code": 20, "height_anterior_mm": 21.5, "volume_mm3": 900.0,
-                            "ratios": {"wedge": 0.9}, "genant_grade": 0},
-                           {"level": "L2", "code": 21, "height_anterior_mm": None, "volume_mm3": 950.0,
-                            "ratios": {"wedge": 0.8}, "genant_grade": 1}]
+def _measured(result):
+    """Measurement rows as the measurement stage fills them: floats past 6 digits, None, NaN, numpy
+    scalars, a nested non-scalar (drawn lines), a key only one row has, an int column with a gap."""
+    result.measurements = []
+    for n, v in enumerate(result.vertebrae):
+        result.measurements.append({
+            "level": v.level, "code": v.code, "r_mm": v.centroid_ras[0], "a_mm": v.centroid_ras[1],
+            "s_mm": v.centroid_ras[2], "volume_mm3": 1000.0 + n / 3, "height_anterior_mm": 20.123456789,
+            "height_middle_mm": None, "height_posterior_mm": float("nan"), "height_loss_pct": 12.5 * n,
+            "genant_grade": n if n else None, "genant_type": "wedge", "confidence": np.float32(0.5),
+            "lines_ras": {"middle": ([0.0, 0.0, 1.0], [0.0, 0.0, -1.0])}})
+    result.measurements[-1]["radiomic_energy"] = 1.5e-7
+    return result
+
+
+def _node_cells(table_node) -> dict[str, list]:
+    """Column name -> cell values of a table node (NaN read as None, as the CSV reader does)."""
+    table = table_node.GetTable()
+    out = {}
+    for c in range(table.GetNumberOfColumns()):
+        array = table.GetColumn(c)
+        values = [array.GetValue(r) for r in range(array.GetNumberOfTuples())]
+        if array.GetClassName() == "vtkStringArray":
+            values = [v if v != "" else None for v in values]
+        else:
+            values = [None if isinstance(v, float) and np.isnan(v) else v for v in values]
+        out[array.GetName()] = values
+    return out
+
+
+def test_table_node_and_csv_carry_identical_columns_units_and_values(mrml, tmp_path):
+    from SpineLabelLib.io import tables
+
+    result = _measured(box_result())
     nodes = scene.result_to_nodes(mrml, result)
-    table = nodes.table
-    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-    assert names == ["level", "code", "height_anterior_mm", "volume_mm3", "ratios.wedge", "genant_grade"]
-    assert table.GetNumberOfRows() == 2
-    assert table.GetColumnUnitLabel("height_anterior_mm") == "mm"
-    assert table.GetColumnUnitLabel("volume_mm3") == "mm3"
-    assert table.GetCellText(1, 0) == "L2"
-    assert float(table.GetCellText(0, 2)) == pytest.approx(21.5)
+    csv_path = tables.write_measurements_csv(result, tmp_path / "m.csv")
+    header = csv_path.read_text().splitlines()[0].split(",")
+    rows = tables.read_csv_rows(csv_path)
+    cells = _node_cells(nodes.table)
+    assert list(cells) == header
+    assert "lines_ras" not in header and "radiomic_energy" in header
+    for name in header:
+        assert cells[name] == [row[name] for row in rows], name
+        assert nodes.table.GetColumnUnitLabel(name) == tables.unit_of(name)
+    units = {name: nodes.table.GetColumnUnitLabel(name) for name in ("level", "s_mm", "volume_mm3", "height_loss_pct")}
+    assert units == {"level": "", "s_mm": "mm", "volume_mm3": "mm3", "height_loss_pct": "%"}
+    table = nodes.table.GetTable()
+    assert table.GetColumnByName("code").GetClassName() == "vtkIntArray"
+    assert table.GetColumnByName("genant_grade").GetClassName() == "vtkDoubleArray"     # a gap: NaN
+    assert table.GetColumnByName("level").GetClassName() == "vtkStringArray"
+
+
+def test_table_node_without_measurements_lists_the_named_vertebrae(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    cells = _node_cells(nodes.table)
+    assert cells["level"] == result.levels
+    assert cells["s_mm"] == pytest.approx([v.centroid_ras[2] for v in result.vertebrae], abs=1e-3)
 
 
 def _erase_in_segment(nodes, mrml, level, kji_box):

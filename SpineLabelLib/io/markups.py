@@ -17,7 +17,8 @@ import numpy as np
 from ..core import anatomy
 from ..core.errors import InputError
 from ..core.paths import atomic_write_text
-from ..core.result import SOURCES, SpineResult, Vertebra
+from ..core.result import SpineResult, Vertebra
+from . import point_description
 
 SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
               "Schema/markups-schema-v1.0.3.json#")
@@ -29,18 +30,14 @@ SCHEMA_DIRS = [Path(__file__).resolve().parents[1] / "resources" / "schemas"]
 
 
 # --- writing ------------------------------------------------------------------------------
-def _description(vertebra: Vertebra) -> str:
-    """Score and provenance in words a person can read in Slicer's control point table."""
-    return f"score={vertebra.score:.3f}; source={vertebra.source}"
-
-
 def markups_dict(vertebrae: Iterable[Vertebra], name: str = "Vertebrae") -> dict:
     points = []
     for n, v in enumerate(vertebrae, start=1):
         if not np.all(np.isfinite(v.centroid_ras)):
             continue                                   # undefined points would break the schema
         points.append({
-            "id": str(n), "label": v.level or "", "description": _description(v), "associatedNodeID": "",
+            "id": str(n), "label": v.level or "", "description": point_description.encode(v, with_instance=False),
+            "associatedNodeID": "",
             "position": [float(x) for x in v.centroid_ras * _FLIP],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],   # identity in RAS, as LPS
             "selected": True, "locked": bool(v.locked), "visibility": True, "positionStatus": "defined",
@@ -81,18 +78,6 @@ def _level(label: str) -> str:
     return label if label in anatomy.CODE_BY_NAME else ""
 
 
-def _parse_description(text: str) -> dict:
-    fields = dict(re.findall(r"(\w+)=([^;]+)", str(text or "")))
-    out = {}
-    try:
-        out["score"] = float(fields["score"])
-    except (KeyError, ValueError):
-        pass
-    if fields.get("source", "").strip() in SOURCES:
-        out["source"] = fields["source"].strip()
-    return out
-
-
 def _point_to_vertebra(path: Path, point: dict, to_ras: np.ndarray, scale: float) -> Vertebra | None:
     if str(point.get("positionStatus", "defined")) != "defined":
         return None
@@ -105,8 +90,10 @@ def _point_to_vertebra(path: Path, point: dict, to_ras: np.ndarray, scale: float
         raise InputError(f"{path}: control point {point.get('label', '')!r} has a non-numeric position") from None
     if not np.all(np.isfinite(ras)):
         return None
-    extra = {"score": 1.0, "source": "manual", **_parse_description(point.get("description", ""))}
-    return Vertebra(_level(point.get("label", "")), ras, locked=bool(point.get("locked", False)), **extra)
+    described = point_description.decode(point.get("description", ""))
+    return Vertebra(_level(point.get("label", "")), ras, locked=bool(point.get("locked", False)),
+                    score=1.0 if described.score is None else described.score,
+                    source=described.source or "manual")
 
 
 def read_markups(path: str | os.PathLike) -> list[Vertebra]:

@@ -1,4 +1,8 @@
-"""Measurement and distance tables: CSV for people and spreadsheets, TSV + schema for Slicer.
+"""Measurement and distance tables: one encoder for the CSV files, the TSV + schema and Slicer's table node.
+
+`encode_table` turns row dicts into a `Table` (columns with unit and type, rows of cell values);
+every writer renders that one `Table`, so the CSV a pipeline run writes and the table a person sees
+in Slicer (`slicer_adapter.scene.update_table`) carry the same columns, units and values.
 
 Columns come from the measurement dicts: a fixed leading set in a fixed order, then any other key in
 first-seen order. Cells: numbers with 6 significant digits (no exponent), empty for None/NaN, values
@@ -10,6 +14,7 @@ import csv
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,7 +27,27 @@ from ..core.result import SpineResult
 MEASUREMENT_COLUMNS = ("level", "code", "r_mm", "a_mm", "s_mm", "volume_mm3",
                        "height_anterior_mm", "height_middle_mm", "height_posterior_mm")
 DISTANCE_COLUMNS = ("upper", "lower", "anterior_distance_mm", "middle_distance_mm", "posterior_distance_mm")
-UNIT_SUFFIXES = (("_mm3", "mm3"), ("_mm2", "mm2"), ("_mm", "mm"), ("_deg", "deg"), ("_s", "s"))
+UNIT_SUFFIXES = (("_mm3", "mm3"), ("_mm2", "mm2"), ("_mm", "mm"), ("_deg", "deg"), ("_pct", "%"), ("_s", "s"))
+COLUMN_TYPES = ("string", "int", "double", "bit")      # the type names of Slicer's table schema
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    unit: str                      # '' for none
+    type: str                      # one of COLUMN_TYPES
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns and rows of cells; a cell is None (empty), bool, int, float (6 significant digits) or str."""
+
+    columns: tuple[Column, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
 
 
 def _is_scalar(value: Any) -> bool:
@@ -31,12 +56,30 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, np.generic))
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.item()
+    return value
+
+
+def _six_digits(value: float) -> str:
+    if value == 0:
+        return "0"
+    return np.format_float_positional(value, precision=6, unique=False, fractional=False, trim="-")
+
+
+def cell_value(value: Any) -> Any:
+    """The value a table carries for ``value``: what `format_cell` prints, as a number or text."""
+    value = _plain(value)
+    if isinstance(value, float):
+        return float(_six_digits(value)) if math.isfinite(value) else None
+    return value
+
+
 def format_cell(value: Any) -> str:
     """A CSV cell: '' for None/NaN, integers as integers, floats to 6 significant digits."""
-    if isinstance(value, np.ndarray):
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = _plain(value)
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -44,15 +87,15 @@ def format_cell(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return ""
-        if value == 0:
-            return "0"
-        return np.format_float_positional(value, precision=6, unique=False, fractional=False, trim="-")
+        return _six_digits(value) if math.isfinite(value) else ""
     return str(value)
 
 
-def table_columns(rows: Iterable[dict], leading: Iterable[str] = ()) -> list[str]:
+def unit_of(column: str) -> str:
+    return next((unit for suffix, unit in UNIT_SUFFIXES if column.endswith(suffix)), "")
+
+
+def _column_names(rows: list[dict], leading: Iterable[str]) -> list[str]:
     """Leading columns, then every other scalar-valued key in first-seen order."""
     columns = list(leading)
     for row in rows:
@@ -62,18 +105,24 @@ def table_columns(rows: Iterable[dict], leading: Iterable[str] = ()) -> list[str
     return columns
 
 
-def _render(rows: list[dict], columns: list[str], delimiter: str) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([format_cell(row.get(c)) if _is_scalar(row.get(c)) else "" for c in columns])
-    return buffer.getvalue()
+def _column_type(cells: list[Any]) -> str:
+    """'int' only without empty cells: an integer array has no value meaning 'missing' (doubles have NaN)."""
+    values = [c for c in cells if c is not None]
+    if values and all(isinstance(v, bool) for v in values):
+        return "bit" if len(values) == len(cells) else "string"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int" if len(values) == len(cells) else "double"
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "double"
+    return "string"
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike, leading: Iterable[str] = ()) -> Path:
+def encode_table(rows: Iterable[dict], leading: Iterable[str] = ()) -> Table:
     rows = list(rows)
-    return atomic_write_text(path, _render(rows, table_columns(rows, leading), ","))
+    names = _column_names(rows, leading)
+    cells = [tuple(cell_value(r.get(n)) if _is_scalar(r.get(n)) else None for n in names) for r in rows]
+    columns = tuple(Column(n, unit_of(n), _column_type([row[i] for row in cells])) for i, n in enumerate(names))
+    return Table(columns, tuple(cells))
 
 
 def measurement_rows(result: SpineResult) -> list[dict]:
@@ -93,44 +142,52 @@ def measurement_rows(result: SpineResult) -> list[dict]:
     return rows
 
 
+def measurement_table(result: SpineResult) -> Table:
+    """The measurements of a case as the CSV file and the Slicer table node both show them."""
+    return encode_table(measurement_rows(result), MEASUREMENT_COLUMNS)
+
+
+def distance_table(result: SpineResult) -> Table:
+    return encode_table(result.distances, DISTANCE_COLUMNS)
+
+
+# --- text files ---------------------------------------------------------------------------
+def _render(header: list[str], rows: Iterable[Iterable[Any]], delimiter: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([format_cell(cell) for cell in row])
+    return buffer.getvalue()
+
+
+def write_table_csv(table: Table, path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, _render(table.names, table.rows, ","))
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike, leading: Iterable[str] = ()) -> Path:
+    return write_table_csv(encode_table(rows, leading), path)
+
+
 def write_measurements_csv(result: SpineResult, path: str | os.PathLike) -> Path:
-    return write_csv(measurement_rows(result), path, MEASUREMENT_COLUMNS)
+    return write_table_csv(measurement_table(result), path)
 
 
 def write_distances_csv(result: SpineResult, path: str | os.PathLike) -> Path:
-    return write_csv(result.distances, path, DISTANCE_COLUMNS)
-
-
-# --- Slicer table (TSV + schema) ---------------------------------------------------------
-def unit_of(column: str) -> str:
-    return next((unit for suffix, unit in UNIT_SUFFIXES if column.endswith(suffix)), "")
-
-
-def _column_type(rows: list[dict], column: str) -> str:
-    values = [r.get(column) for r in rows if r.get(column) is not None]
-    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
-        return "bit"
-    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return "int"
-    if values and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
-        return "double"
-    return "string"
+    return write_table_csv(distance_table(result), path)
 
 
 def write_table_tsv(rows: list[dict], path: str | os.PathLike, leading: Iterable[str] = (),
                     descriptions: dict[str, str] | None = None) -> Path:
     """A `.tsv` table plus the `<name>.schema.tsv` sidecar Slicer reads for types and units."""
-    rows = list(rows)
+    table = encode_table(rows, leading)
     path = Path(path)
-    columns = table_columns(rows, leading)
     descriptions = descriptions or {}
-    schema_rows = [{"columnName": c, "unitLabel": unit_of(c), "description": descriptions.get(c, ""),
-                    "type": _column_type(rows, c), "componentNames": ""} for c in columns]
+    schema = [(c.name, c.unit, descriptions.get(c.name, ""), c.type, "") for c in table.columns]
     stem = path.name[: -len(".tsv")] if path.name.lower().endswith(".tsv") else path.stem
-    schema_path = path.with_name(f"{stem}.schema.tsv")
-    atomic_write_text(schema_path, _render(schema_rows, ["columnName", "unitLabel", "description", "type",
-                                                         "componentNames"], "\t"))
-    return atomic_write_text(path, _render(rows, columns, "\t"))
+    atomic_write_text(path.with_name(f"{stem}.schema.tsv"),
+                      _render(["columnName", "unitLabel", "description", "type", "componentNames"], schema, "\t"))
+    return atomic_write_text(path, _render(table.names, table.rows, "\t"))
 
 
 # --- reading ------------------------------------------------------------------------------

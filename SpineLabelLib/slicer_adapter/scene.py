@@ -9,15 +9,16 @@ How nodes map to a result:
   terminology tag, fixed colour, reference geometry = the volume. Each segment also carries the tag
   ``SpineLabel.Instance`` (the body's value in ``result.instances``) so a relabelled point keeps its mask.
 - point list: one control point per vertebra, label = level, ``locked`` kept, description
-  ``score=...; source=...; instance=...``, associated node = the segmentation.
-- table: ``result.measurements`` with units.
+  ``score=...; source=...; instance=...`` (`io.point_description`), associated node = the segmentation.
+- table: the measurement table of `io.tables` (the CSV's columns, units and values).
 
 Reading back (`nodes_to_result`) takes what a person did in the views: moved, relabelled, added or
-deleted points, painted or erased masks; the difference to the previous result goes to its record.
+deleted points, painted or erased masks. This module only translates nodes into plain records
+(`read_records`); reconciling them with the previous result (which point owns which mask, instance
+numbers, the correction record) is `correction.reconcile`, engine code that needs no Slicer.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ import numpy as np
 from ..core import anatomy
 from ..core.result import SpineResult, Vertebra
 from ..core.volume import Volume
+from ..correction.reconcile import PointRecord, SceneRecords, SegmentRecord, reconcile
+from ..io import point_description, tables
 
 INSTANCE_TAG = "SpineLabel.Instance"
 SEGMENTATION_ROLE_TAG = "SpineLabel.Role"
@@ -164,15 +167,11 @@ def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> Non
             segment.SetTag(segment.GetTerminologyEntryTagName(), anatomy.terminology_entry(v.level))
 
 
-def _description(v: Vertebra) -> str:
-    return f"score={v.score:.3f}; source={v.source}; instance={v.instance}"
-
-
 def _fill_points(points_node, result: SpineResult, associated_id: str) -> None:
     points_node.RemoveAllControlPoints()
     for v in result.vertebrae:
         index = points_node.AddControlPoint(*[float(c) for c in v.centroid_ras], v.level or "")
-        points_node.SetNthControlPointDescription(index, _description(v))
+        points_node.SetNthControlPointDescription(index, point_description.encode(v))
         points_node.SetNthControlPointLocked(index, bool(v.locked))
         if associated_id:
             points_node.SetNthControlPointAssociatedNodeID(index, associated_id)
@@ -212,82 +211,52 @@ def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNo
 
 
 # --- table ------------------------------------------------------------------------------------
-def _unit(column: str) -> str:
-    for suffix, unit in (("_mm3", "mm3"), ("_mm2", "mm2"), ("_mm", "mm"), ("_deg", "deg"), ("_percent", "%")):
-        if column.endswith(suffix):
-            return unit
-    return ""
+_VTK_ARRAY_CLASS = {"string": "vtkStringArray", "int": "vtkIntArray", "double": "vtkDoubleArray",
+                    "bit": "vtkBitArray"}
 
 
-def _flat_row(row: dict) -> dict[str, Any]:
-    """Scalars as they are; nested dicts as 'key.sub'; lists joined (the table holds text)."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in _flat_row(value).items()})
-        elif isinstance(value, (list, tuple, np.ndarray)):
-            out[key] = " ".join(str(x) for x in np.ravel(value))
+def _vtk_column(column, cells: list) -> Any:
+    """One table column as the VTK array its schema type names (missing numbers as NaN)."""
+    import vtk
+
+    array = getattr(vtk, _VTK_ARRAY_CLASS[column.type])()
+    array.SetName(column.name)
+    array.SetNumberOfValues(len(cells))
+    for n, cell in enumerate(cells):
+        if column.type == "string":
+            array.SetValue(n, tables.format_cell(cell))
+        elif column.type == "double":
+            array.SetValue(n, float("nan") if cell is None else float(cell))
         else:
-            out[key] = value
-    return out
-
-
-def _cell_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    return str(value)
+            array.SetValue(n, int(cell))
+    return array
 
 
 def update_table(table_node, result: SpineResult) -> None:
-    """Fill the table with one row per measured vertebra; numeric columns get units (mm, mm3)."""
-    import vtk
-
-    rows = [_flat_row(r) for r in result.measurements]
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    """Fill the table with the measurements exactly as the CSV holds them (`io.tables.measurement_table`)."""
+    table = tables.measurement_table(result)
     table_node.RemoveAllColumns()
-    for column in columns:
-        numeric = all(isinstance(r.get(column), (int, float, np.integer, np.floating, type(None))) and
-                      not isinstance(r.get(column), bool) for r in rows)
-        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
-        array.SetName(column)
-        array.SetNumberOfValues(len(rows))
-        for n, row in enumerate(rows):
-            value = row.get(column)
-            if numeric:
-                array.SetValue(n, float("nan") if value is None else float(value))
-            else:
-                array.SetValue(n, _cell_text(value))
-        table_node.AddColumn(array)
-        if _unit(column):
-            table_node.SetColumnUnitLabel(column, _unit(column))
+    for index, column in enumerate(table.columns):
+        table_node.AddColumn(_vtk_column(column, [row[index] for row in table.rows]))
+        if column.unit:
+            table_node.SetColumnUnitLabel(column.name, column.unit)
     table_node.Modified()
 
 
-# --- nodes -> result --------------------------------------------------------------------------
-_FIELD = re.compile(r"\s*([A-Za-z_]+)\s*=\s*([^;]*)")
-
-
-def _parse_description(text: str) -> dict[str, str]:
-    return {k: v.strip() for k, v in _FIELD.findall(text or "")}
-
-
-def _read_points(points_node) -> list[dict]:
-    """Defined control points as dicts: label, position (RAS, node coordinates), locked, description fields."""
-    out = []
+# --- nodes -> records -> result -------------------------------------------------------------
+def read_points(points_node) -> list[PointRecord]:
+    """Defined control points (RAS, node coordinates) as records; undefined ones are skipped."""
     if points_node is None:
-        return out
+        return []
+    out = []
     position = [0.0, 0.0, 0.0]
     for i in range(points_node.GetNumberOfControlPoints()):
         if points_node.GetNthControlPointPositionStatus(i) != points_node.PositionDefined:
             continue
         points_node.GetNthControlPointPosition(i, position)
-        out.append({"label": points_node.GetNthControlPointLabel(i).strip(), "ras": np.array(position, float),
-                    "locked": bool(points_node.GetNthControlPointLocked(i)),
-                    **_parse_description(points_node.GetNthControlPointDescription(i))})
+        out.append(PointRecord(points_node.GetNthControlPointLabel(i).strip(), np.array(position, float),
+                               bool(points_node.GetNthControlPointLocked(i)),
+                               points_node.GetNthControlPointDescription(i) or ""))
     return out
 
 
@@ -317,15 +286,9 @@ def _export_segments(scene, seg_node, volume_node) -> tuple[list[str], np.ndarra
     return ids, labels
 
 
-def _segment_info(seg_node, ids: list[str]) -> list[dict]:
-    out = []
-    for position, segment_id in enumerate(ids, start=1):
-        segment = seg_node.GetSegmentation().GetSegment(segment_id)
-        instance = _int_tag(segment, INSTANCE_TAG)
-        name = segment.GetName().strip()
-        level = name if name in anatomy.CODE_BY_NAME else ""
-        out.append({"id": segment_id, "position": position, "instance": instance, "level": level})
-    return out
+def _segment_record(segment, segment_id: str) -> SegmentRecord:
+    return SegmentRecord(segment_id, segment.GetName().strip(), int(segment.GetLabelValue()),
+                         _int_tag(segment, INSTANCE_TAG))
 
 
 def _int_tag(segment, name: str) -> int:
@@ -339,6 +302,25 @@ def _int_tag(segment, name: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
+def read_records(nodes, scene=None) -> SceneRecords:
+    """The case as the views show it: image, points, segments and their voxels, as plain records."""
+    nodes = _as_nodes(nodes)
+    scene = scene or nodes.volume.GetScene()
+    image = node_to_volume(nodes.volume)
+    if nodes.segmentation is None:
+        return SceneRecords(image, read_points(nodes.points), [], np.zeros(image.array.shape, np.uint16))
+    ids, segment_map = _export_segments(scene, nodes.segmentation, nodes.volume)
+    segmentation = nodes.segmentation.GetSegmentation()
+    segments = [_segment_record(segmentation.GetSegment(i), i) for i in ids]
+    return SceneRecords(image, read_points(nodes.points), segments, segment_map)
+
+
+def tag_instances(seg_node, instance_tags: dict[str, int]) -> None:
+    """Tag segments with their vertebra's instance, so the next reading pairs them the same way."""
+    for segment_id, instance in instance_tags.items():
+        seg_node.GetSegmentation().GetSegment(segment_id).SetTag(INSTANCE_TAG, str(instance))
+
+
 def _as_nodes(nodes) -> SceneNodes:
     if isinstance(nodes, SceneNodes):
         return nodes
@@ -348,144 +330,14 @@ def _as_nodes(nodes) -> SceneNodes:
 def nodes_to_result(nodes, previous: SpineResult | None = None, scene=None) -> SpineResult:
     """Read the scene (after a person edited it) into a new `SpineResult`; record changes vs ``previous``.
 
-    Points give levels, positions and locks; segments give masks. A point and a segment belong to the
-    same vertebra when the point's ``instance=`` matches the segment's instance tag, else when the
-    point's label equals the segment's name. Segments without a point become vertebrae whose centroid
-    is the mask's centre; points without a segment are maskless vertebrae.
+    The rules (which point owns which segment, instance numbers, the record) are
+    `correction.reconcile.reconcile`; here the nodes are only read and the new instance tags written.
     """
-    from ..correction.edits import diff_results
-
     nodes = _as_nodes(nodes)
-    scene = scene or nodes.volume.GetScene()
-    image = node_to_volume(nodes.volume)
-    ids, positions = (_export_segments(scene, nodes.segmentation, nodes.volume) if nodes.segmentation is not None
-                      else ([], np.zeros(image.array.shape, np.uint16)))
-    segments = _segment_info(nodes.segmentation, ids) if ids else []
-    vertebrae, claimed = _link_points(_read_points(nodes.points), segments)
-    vertebrae += _unlinked_segments(segments, claimed, vertebrae)
-    instances = _renumber(positions, segments, vertebrae, previous)
-    _stamp_instances(nodes.segmentation, segments, vertebrae)
-    result = _new_result(previous, image, vertebrae, instances)
-    _finish_new_segments(result)
-    if previous is not None:
-        for change in diff_results(previous, result):
-            result.record(change.pop("action"), **change, origin="scene")
-    return result
-
-
-def _link_points(points: list[dict], segments: list[dict]) -> tuple[list[Vertebra], set[int]]:
-    """Vertebrae from points; each linked segment's list position is stashed in ``_position``."""
-    by_instance = {s["instance"]: s for s in segments if s["instance"]}
-    claimed: set[int] = set()
-    vertebrae = []
-    for point in points:
-        instance = int(point["instance"]) if point.get("instance", "").isdigit() else 0
-        segment = by_instance.get(instance) if instance else None
-        if segment is None or segment["position"] in claimed:
-            segment = next((s for s in segments if s["position"] not in claimed and point["label"]
-                            and s["level"] == point["label"]), None)
-        level = point["label"] if point["label"] in anatomy.CODE_BY_NAME else ""
-        score = float(point["score"]) if _is_number(point.get("score")) else 1.0
-        source = point.get("source") or "manual"
-        v = Vertebra(level, point["ras"], instance=0, score=score, source=source, locked=point["locked"])
-        v._position = segment["position"] if segment else 0          # type: ignore[attr-defined]
-        if segment:
-            claimed.add(segment["position"])
-        vertebrae.append(v)
-    return vertebrae, claimed
-
-
-def _is_number(text) -> bool:
-    try:
-        float(text)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _unlinked_segments(segments: list[dict], claimed: set[int], vertebrae: list[Vertebra]) -> list[Vertebra]:
-    """A segment a person painted without a point: a new vertebra (centroid filled in later)."""
-    taken = {v.level for v in vertebrae if v.level}
-    out = []
-    for s in segments:
-        if s["position"] in claimed:
-            continue
-        level = s["level"] if s["level"] not in taken else ""
-        v = Vertebra(level, np.zeros(3), instance=0, score=1.0, source="manual")
-        v._position = s["position"]                                  # type: ignore[attr-defined]
-        v._needs_centroid = True                                      # type: ignore[attr-defined]
-        taken.add(level)
-        out.append(v)
-    return out
-
-
-def _renumber(positions: np.ndarray, segments: list[dict], vertebrae: list[Vertebra],
-              previous: SpineResult | None) -> np.ndarray:
-    """Instance map with each vertebra's segment; instance numbers kept from the segment tags when free."""
-    by_position = {s["position"]: s for s in segments}
-    used: set[int] = set()
-    wanted = {}
-    for v in vertebrae:
-        s = by_position.get(getattr(v, "_position", 0))
-        if s and s["instance"] and s["instance"] not in used:
-            wanted[id(v)] = s["instance"]
-            used.add(s["instance"])
-    next_free = max(used | {previous.next_instance() - 1 if previous else 0}) + 1
-    lookup = np.zeros(len(segments) + 1, dtype=np.uint16)
-    for v in vertebrae:
-        position = getattr(v, "_position", 0)
-        if not position or not np.any(positions == position):
-            v.instance = 0
-            continue
-        if id(v) not in wanted:
-            wanted[id(v)] = next_free
-            next_free += 1
-        v.instance = wanted[id(v)]
-        lookup[position] = v.instance
-    return lookup[positions]
-
-
-def _stamp_instances(seg_node, segments: list[dict], vertebrae: list[Vertebra]) -> None:
-    """Tag segments a person painted with their vertebra's instance, so the next reading keeps it."""
-    by_position = {s["position"]: s for s in segments}
-    for v in vertebrae:
-        s = by_position.get(getattr(v, "_position", 0))
-        if s and v.instance and s["instance"] != v.instance:
-            seg_node.GetSegmentation().GetSegment(s["id"]).SetTag(INSTANCE_TAG, str(v.instance))
-
-
-def _finish_new_segments(result: SpineResult) -> None:
-    """Centroids of vertebrae made from a painted segment; drop those whose segment is empty."""
-    from scipy import ndimage
-
-    keep = []
-    for v in result.vertebrae:
-        if getattr(v, "_needs_centroid", False):
-            if not v.instance:
-                continue
-            centre = ndimage.center_of_mass(result.instances == v.instance)
-            v.centroid_ras = result.image.kji_to_ras(np.array(centre))[0]
-        for attribute in ("_position", "_needs_centroid"):
-            if hasattr(v, attribute):
-                delattr(v, attribute)
-        keep.append(v)
-    result.vertebrae = keep
-
-
-def _new_result(previous: SpineResult | None, image: Volume, vertebrae: list[Vertebra],
-                instances: np.ndarray) -> SpineResult:
-    """A result carrying the previous one's case facts (id, input, models, record) with the scene's content."""
-    if previous is None:
-        from ..core.paths import safe_name
-
-        return SpineResult(safe_name(image.metadata.get("name", "")), image, vertebrae, instances)
-    import copy
-
-    return SpineResult(previous.case_id, image, vertebrae, instances, previous.modality,
-                       previous.input_path, previous.input_sha256, copy.deepcopy(previous.models),
-                       dict(previous.timings), list(previous.warnings), [], [],
-                       copy.deepcopy(previous.corrections), copy.deepcopy(previous.extras))
-
+    reconciled = reconcile(read_records(nodes, scene), previous)
+    if nodes.segmentation is not None:
+        tag_instances(nodes.segmentation, reconciled.instance_tags)
+    return reconciled.result
 
 
 # --- files through Slicer's storage nodes (work in Slicer and under slicer-core) ---------------
