@@ -3,16 +3,16 @@
     python bench/detect_eval.py [--model NAME_OR_DIR] [--suites real,ct,mr,fractures] [--limit N]
         [--segmenter auto|none|NAME_OR_DIR] [--input-mode slices|mip]
 
-Metrics per suite (VerSe conventions where they exist):
+Metrics per suite (definitions in SpineLabelLib/training/evaluation.py, shared with training validation):
   recall        ground-truth bodies matched by a detected body (3-D Dice >= 0.5)
   precision     detected bodies matching a ground-truth body, counting only detections inside the
                 annotated superior-inferior range (real MRI labels only L1-L5 or T11-L5; a correctly
                 found T12 or sacrum is not a false positive); precision_all counts every detection
-  id_rate       VerSe identification: the closest detection to a ground-truth centroid has the same
-                level and lies within 20 mm (after the order-respecting labelling; id_rate_argmax
-                uses the detector's own most probable class)
+  id_rate       VerSe identification: a detection labelled L identifies ground-truth body L when that is
+                the ground-truth body closest to it and lies < 20 mm away (after the order-respecting
+                labelling; id_rate_argmax uses the detector's own most probable class)
   loc_error_mm  centroid distance for matched bodies
-  dice          per matched body on the input grid
+  dice          per matched body on the input grid (mean; dice_min the worst)
   ap75_body / map75_levels  2-D average precision at mask IoU 0.75 on sagittal slices through the
                 spine (class-agnostic, and averaged over levels with the class required)
   seconds, cpu_seconds, peak_rss_gb per case (the machine is shared; cpu_seconds is load-independent)
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 from SpineLabelLib.core import anatomy  # noqa: E402
 from SpineLabelLib.core.result import SpineResult  # noqa: E402
 from SpineLabelLib.core.volume import Volume, load_volume, resample_to_canonical  # noqa: E402
+from SpineLabelLib.training import evaluation  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
-EVALUATED = [n for n in anatomy.ORDER if n != "S1"]
 
 
 # --- cases ------------------------------------------------------------------------------------
@@ -74,51 +74,20 @@ def phantom_cases(suite: str, limit: int | None):
 
 # --- metrics ----------------------------------------------------------------------------------
 def evaluate_case(result: SpineResult, truth_codes: np.ndarray, argmax_levels: list[str]) -> dict:
-    image: Volume = result.image
-    codes = [int(c) for c in np.unique(truth_codes) if c and anatomy.name_of(int(c)) in EVALUATED]
-    truth_centroids = {c: image.kji_to_ras(np.argwhere(truth_codes == c).mean(axis=0))[0] for c in codes}
-    predicted = [v for v in result.vertebrae if v.instance]
-    dice_rows = []
-    matched_pred = set()
-    for code in codes:
-        truth = truth_codes == code
-        best, best_dice = None, 0.0
-        for n, v in enumerate(predicted):
-            mask = result.instances == v.instance
-            overlap = np.logical_and(mask, truth).sum()
-            if overlap:
-                dice = 2 * overlap / (mask.sum() + truth.sum())
-                if dice > best_dice:
-                    best, best_dice = n, dice
-        if best is not None and best_dice >= 0.5:
-            matched_pred.add(best)
-            error = float(np.linalg.norm(predicted[best].centroid_ras - truth_centroids[code]))
-            dice_rows.append({"level": anatomy.name_of(code), "dice": float(best_dice), "loc_error_mm": error})
-    # Detections inside the annotated superior-inferior range count towards precision.
-    s_values = image.kji_to_ras(np.argwhere(np.isin(truth_codes, codes))[::50])[:, 2] if codes else np.array([0.0])
-    top, bottom = s_values.max() + 5, s_values.min() - 5
-    inside = [n for n, v in enumerate(predicted) if bottom <= v.centroid_ras[2] <= top]
+    """The case's row: the shared rules of SpineLabelLib.training.evaluation, plus identification
+    with the detector's own most probable levels (``argmax_levels``, one per masked detection)."""
+    case = evaluation.evaluate_case(result, truth_codes)
+    truth = evaluation.truth_bodies(result.image, truth_codes)
+    scored = [v for v in result.vertebrae if v.instance]
+    argmax_hits = evaluation.identified(np.array([b.centroid_ras for b in truth]), [b.level for b in truth],
+                                        np.array([v.centroid_ras for v in scored]), argmax_levels)
     return {
-        "truth": len(codes), "detected": len(predicted), "inside_range": len(inside),
-        "matched": len(dice_rows), "matched_inside": len(matched_pred & set(inside)),
-        "matched_pred": len(matched_pred),
-        "identified": _identified(predicted, [v.level for v in predicted], truth_centroids),
-        "identified_argmax": _identified(predicted, argmax_levels, truth_centroids),
-        "bodies": dice_rows,
+        "truth": case.bodies, "detected": case.detected, "inside_range": case.inside_range,
+        "matched": case.found, "matched_inside": case.matched_inside, "matched_pred": case.matched_detections,
+        "identified": case.identified, "identified_argmax": int(argmax_hits.sum()),
+        "bodies": [{"level": m.level, "dice": m.dice, "loc_error_mm": m.loc_error_mm} for m in case.matches],
+        "evaluation": case,
     }
-
-
-def _identified(predicted, levels, truth_centroids) -> int:
-    """VerSe rule: the nearest detection is within 20 mm and carries the same level."""
-    if not predicted:
-        return 0
-    points = np.array([v.centroid_ras for v in predicted])
-    count = 0
-    for code, centre in truth_centroids.items():
-        distance = np.linalg.norm(points - centre, axis=1)
-        nearest = int(distance.argmin())
-        count += distance[nearest] < 20.0 and levels[nearest] == anatomy.name_of(code)
-    return count
 
 
 def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: str, every: int = 3):
@@ -135,7 +104,8 @@ def slice_detections(network, image: Volume, truth_codes: np.ndarray, modality: 
     for x in present[::every]:
         with torch_threads(1):
             detections = predict_slices(network, slice_stack(intensity, int(x), config.slice_offset)[None])[0]
-        truth = {int(c): labels[x] == c for c in np.unique(labels[x]) if c and anatomy.name_of(int(c)) in EVALUATED}
+        truth = {int(c): labels[x] == c for c in np.unique(labels[x])
+                 if c and anatomy.name_of(int(c)) not in evaluation.NOT_SCORED}
         rows = np.flatnonzero(np.isin(labels[x], list(truth)).any(axis=1)) if truth else np.array([0])
         records.append((detections, truth, rows.min() - 6, rows.max() + 6, labels.shape[1:]))
     return records
@@ -180,13 +150,15 @@ def average_precision(records, iou_needed: float = 0.75, level: str | None = Non
 # --- driver -----------------------------------------------------------------------------------
 def run_suite(name: str, cases, loaded, segmenter="auto", input_mode: str = "slices") -> dict:
     from SpineLabelLib.naming import labelling
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
+    from SpineLabelLib.core.options import RunOptions
 
     rows, records = [], []
     for case_id, image, truth in cases:
         result = SpineResult(case_id, image=image)
         wall, cpu = time.time(), time.process_time()
-        detect(result, loaded, segmenter=segmenter, input_mode=input_mode if result_is_ct(image) else "slices")
+        mode = input_mode if result_is_ct(image) else "slices"
+        find_bodies(result, RunOptions(segmenter=segmenter, input_mode=mode), detector=loaded)
         argmax_by_instance = {v.instance: v.level for v in result.vertebrae}
         labelling.relabel_result(result)
         seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
@@ -203,32 +175,25 @@ def run_suite(name: str, cases, loaded, segmenter="auto", input_mode: str = "sli
 
 
 def result_is_ct(image: Volume) -> bool:
-    from SpineLabelLib.models.maskrcnn.infer import guess_modality
+    from SpineLabelLib.stages.locate import guess_modality
 
     return guess_modality(image) == "ct"
 
 
 def summarise(rows, records) -> dict:
-    truth = sum(r["truth"] for r in rows)
-    bodies = [b for r in rows for b in r["bodies"]]
     levels = sorted({anatomy.name_of(c) for _, t, *_ in records for c in t}, key=anatomy.ORDER.index)
     per_level = [average_precision(records, 0.75, level) for level in levels]
+    shared = evaluation.summarise([r["evaluation"] for r in rows])
+    argmax = {"id_rate_argmax": _ratio(sum(r["identified_argmax"] for r in rows), shared["bodies"])}
+    at = list(shared).index("id_rate") + 1              # the report's key order: beside id_rate
     return {
-        "cases": len(rows), "bodies": truth,
-        "recall": _ratio(sum(r["matched"] for r in rows), truth),
-        "precision": _ratio(sum(r["matched_inside"] for r in rows), sum(r["inside_range"] for r in rows)),
-        "precision_all": _ratio(sum(r["matched_pred"] for r in rows), sum(r["detected"] for r in rows)),
-        "id_rate": _ratio(sum(r["identified"] for r in rows), truth),
-        "id_rate_argmax": _ratio(sum(r["identified_argmax"] for r in rows), truth),
-        "loc_error_mm": _mean([b["loc_error_mm"] for b in bodies]),
-        "dice": _mean([b["dice"] for b in bodies]),
-        "dice_min": round(min([b["dice"] for b in bodies]), 3) if bodies else None,
+        **dict(list(shared.items())[:at]), **argmax, **dict(list(shared.items())[at:]),
         "ap75_body": _round(average_precision(records, 0.75)),
         "map75_levels": _mean([p for p in per_level if p is not None]),
         "seconds_max": max(r["seconds"] for r in rows), "seconds_mean": _mean([r["seconds"] for r in rows]),
         "cpu_seconds_max": max(r["cpu_seconds"] for r in rows),
         "peak_rss_gb": max(r["peak_rss_gb"] for r in rows),
-        "per_case": [{k: v for k, v in r.items() if k != "bodies"} for r in rows],
+        "per_case": [{k: v for k, v in r.items() if k not in ("bodies", "evaluation")} for r in rows],
     }
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from SpineLabelLib.core import anatomy
 from SpineLabelLib.core.paths import atomic_write_text
 from SpineLabelLib.naming.labelling import assign_levels, region_scores_to_level_scores
+from SpineLabelLib.training import evaluation
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "keypoints" / "vid"
 PRIORS = Path(__file__).resolve().parents[1] / "SpineLabelLib" / "resources" / "labelling_priors.json"
@@ -58,15 +59,8 @@ def load_case(case: str) -> dict:
 
 
 def identification(gt_xyz, gt_levels, xyz, names) -> tuple[int, int]:
-    """(identified, total) by the VerSe rule."""
-    hits = 0
-    for g, level in enumerate(gt_levels):
-        for p in [p for p, n in enumerate(names) if n == level]:
-            dist = np.linalg.norm(gt_xyz - xyz[p], axis=1)
-            if dist[g] < 20 and int(np.argmin(dist)) == g:
-                hits += 1
-                break
-    return hits, len(gt_levels)
+    """(identified, total) by the VerSe rule (SpineLabelLib.training.evaluation.identified)."""
+    return int(evaluation.identified(gt_xyz, gt_levels, xyz, list(names)).sum()), len(gt_levels)
 
 
 def matched_scores(c: dict, xyz: np.ndarray) -> np.ndarray:

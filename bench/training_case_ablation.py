@@ -21,47 +21,32 @@ from report import write_report  # bench/report.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from SpineLabelLib.core import anatomy
 from SpineLabelLib.naming import labelling  # noqa: E402
-from SpineLabelLib.stages.locate import detect
+from SpineLabelLib.app.pipeline import find_bodies  # noqa: E402
+from SpineLabelLib.core.options import RunOptions  # noqa: E402
 from SpineLabelLib.models.maskrcnn import infer  # noqa: E402
 from SpineLabelLib.models.maskrcnn.data import split_real_cases  # noqa: E402
 from SpineLabelLib.core.result import SpineResult  # noqa: E402
 from SpineLabelLib.core.volume import load_volume  # noqa: E402
+from SpineLabelLib.training import evaluation  # noqa: E402
 
 MRI = REPO.parent / "shared" / "data" / "mri-lumbar"
 
 
 def identified(result: SpineResult, truth: np.ndarray) -> tuple[int, int]:
-    points = np.array([v.centroid_ras for v in result.vertebrae]).reshape(-1, 3)
-    codes = [int(c) for c in np.unique(truth) if c]
-    hits = 0
-    for code in codes:
-        centre = result.image.kji_to_ras(np.argwhere(truth == code).mean(axis=0))[0]
-        if len(points):
-            gaps = np.linalg.norm(points - centre, axis=1)
-            nearest = int(gaps.argmin())
-            hits += bool(gaps[nearest] < 20.0 and result.vertebrae[nearest].level == anatomy.name_of(code))
-    return hits, len(codes)
+    """(identified, scored bodies) by the shared VerSe rule (SpineLabelLib.training.evaluation)."""
+    case = evaluation.evaluate_case(result, truth)
+    return case.identified, case.bodies
 
 
 def body_dice(result: SpineResult, truth: np.ndarray) -> list[float]:
-    scores = []
-    for code in (int(c) for c in np.unique(truth) if c):
-        mine = truth == code
-        best = 0.0
-        for number in np.unique(result.instances[mine]):
-            if number:
-                theirs = result.instances == number
-                best = max(best, 2 * (mine & theirs).sum() / (mine.sum() + theirs.sum()))
-        if best >= 0.5:
-            scores.append(float(best))
-    return scores
+    """Dice of every found body (best overlap >= 0.5), by the shared rules."""
+    return [m.dice for m in evaluation.evaluate_case(result, truth).matches]
 
 
 def run(image, truth, model, padding_mm: float, segmenter: str) -> SpineResult:
     infer.EDGE_PADDING_MM = padding_mm
-    result = detect(SpineResult("case", image=image), model, segmenter=segmenter)
+    result = find_bodies(SpineResult("case", image=image), RunOptions(segmenter=segmenter), detector=model)
     labelling.relabel_result(result)
     return result
 
