@@ -13,6 +13,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from SpineLabelLib import dataset as ds
+from SpineLabelLib.dataset import lock
+from SpineLabelLib.dataset.corrections import _sanitised_actions
+from SpineLabelLib.io.summary import sha256_file
 from SpineLabelLib.core.errors import InputError, SpineLabelError
 from SpineLabelLib.core.result import SpineResult, Vertebra
 from SpineLabelLib.core.volume import Volume, load_volume, make_affine, save_volume
@@ -80,7 +83,7 @@ def test_export_reads_back_equal(tmp_path):
     assert sorted(dataset_json["labels"].values()) == list(range(29))              # consecutive, as nnU-Net requires
     assert dataset_json["spinelabel"]["levels_present"] == {"L1": 1, "L2": 1}
     entry = record.manifest_entry
-    assert entry["source_sha256"] == ds.sha256_file(image_path) and entry["source_hashed"] == "file"
+    assert entry["source_sha256"] == sha256_file(image_path) and entry["source_hashed"] == "file"
     assert entry["models"] == [{"name": "detector", "version": "1.2", "sha256": "ab" * 32}]
     assert entry["levels"] == ["L1", "L2"] and entry["replaced_previous"] is None
     assert "img0" not in (tmp_path / "set" / "manifest.jsonl").read_text()         # the input name is not recorded
@@ -124,7 +127,7 @@ def test_correction_record_is_summarised_without_free_text():
     summary = ds.corrections_from_record(record)
     assert summary["relabelled"] == [{"from": "L1", "to": "L2"}]
     assert (summary["deleted"], summary["added"], summary["voxels_changed"]) == (["S1"], ["T12"], {"S1": 120})
-    assert "DOE" not in json.dumps(ds._sanitised_actions(record))
+    assert "DOE" not in json.dumps(_sanitised_actions(record))
 
 
 def test_export_result_records_relabel_and_modality(tmp_path):
@@ -219,7 +222,7 @@ def test_label_values_that_are_not_level_codes_refused(tmp_path, bad):
 @pytest.mark.parametrize("portable", [False, True])
 def test_lock_excludes_a_second_holder(tmp_path, monkeypatch, portable):
     if portable:
-        monkeypatch.setattr(ds, "fcntl", None)          # the O_EXCL fallback used where fcntl is absent
+        monkeypatch.setattr(lock, "fcntl", None)        # the O_EXCL fallback used where fcntl is absent
     with ds.dataset_lock(tmp_path):
         with pytest.raises(ds.DatasetLockedError):
             with ds.dataset_lock(tmp_path, timeout=0.1):
@@ -242,7 +245,7 @@ def test_two_concurrent_exports_in_two_processes_both_land_intact(tmp_path):
     assert ds.validate_dataset(tmp_path / "set") == []
     by_source = {c.manifest_entry["source_sha256"]: c for c in ds.iter_dataset_cases(tmp_path / "set")}
     for image_path, _, image, labels in cases:
-        case = by_source[ds.sha256_file(image_path)]
+        case = by_source[sha256_file(image_path)]
         np.testing.assert_array_equal(load_volume(case.image_path).array, image.array)
         np.testing.assert_array_equal(load_volume(case.label_path, check_values=False).array, labels.array)
     assert json.loads((tmp_path / "set" / "dataset.json").read_text())["numTraining"] == 2
@@ -256,8 +259,7 @@ def test_process_killed_mid_export_leaves_dataset_as_it_was(tmp_path, point, rep
     ds.export_case(tmp_path / "set", first_image, first_labels)
     image, labels = (first_image, first_labels) if replace else write_case(tmp_path / "in", seed=2)[:2]
     before = snapshot(tmp_path / "set")
-    _, _, code = run_worker(tmp_path / "set", image, labels, *(["--replace"] if replace else []),
-                            env={ds.CRASH_ENV: point})
+    _, _, code = run_worker(tmp_path / "set", image, labels, *(["--replace"] if replace else []), "--crash-at", point)
     assert code == 97                                                  # died at the crash point
     assert ds.validate_dataset(tmp_path / "set", recover=False) != []   # the interruption is detected ...
     assert ds.validate_dataset(tmp_path / "set") == []                 # ... and rolled back
@@ -269,7 +271,7 @@ def test_process_killed_mid_export_leaves_dataset_as_it_was(tmp_path, point, rep
 
 def test_process_killed_after_commit_keeps_the_case(tmp_path):
     image, labels, _, _ = write_case(tmp_path / "in")
-    _, _, code = run_worker(tmp_path / "set", image, labels, env={ds.CRASH_ENV: "manifest"})
+    _, _, code = run_worker(tmp_path / "set", image, labels, "--crash-at", "manifest")
     assert code == 97
     assert ds.validate_dataset(tmp_path / "set") == []                 # recovery finishes dataset.json
     assert [c.case_id for c in ds.iter_dataset_cases(tmp_path / "set")] == ["spl_0001"]
@@ -300,11 +302,11 @@ def test_failing_rename_rolls_back_in_process(tmp_path, monkeypatch, replace):
             raise OSError(28, "No space left on device")
         return real_replace(source, target)
 
-    monkeypatch.setattr(ds.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(SpineLabelError) as failed:
         ds.export_case(tmp_path / "set", image_path, label_path, replace=replace)
     assert "left as it was" in str(failed.value)
-    monkeypatch.setattr(ds.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert snapshot(tmp_path / "set") == before
     assert ds.validate_dataset(tmp_path / "set") == []
 

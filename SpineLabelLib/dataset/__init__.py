@@ -40,7 +40,6 @@ lock), `journal` (staging, commit, `recover_dataset`), `reading` (`iter_dataset_
 """
 from __future__ import annotations
 
-import os  # noqa: F401  (the tests patch SpineLabelLib.dataset.os.replace)
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,18 +48,19 @@ import numpy as np
 
 from ..core import anatomy
 from ..core.errors import InputError, SpineLabelError
-from ..io.summary import sha256_file  # noqa: F401  (re-exported: the tests hash inputs as the manifest does)
 from ..core.volume import Volume
 from .corrections import _sanitised_actions, _sanitised_models, corrections_from_maps, corrections_from_record
 from .inputs import _prepare, _Prepared, markups_document, source_sha256
-from .journal import CRASH_ENV, INTENT, _commit, _discard_staging, _history_dir, _stage, recover_dataset
-from .layout import _CASE_RE, CASE_PREFIX, CENTROIDS, DATASET_JSON, FILE_ENDING, FORMAT_VERSION, GEOMETRY_TOLERANCE_MM, HISTORY, IMAGES, LABELS, LOCK_NAME, MANIFEST, ORIGINAL, STAGING_PREFIX, DatasetCase, ExportRecord, PathLike, _utc_now, case_files, cases_on_disk
-from .lock import LOCK_TIMEOUT_S, STALE_EXCL_LOCK_S, DatasetLockedError, dataset_lock, fcntl
+from .journal import INTENT, _commit, _discard_staging, _history_dir, _stage, recover_dataset
+from .layout import (_CASE_RE, CASE_PREFIX, CENTROIDS, DATASET_JSON, FILE_ENDING, FORMAT_VERSION, GEOMETRY_TOLERANCE_MM,
+                     HISTORY, IMAGES, LABELS, LOCK_NAME, MANIFEST, ORIGINAL, STAGING_PREFIX, DatasetCase, ExportRecord,
+                     PathLike, _utc_now, case_files, cases_on_disk)
+from .lock import LOCK_TIMEOUT_S, STALE_EXCL_LOCK_S, DatasetLockedError, dataset_lock
 from .manifest import _write_dataset_json, build_dataset_json, latest_entries, nnunet_labels, read_manifest
 from .reading import iter_dataset_cases, read_centroids, validate_dataset
 
 __all__ = [
-    "CASE_PREFIX", "CENTROIDS", "CRASH_ENV", "DATASET_JSON", "FILE_ENDING", "FORMAT_VERSION",
+    "CASE_PREFIX", "CENTROIDS", "DATASET_JSON", "FILE_ENDING", "FORMAT_VERSION",
     "GEOMETRY_TOLERANCE_MM", "HISTORY", "IMAGES", "INTENT", "LABELS", "LOCK_NAME", "LOCK_TIMEOUT_S", "MANIFEST",
     "ORIGINAL", "STAGING_PREFIX", "STALE_EXCL_LOCK_S", "DatasetCase", "DatasetLockedError", "ExportRecord",
     "PathLike", "build_dataset_json", "case_files", "cases_on_disk", "corrections_from_maps",

@@ -19,15 +19,6 @@ from .lock import LOCK_TIMEOUT_S, dataset_lock
 from .manifest import _append_manifest, _repair_manifest_tail, _write_dataset_json, read_manifest
 
 INTENT = "intent.json"
-CRASH_ENV = "SPINELABEL_TEST_CRASH_AT"  # test hook: os._exit() at a named point of the commit
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: simulate a killed process at a named point (no cleanup, no exception handlers)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(97)
-
-
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError, AttributeError):   # not possible on Windows; harmless to skip
         fd = os.open(path, os.O_RDONLY)
@@ -69,21 +60,15 @@ def _history_dir(dataset: Path, case_id: str) -> str:
 def _commit(dataset: Path, staging: Path, intent: dict, entry: dict) -> None:
     """Move previous files to history, staged files into place, then append the manifest line."""
     atomic_write_text(staging / INTENT, json.dumps(intent))   # journal first: recovery needs it
-    _crash_point("staged")
     for rel, history in intent["previous"].items():
         (dataset / history).parent.mkdir(parents=True, exist_ok=True)
         os.replace(dataset / rel, dataset / history)
-    _crash_point("history")
-    for n, (rel, name) in enumerate(intent["files"].items()):
+    for rel, name in intent["files"].items():
         (dataset / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, dataset / rel)
-        if n == 0:
-            _crash_point("placed-1")
     for folder in {(dataset / rel).parent for rel in intent["files"]} | {dataset}:
         _fsync_dir(folder)
-    _crash_point("placed")
     _append_manifest(dataset, entry)
-    _crash_point("manifest")
 
 
 def _discard_staging(staging: Path) -> None:

@@ -11,7 +11,7 @@ from .layout import LOCK_NAME, _utc_now
 
 try:  # POSIX; absent on Windows (Slicer there), where an O_EXCL lock file is used instead
     import fcntl
-except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+except ImportError:  # pragma: no cover - the fallback is tested by setting this module's fcntl to None
     fcntl = None
 
 LOCK_TIMEOUT_S = 120.0
@@ -32,7 +32,7 @@ def dataset_lock(dataset_dir: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S
     STALE_EXCL_LOCK_S seconds (Windows offers no safe liveness test for another pid).
     """
     dataset = Path(dataset_dir)
-    if _fcntl() is not None:
+    if fcntl is not None:
         fd = os.open(dataset / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _wait_for(lambda: _try_flock(fd), timeout, dataset)
@@ -47,13 +47,6 @@ def dataset_lock(dataset_dir: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S
     finally:
         with contextlib.suppress(FileNotFoundError):
             excl.unlink()
-
-
-def _fcntl():
-    """fcntl as the package holds it: the tests set SpineLabelLib.dataset.fcntl to None to run the fallback."""
-    from .. import dataset
-
-    return dataset.fcntl
 
 
 def _try_flock(fd: int) -> bool:
