@@ -159,11 +159,27 @@ def test_table_node_without_measurements_lists_the_named_vertebrae(mrml):
     assert cells["s_mm"] == pytest.approx([v.centroid_ras[2] for v in result.vertebrae], abs=1e-3)
 
 
+def test_read_records_translate_nodes_into_plain_points_and_segments(mrml):
+    result = box_result()
+    nodes = scene.result_to_nodes(mrml, result)
+    nodes.points.UnsetNthControlPointPosition(1)                       # a point waiting to be placed
+    records = scene.read_records(nodes, mrml)
+    assert [(p.label, p.locked) for p in records.points] == [("L1", False), ("L3", False)]
+    assert np.allclose(records.points[1].ras, result.vertebrae[2].centroid_ras)
+    assert "instance=3" in records.points[1].description
+    assert [(s.id, s.name, s.label_value, s.instance) for s in records.segments] == [
+        ("L1", "L1", 20, 1), ("L2", "L2", 21, 2), ("L3", "L3", 22, 3)]
+    for index, segment in enumerate(records.segments):
+        assert np.array_equal(records.mask(index), result.instances == segment.instance)   # voxel for voxel
+    assert np.array_equal(records.image.array, result.image.array)
+
+
 def _erase_in_segment(nodes, mrml, level, kji_box):
     """What the Segment Editor's Erase effect does: remove voxels from one segment."""
     import vtk
 
-    ids, positions = scene._export_segments(mrml, nodes.segmentation, nodes.volume)
+    records = scene.read_records(nodes, mrml)
+    ids, positions = [s.id for s in records.segments], records.segment_map
     mask = positions == ids.index(level) + 1
     mask[kji_box] = False
     labelmap = scene.volume_to_node(mrml, scene.node_to_volume(nodes.volume).with_array(mask.astype(np.uint8)),
