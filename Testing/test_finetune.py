@@ -15,7 +15,7 @@ import torchvision  # noqa: F401
 import safetensors  # noqa: F401
 from SpineLabelLib.core import anatomy
 from SpineLabelLib.app import cli
-from SpineLabelLib.training import finetune  # noqa: E402
+from SpineLabelLib.training import finetune, recipes  # noqa: E402
 from SpineLabelLib.dataset import MANIFEST, export_case  # noqa: E402
 from SpineLabelLib.models.maskrcnn.network import DetectorConfig, build_model  # noqa: E402
 from SpineLabelLib.models.cards import CARD_FILE, export_weights, read_card, sha256_of  # noqa: E402
@@ -123,8 +123,8 @@ def test_fine_tuning_records_the_initial_model_and_resumes(dataset, init_dir, tm
     assert any(not torch.equal(tuned[k], initial[k]) for k in tuned if tuned[k].is_floating_point())
 
     steps = []
-    original_step = finetune.train_step
-    monkeypatch.setattr(finetune, "train_step", lambda *a: steps.append(1) or original_step(*a))
+    original_loss = recipes.DetectorRecipe.loss
+    monkeypatch.setattr(recipes.DetectorRecipe, "loss", lambda *a: steps.append(1) or original_loss(*a))
     again = finetune.train(dataset, out, quick(init=str(init_dir), iterations=5, evaluate_init=False))
     assert len(steps) == 3 and again["training"]["iterations"] == 5      # continued at 2, not from 0
     assert again["training_data"]["dataset"]["held_out"] == card["training_data"]["dataset"]["held_out"]
@@ -201,8 +201,8 @@ def test_the_body_segmenter_fine_tunes_from_its_own_model(dataset, tmp_path, mon
     torch.manual_seed(0)
     export_weights(build_segmenter(config).state_dict(), config, init, card)
     steps = []
-    original = finetune.segmenter_step
-    monkeypatch.setattr(finetune, "segmenter_step", lambda *a: steps.append(1) or original(*a))
+    original = recipes.SegmenterRecipe.loss
+    monkeypatch.setattr(recipes.SegmenterRecipe, "loss", lambda *a: steps.append(1) or original(*a))
     out = tmp_path / "site-segmenter"
     tuned = finetune.train(dataset, out, quick(init=str(init), evaluate_init=False))
     assert len(steps) == 2

@@ -15,7 +15,7 @@ from SpineLabelLib.core.errors import ModelError
 from SpineLabelLib.models.body_unet.data import IGNORE, BodySliceSampler, body_target
 from SpineLabelLib.models.body_unet.infer import assign_to_bodies, predict_probability, refine_instances
 from SpineLabelLib.models.body_unet.network import SegmenterConfig, build_model
-from SpineLabelLib.training.segmenter import loss_function
+from SpineLabelLib.training.recipes import loss_function
 from SpineLabelLib.core.volume import Volume, make_affine
 
 from conftest import flip_a_byte, oblique_directions

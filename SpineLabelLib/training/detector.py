@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from .recipes import DETECTOR_TASK, DetectorRecipe
 
 
 def prepare(mri_dir: Path, out: Path, spacing: float) -> None:
@@ -148,169 +148,54 @@ def _load_pool(data: Path):
     return cases, weights, len(phantoms)
 
 
-def validation_slices(data: Path, offset: int, per_case: int = 3):
-    """Fixed 2-D validation set: the most-labelled sagittal slice of each val case and two beside it."""
-    from ..models.maskrcnn.data import Case
+class _GrowingPoolRecipe(DetectorRecipe):
+    """The from-scratch detector: rescans the data folder every second validation, so that phantoms
+    written while training runs join the mix."""
 
-    slices = []
-    for path in sorted(data.glob("val_*.npz")):
-        case = Case.load(path)
-        counts = (case.labels > 0).reshape(case.labels.shape[0], -1).sum(axis=1)
-        centre = int(counts.argmax())
-        for x in (centre - 6, centre, centre + 6)[:per_case]:
-            last = case.image.shape[0] - 1
-            picks = [min(last, max(0, x + d)) for d in (-offset, 0, offset)]
-            slices.append((case.image[picks].astype(np.float32), case.labels[x]))
-    return slices
+    def __init__(self, data: Path, augment: dict, eval_every: int) -> None:
+        self.data, self.eval_every = data, eval_every
+        cases, weights, self.phantom_count = _load_pool(data)
+        super().__init__(cases, weights, augment=augment)
 
-
-def evaluate_slices(model, slices) -> dict:
-    """Share of ground-truth bodies found (mask IoU >= 0.5) and of those with the right level."""
-    import torch
-
-    from ..models.maskrcnn.data import CLASS_OF_CODE
-
-    model.eval()
-    found = correct = total = 0
-    with torch.no_grad():
-        for image, labels in slices:
-            output = model([torch.from_numpy(image)])[0]
-            masks = (output["masks"][:, 0] > 0.5).numpy()
-            for code in np.unique(labels):
-                if code == 0 or CLASS_OF_CODE[code] == 0:
-                    continue
-                truth = labels == code
-                total += 1
-                if not len(masks):
-                    continue
-                inter = (masks & truth).reshape(len(masks), -1).sum(1)
-                union = (masks | truth).reshape(len(masks), -1).sum(1)
-                iou = inter / np.maximum(union, 1)
-                best = int(iou.argmax())
-                if iou[best] >= 0.5:
-                    found += 1
-                    correct += int(int(output["labels"][best]) == CLASS_OF_CODE[code])
-    model.train()
-    return {"recall": found / max(total, 1), "identified": float(correct) / max(total, 1), "bodies": total}
+    def refresh(self, sampler, config, iteration: int):
+        if iteration % (self.eval_every * 2):
+            return None
+        cases, weights, count = _load_pool(self.data)
+        if count == self.phantom_count:
+            return None
+        self.cases, self.weights, self.phantom_count = cases, weights, count
+        print(f"data pool now {len(cases)} cases ({count} phantoms)", flush=True)
+        return self.sampler(config, seed=iteration)
 
 
 def fit(args) -> None:
-    import torch
+    """`fit` from the command line (an argparse namespace): the detector recipe on the shared loop."""
+    from .loop import LoopOptions, fit as fit_loop, load_checkpoint
 
-    from ..models.maskrcnn.data import SliceSampler, make_target
-    from ..models.maskrcnn.network import DetectorConfig, build_model
-
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     last_path = out / "last.pt"
-    config = DetectorConfig(**json.loads(args.config)) if args.config else DetectorConfig()
-    state = None
-    if args.init and not last_path.exists():
+    augment = {"bottom_cut": getattr(args, "bottom_cut", 0.0), "bias_field": getattr(args, "bias_field", 0.0),
+               "mip": getattr(args, "mip", 0.0)}
+    recipe = _GrowingPoolRecipe(Path(args.data), augment, args.eval_every)
+    config = recipe.config(json.loads(args.config)) if getattr(args, "config", "") else recipe.config()
+    init, initial_weights = getattr(args, "init", ""), None
+    saved = load_checkpoint(last_path)
+    if saved is not None:                  # a run under way keeps its configuration
+        config = recipe.config(saved.state.config)
+    elif init:
         # Fine-tuning: weights from an earlier run, fresh optimiser and schedule.
-        init = torch.load(args.init, weights_only=True)
-        config = DetectorConfig.from_dict(json.loads(init["config"]))
-        print(f"initialised from {args.init}", flush=True)
-    if last_path.exists():
-        state = torch.load(last_path, weights_only=True)
-        config = DetectorConfig.from_dict(json.loads(state["config"]))
-        print(f"resuming at iteration {int(state['iteration'])}", flush=True)
-    torch.manual_seed(0)
-    model = build_model(config)
-    if args.init and state is None:
-        model.load_state_dict(init["model"])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    iteration, best, history, elapsed = 0, -1.0, [], 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        iteration, best = int(state["iteration"]), float(state["best"])
-        history = json.loads(state["history"])
-        elapsed = float(state.get("elapsed", 0.0))
-    data = Path(args.data)
-    cases, weights, n_phantoms = _load_pool(data)
-    augment = {"bottom_cut": args.bottom_cut, "bias_field": args.bias_field, "mip": args.mip}
-    sampler = SliceSampler(cases, config.train_size, config.slice_offset, seed=iteration, weights=weights, **augment)
-    val = validation_slices(data, config.slice_offset)
-    print(f"{len(cases)} cases ({n_phantoms} phantoms), {len(val)} validation slices, config {config}", flush=True)
-    model.train()
-    last_save, started, running = time.time(), time.time(), []
-    budget = args.minutes * 60 if args.minutes else math.inf
-    session_start, elapsed_before = time.time(), elapsed
-    while iteration < args.iterations and elapsed < budget:
-        elapsed = elapsed_before + time.time() - session_start
-        # The schedule follows whichever runs out first: iterations or the time budget.
-        progress = max(iteration / args.iterations, elapsed / budget)
-        lr = _learning_rate(progress, args.lr)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        images, targets = [], []
-        for _ in range(args.batch):
-            image, labels = sampler.sample()
-            images.append(torch.from_numpy(image))
-            targets.append(make_target(labels))
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            print(f"iteration {iteration}: non-finite loss, batch skipped", flush=True)
-            optimiser.zero_grad()
-            iteration += 1
-            continue
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimiser.step()
-        running.append([loss.item()] + [v.item() for v in losses.values()])
-        iteration += 1
-        if iteration % 50 == 0:
-            mean = np.mean(running, axis=0)
-            running = []
-            rate = (time.time() - started) / 50
-            started = time.time()
-            print(f"it {iteration} lr {lr:.2e} loss {mean[0]:.3f} parts "
-                  f"{' '.join(f'{v:.3f}' for v in mean[1:])} {rate:.2f}s/it", flush=True)
-            history.append({"iteration": iteration, "loss": round(float(mean[0]), 4)})
-        finishing = iteration == args.iterations or elapsed_before + time.time() - session_start >= budget
-        if iteration % args.eval_every == 0 or finishing:
-            metrics = evaluate_slices(model, val)
-            history.append({"iteration": iteration, **metrics})
-            score = metrics["recall"] + metrics["identified"]
-            print(f"it {iteration} validation {metrics}", flush=True)
-            if score > best:
-                best = score
-                _save(out / "best.pt", model, optimiser, iteration, best, history, config, elapsed)
-            if iteration % (args.eval_every * 2) == 0:
-                cases, weights, count = _load_pool(data)
-                if count != n_phantoms:
-                    n_phantoms = count
-                    sampler = SliceSampler(cases, config.train_size, config.slice_offset,
-                                           seed=iteration, weights=weights, **augment)
-                    print(f"data pool now {len(cases)} cases ({count} phantoms)", flush=True)
-        if time.time() - last_save > args.save_minutes * 60 or finishing:
-            elapsed = elapsed_before + time.time() - session_start
-            _save(last_path, model, optimiser, iteration, best, history, config, elapsed)
-            last_save = time.time()
-    print("done", flush=True)
-
-
-def _learning_rate(progress: float, peak: float) -> float:
-    """Warm-up over the first 4 %, then cosine decay to 2 % of the peak."""
-    warmup = 0.04
-    if progress < warmup:
-        return peak * (0.1 + 0.9 * progress / warmup)
-    progress = (progress - warmup) / (1 - warmup)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _save(path: Path, model, optimiser, iteration, best, history, config, elapsed=0.0) -> None:
-    import torch
-
-    from ..core.paths import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "iteration": int(iteration), "best": float(best), "history": json.dumps(history),
-                    "config": json.dumps(config.to_dict()), "elapsed": elapsed}, tmp)
+        earlier = load_checkpoint(Path(init))
+        config, initial_weights = recipe.config(earlier.state.config), earlier.model
+        print(f"initialised from {init}", flush=True)
+    options = LoopOptions(iterations=args.iterations, minutes=args.minutes, lr=args.lr, batch=args.batch,
+                          threads=args.threads, eval_every=args.eval_every, save_minutes=args.save_minutes,
+                          print_log=True)
+    recipe.validation = recipe.validation_slices(Path(args.data), config.slice_offset)
+    print(f"{len(recipe.cases)} cases ({recipe.phantom_count} phantoms), {len(recipe.validation)} validation "
+          f"slices, config {config}", flush=True)
+    fit_loop(recipe, options, last_path, config=config, initial_weights=initial_weights, saved=saved,
+             log=lambda message: print(message, flush=True))
 
 
 def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Path | None) -> dict:
@@ -320,7 +205,7 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
     from ..models.cards import export_checkpoint
 
     card = {"name": name, "version": version,
-            "task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
+            "task": DETECTOR_TASK,
             "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": ["background", *anatomy.ORDER],
             "input": {"inference_size": "whole canonical slices (no resizing) with 40 mm of empty rows above and "
                                         "below; every 2nd slice of the spine's slab; or, for CT on request, one sagittal MIP"}}

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ import numpy as np
 
 from ..core import anatomy
 from ..core.errors import InputError
+from .loop import Checkpoint, LoopOptions, Recipe, TrainingState, fit, load_checkpoint
+from .recipes import SegmenterRecipe, family_of_card, family_of_kind, recipe_class
 
 WORK = "work"
 CHECKPOINT = "last.pt"
@@ -191,205 +191,6 @@ def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], op
     return [Case.load(path) for path, _ in drawn], [w for _, w in drawn], counts
 
 
-# --- training -------------------------------------------------------------------------------------
-def learning_rate(progress: float, peak: float) -> float:
-    """Warm-up over the first 5 % (from 10 % of the peak), then cosine decay to 2 % of the peak."""
-    if progress < 0.05:
-        return peak * (0.1 + 0.9 * progress / 0.05)
-    progress = min(1.0, (progress - 0.05) / 0.95)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train_step(model, optimiser, sampler, batch: int) -> float | None:
-    """One optimisation step on a batch of sampled slices; None when the loss was not finite (skipped)."""
-    import torch
-
-    from ..models.maskrcnn.data import make_target
-
-    images, targets = [], []
-    for _ in range(batch):
-        image, labels = sampler.sample()
-        images.append(torch.from_numpy(image))
-        targets.append(make_target(labels))
-    loss = sum(model(images, targets).values())
-    optimiser.zero_grad()
-    if not torch.isfinite(loss):
-        return None
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-    optimiser.step()
-    return float(loss.item())
-
-
-def segmenter_step(model, optimiser, sampler, batch: int) -> float | None:
-    """One optimisation step of the body segmenter (cross-entropy + Dice over labelled pixels)."""
-    import torch
-
-    from .segmenter import loss_function
-
-    drawn = [sampler.sample() for _ in range(batch)]
-    images = torch.from_numpy(np.stack([image for image, _ in drawn]))
-    targets = torch.from_numpy(np.stack([target for _, target in drawn]).astype(np.int64))
-    loss = loss_function(model(images), targets)
-    optimiser.zero_grad()
-    if not torch.isfinite(loss):
-        return None
-    loss.backward()
-    optimiser.step()
-    return float(loss.item())
-
-
-class _Recipe:
-    """What differs between training the detector and the body segmenter. Steps are looked up
-    in this module when called, so that they can be replaced (tests count them)."""
-
-    def __init__(self, kind: str) -> None:
-        if kind not in ("detector", "segmenter"):
-            raise InputError(f"model kind must be detector or segmenter, got {kind!r}")
-        self.kind = kind
-
-    @classmethod
-    def of(cls, init, kind: str) -> "_Recipe":
-        from ..models.body_unet.network import FAMILY
-
-        if init is None:
-            return cls(kind)
-        return cls("segmenter" if init.card["architecture"].get("family") == FAMILY else "detector")
-
-    def config(self, data: dict | None = None):
-        from ..models.maskrcnn.network import DetectorConfig
-        from ..models.body_unet.network import SegmenterConfig
-
-        config_class = SegmenterConfig if self.kind == "segmenter" else DetectorConfig
-        return config_class.from_dict(data) if data is not None else config_class()
-
-    def build(self, config):
-        from ..models.maskrcnn.network import build_model as build_detector
-        from ..models.body_unet.network import build_model as build_segmenter
-
-        return build_segmenter(config) if self.kind == "segmenter" else build_detector(config)
-
-    def sampler(self, pool, config, seed: int, weights):
-        from ..models.maskrcnn.data import SliceSampler
-        from ..models.body_unet.data import BodySliceSampler
-
-        sampler_class = BodySliceSampler if self.kind == "segmenter" else SliceSampler
-        return sampler_class(pool, config.train_size, config.slice_offset, seed=seed, weights=weights)
-
-    def step(self, model, optimiser, sampler, batch: int) -> float | None:
-        return (segmenter_step if self.kind == "segmenter" else train_step)(model, optimiser, sampler, batch)
-
-    def validation(self, folder: Path, offset: int):
-        from .detector import validation_slices as detector_slices
-        from .segmenter import validation_slices as segmenter_slices
-
-        return (segmenter_slices if self.kind == "segmenter" else detector_slices)(folder, offset)
-
-    def validate(self, model, slices) -> dict:
-        from .detector import evaluate_slices
-        from .segmenter import slice_dice
-
-        if self.kind == "segmenter":
-            return {"validation_slice_dice": round(slice_dice(model, slices), 4)}
-        return evaluate_slices(model, slices)
-
-
-@dataclass
-class _State:
-    """What last.pt holds besides the network and optimiser."""
-
-    iteration: int = 0
-    elapsed: float = 0.0
-    history: list = field(default_factory=list)
-    held_out: list = field(default_factory=list)
-    init: dict | None = None
-    config: dict = field(default_factory=dict)
-    peak_lr: float = 1e-3
-
-
-def save_checkpoint(path: Path, model, optimiser, state: _State) -> None:
-    import torch
-
-    from ..core.paths import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "state": json.dumps(state.__dict__)}, tmp)
-
-
-def load_checkpoint(path: Path):
-    """(model state, optimiser state, _State) or None when there is no checkpoint."""
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, weights_only=True)
-        return saved["model"], saved["optimiser"], _State(**json.loads(saved["state"]))
-    except Exception as error:  # a damaged or foreign file: say which, do not guess
-        raise InputError(f"{path}: unreadable training checkpoint ({type(error).__name__}); "
-                         "delete it to start over") from None
-
-
-def _start(options: TrainOptions, init, saved, held_out: list[str], recipe: _Recipe):
-    """Model, optimiser and state: resumed from the checkpoint, or fresh (from init or scratch)."""
-    import torch
-
-    init_summary = init.summary() if init is not None else None
-    if saved is not None:
-        model_state, optimiser_state, state = saved
-        if (state.init or {}).get("sha256") != (init_summary or {}).get("sha256"):
-            raise InputError("the work folder holds a run from another initial model; "
-                             "use another --out folder or delete its work/ folder")
-        config = recipe.config(state.config)
-    else:
-        config = init.config if init is not None else (options.config or recipe.config())
-        peak = options.lr or (3e-4 if init is not None else 1e-3)
-        state = _State(held_out=held_out, init=init_summary, config=config.to_dict(), peak_lr=peak)
-    torch.manual_seed(options.seed)
-    model = recipe.build(config)
-    if saved is not None:
-        model.load_state_dict(model_state)
-    elif init is not None:
-        model.load_state_dict(init.network.state_dict())
-    optimiser = torch.optim.AdamW(model.parameters(), lr=state.peak_lr, weight_decay=1e-4)
-    if saved is not None:
-        optimiser.load_state_dict(optimiser_state)
-    return model, optimiser, state
-
-
-def run_training(model, optimiser, sampler, state: _State, options: TrainOptions, validation,
-                 checkpoint: Path, recipe: _Recipe | None = None) -> None:
-    """The loop: until `iterations` or the time budget, whichever comes first; saves on exit and Ctrl-C."""
-    from tqdm import tqdm
-
-    recipe = recipe or _Recipe("detector")
-    budget = options.minutes * 60 if options.minutes else math.inf
-    started, elapsed_before, last_save = time.time(), state.elapsed, time.time()
-    bar = tqdm(total=options.iterations, initial=state.iteration, desc="spinelabel train", unit="it",
-               disable=not options.progress, dynamic_ncols=True)
-    model.train()
-    try:
-        while state.iteration < options.iterations and state.elapsed < budget:
-            progress = max(state.iteration / options.iterations, state.elapsed / budget)
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(progress, state.peak_lr)
-            loss = recipe.step(model, optimiser, sampler, options.batch)
-            state.iteration += 1
-            state.elapsed = elapsed_before + time.time() - started
-            bar.update(1)
-            if loss is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            if validation and state.iteration % options.eval_every == 0:
-                state.history.append({"iteration": state.iteration, **recipe.validate(model, validation)})
-            if time.time() - last_save > options.save_minutes * 60:
-                save_checkpoint(checkpoint, model, optimiser, state)
-                last_save = time.time()
-    finally:   # also on Ctrl-C: the next call continues from here
-        bar.close()
-        save_checkpoint(checkpoint, model, optimiser, state)
-
-
 # --- evaluation -----------------------------------------------------------------------------------
 def score_case(result, truth_codes: np.ndarray) -> dict:
     """Found (3-D Dice >= 0.5), identified (VerSe: nearest centroid within 20 mm, same level), Dice
@@ -433,7 +234,7 @@ def evaluate_model(loaded, cases: list) -> dict | None:
         result = SpineResult(case.case_id, image=image)
         modality = case.manifest_entry.get("modality")
         modality = modality if modality in ("ct", "mr") else "auto"
-        if _Recipe.of(loaded, "detector").kind == "segmenter":
+        if family_of_card(loaded.card) == SegmenterRecipe.family:
             detect(result, None, modality, segmenter=loaded)      # behind the bundled detector
         else:
             detect(result, loaded, modality)
@@ -454,37 +255,29 @@ def evaluate_model(loaded, cases: list) -> dict | None:
 
 
 # --- model folder ---------------------------------------------------------------------------------
-def base_card(init, config, recipe: _Recipe | None = None) -> dict:
+def base_card(init, config, recipe: Recipe) -> dict:
     """Card fields describing what the model does (inherited from the initial model when there is one)."""
-    from ..models.maskrcnn.network import CLASS_NAMES
-
     if init is not None:
         return {k: v for k, v in init.card.items() if k not in _NOT_INHERITED}
-    if recipe is not None and recipe.kind == "segmenter":
-        return {"task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
-                "modality": ["ct", "mr"], "levels": []}
-    return {"task": "vertebral body detection, instance segmentation and level probabilities on sagittal slices",
-            "modality": ["ct", "mr"], "levels": list(anatomy.ORDER), "classes": list(CLASS_NAMES),
-            "input": {"orientation": "canonical sagittal slices (rows superior->inferior, columns anterior->posterior)",
-                      "spacing_mm": config.spacing_mm, "channels": "slices x-d, x, x+d",
-                      "slice_offset_voxels": config.slice_offset},
-            "normalisation": {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
-                              "ct": "Hounsfield window -250..1000 HU scaled to 0..1"}}
+    return recipe.card(config)
 
 
-def training_card(state: _State, options: TrainOptions, manifest_sha: str, cases: list, counts: dict) -> dict:
-    trained = [c.case_id for c in cases if c.case_id not in state.held_out] if counts["site_cases"] else []
+def training_card(state: TrainingState, options: TrainOptions, manifest_sha: str, cases: list, counts: dict) -> dict:
+    held_out = state.extra["held_out"]
+    trained = [c.case_id for c in cases if c.case_id not in held_out] if counts["site_cases"] else []
     old = options.old_data
     return {
-        "base_model": state.init,
-        "training": {"kind": "fine-tuned" if state.init else "trained from scratch",
+        "base_model": state.extra["init"],
+        "training": {"kind": "fine-tuned" if state.extra["init"] else "trained from scratch",
                      "iterations": state.iteration, "training_minutes": round(state.elapsed / 60, 1),
-                     "peak_lr": state.peak_lr, "batch": options.batch,
+                     "peak_lr": state.extra["peak_lr"], "batch": options.batch,
                      "draw_shares": counts["draw_shares"],
-                     "validation_history": state.history},
+                     "validation_history": [h for h in state.history if "loss" not in h],
+                     "loss_history": [h for h in state.history if "loss" in h],
+                     "skipped_non_finite_steps": state.skipped},
         "training_data": {
             "dataset": {"manifest_sha256": manifest_sha, "cases": len(cases), "trained_on": trained,
-                        "held_out": list(state.held_out)},
+                        "held_out": list(held_out)},
             "phantoms": {"count": counts["phantoms"], "generator": "SpineLabelLib.phantom.generate_phantom",
                          "recipe": "SpineLabelLib.training.detector.phantom_parameters"},
             "old_data": None if old is None else {"folder": Path(old).name, "real_cases": counts["old_real_cases"]},
@@ -498,8 +291,6 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
 
     Continues from <out>/work/last.pt when present. Raises InputError / ModelError with one line.
     """
-    import torch
-
     from ..models.registry import load_model
     from ..core.paths import safe_name
 
@@ -509,24 +300,46 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     out = Path(out_dir)
     cases, manifest_sha = read_dataset(dataset_dir)
     init = load_model(options.init) if options.init else None
-    recipe = _Recipe.of(init, options.kind)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    recipe = recipe_class(family_of_card(init.card) if init is not None else family_of_kind(options.kind))()
     work = out / WORK
+    saved = load_checkpoint(work / CHECKPOINT)
+    config, extra = _run_facts(options, init, saved, recipe, [c.case_id for c in cases])
     work.mkdir(parents=True, exist_ok=True)
-    held_out = split_held_out([c.case_id for c in cases], options.holdout_fraction)
-    model, optimiser, state = _start(options, init, load_checkpoint(work / CHECKPOINT), held_out, recipe)
-    config = model.config
-    prepared = prepare_cases(cases, state.held_out, work / "data", config.spacing_mm)
+    held_out = extra["held_out"]
+    prepared = prepare_cases(cases, held_out, work / "data", config.spacing_mm)
     phantoms = make_phantoms(work / "phantoms", options.phantoms, config.spacing_mm, **options.phantom_options)
-    site = [prepared[c.case_id] for c in cases if c.case_id not in state.held_out]
-    pool, weights, counts = build_pool(site, options.old_data, phantoms, options, config.spacing_mm)
-    sampler = recipe.sampler(pool, config, options.seed + state.iteration, weights)
-    run_training(model, optimiser, sampler, state, options,
-                 recipe.validation(work / "data", config.slice_offset), work / CHECKPOINT, recipe)
+    site = [prepared[c.case_id] for c in cases if c.case_id not in held_out]
+    recipe.cases, recipe.weights, counts = build_pool(site, options.old_data, phantoms, options, config.spacing_mm)
+    recipe.validation = recipe.validation_slices(work / "data", config.slice_offset)
+    run = fit(recipe, _loop_options(options, extra["peak_lr"]), work / CHECKPOINT, config=config,
+              initial_weights=init.network.state_dict() if init is not None and saved is None else None,
+              extra=extra, saved=saved)
     card = {**base_card(init, config, recipe), "name": options.name or safe_name(out.resolve().name, "site-model"),
-            "version": options.version, **training_card(state, options, manifest_sha, cases, counts)}
-    return _write_model(out, model, card, init, [c for c in cases if c.case_id in state.held_out], options)
+            "version": options.version, **training_card(run.state, options, manifest_sha, cases, counts)}
+    return _write_model(out, run.model, card, init, [c for c in cases if c.case_id in held_out], options)
+
+
+def _run_facts(options: TrainOptions, init, saved: Checkpoint | None, recipe: Recipe, case_ids: list[str]):
+    """(network config, facts kept in the checkpoint): the saved run's, or a new run's. A work folder
+    holding another initial model's (or family's) run is refused rather than mixed."""
+    summary = init.summary() if init is not None else None
+    if saved is None:
+        config = init.config if init is not None else (options.config or recipe.config())
+        peak = options.lr or (3e-4 if init is not None else 1e-3)
+        return config, {"held_out": split_held_out(case_ids, options.holdout_fraction), "init": summary,
+                        "peak_lr": peak}
+    extra = saved.state.extra
+    other_family = saved.state.family not in ("", recipe.family)
+    if other_family or (extra.get("init") or {}).get("sha256") != (summary or {}).get("sha256"):
+        raise InputError("the work folder holds a run from another initial model; "
+                         "use another --out folder or delete its work/ folder")
+    return recipe.config(saved.state.config), extra
+
+
+def _loop_options(options: TrainOptions, peak_lr: float) -> LoopOptions:
+    return LoopOptions(iterations=options.iterations, minutes=options.minutes, lr=peak_lr, batch=options.batch,
+                       threads=options.threads, seed=options.seed, eval_every=options.eval_every,
+                       save_minutes=options.save_minutes, progress=options.progress)
 
 
 def _write_model(out: Path, model, card: dict, init, held: list, options: TrainOptions) -> dict:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..models.body_unet.network import SegmenterConfig, build_model
+from ..models.body_unet.network import SegmenterConfig
+from .recipes import SEGMENTER_TASK, SegmenterRecipe
 
 
 def prepare(mri_dir: Path, phantom_dir: Path | None, out: Path, spacing: float, phantoms: int) -> None:
@@ -67,123 +66,30 @@ def _pool(data: Path, phantom_share: float):
     return real + phantoms, weights
 
 
-def validation_slices(data: Path, offset: int, every: int = 6):
-    from ..models.maskrcnn.data import Case
-    from ..models.body_unet.data import body_target
-
-    slices = []
-    for path in sorted(data.glob("val_*.npz")):
-        case = Case.load(path)
-        for x in case.labelled_slices[::every]:
-            last = case.image.shape[0] - 1
-            picks = [min(last, max(0, x + d)) for d in (-offset, 0, offset)]
-            slices.append((case.image[picks].astype(np.float32), body_target(case.labels[x])))
-    return slices
-
-
-def slice_dice(model, slices, top_rows_ignored: bool = True) -> float:
-    """Foreground Dice over the validation slices, below the topmost labelled row of each slice
-    (bodies above the annotated ones are unlabelled)."""
-    import torch
-
-    from ..models.body_unet.infer import predict_probability
-
-    inter = total = 0.0
-    model.eval()
-    for image, target in slices:
-        probability = predict_probability(model, image[None])[0]
-        rows = np.flatnonzero(target.any(axis=1))
-        valid = np.zeros(target.shape, bool)
-        if rows.size:
-            valid[max(0, rows[0] - 3):] = True
-        predicted = (probability >= 0.5) & valid
-        inter += float((predicted & (target > 0)).sum())
-        total += float(predicted.sum() + (target > 0).sum())
-    model.train()
-    torch.set_grad_enabled(True)
-    return 2 * inter / max(total, 1.0)
-
-
-def loss_function(logits, targets):
-    """Binary cross-entropy plus soft Dice, both over the pixels that are not IGNORE."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..models.body_unet.data import IGNORE
-
-    valid = (targets != IGNORE).float()
-    truth = (targets == 1).float()
-    bce = (F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * valid).sum() / valid.sum().clamp(min=1)
-    probability = torch.sigmoid(logits) * valid
-    dice = 1 - (2 * (probability * truth).sum() + 1) / (probability.sum() + truth.sum() + 1)
-    return bce + dice
-
-
 def fit(args) -> None:
-    import torch
+    """`fit` from the command line (an argparse namespace): the segmenter recipe on the shared loop."""
+    from .loop import LoopOptions, fit as fit_loop, load_checkpoint
 
-    from .detector import _learning_rate, _save
-    from ..models.body_unet.data import BodySliceSampler
-
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     last_path = out / "last.pt"
-    config = SegmenterConfig()
-    state = torch.load(last_path, weights_only=True) if last_path.exists() else None
-    if state is not None:
-        config = SegmenterConfig.from_dict(json.loads(state["config"]))
-    torch.manual_seed(0)
-    model = build_model(config)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    iteration, history, elapsed = 0, [], 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        iteration, history, elapsed = int(state["iteration"]), json.loads(state["history"]), float(state["elapsed"])
-        print(f"resuming at iteration {iteration}", flush=True)
+    saved = load_checkpoint(last_path)
     cases, weights = _pool(Path(args.data), args.phantom_share)
-    sampler = BodySliceSampler(cases, config.train_size, config.slice_offset, seed=iteration, weights=weights)
-    val = validation_slices(Path(args.data), config.slice_offset)
-    print(f"{len(cases)} cases, {len(val)} validation slices, config {config}", flush=True)
-    model.train()
-    budget = args.minutes * 60 if args.minutes else math.inf
-    session_start, elapsed_before, last_save, running = time.time(), elapsed, time.time(), []
-    while iteration < args.iterations and elapsed < budget:
-        elapsed = elapsed_before + time.time() - session_start
-        lr = _learning_rate(max(iteration / args.iterations, elapsed / budget), args.lr)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        batch = [sampler.sample() for _ in range(args.batch)]
-        images = torch.from_numpy(np.stack([b[0] for b in batch]))
-        targets = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
-        loss = loss_function(model(images), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        running.append(loss.item())
-        iteration += 1
-        if iteration % 50 == 0:
-            print(f"it {iteration} lr {lr:.2e} loss {np.mean(running):.4f}", flush=True)
-            history.append({"iteration": iteration, "loss": round(float(np.mean(running)), 4)})
-            running = []
-        finishing = iteration >= args.iterations or elapsed_before + time.time() - session_start >= budget
-        if iteration % args.eval_every == 0 or finishing:
-            dice = slice_dice(model, val)
-            history.append({"iteration": iteration, "validation_slice_dice": round(dice, 4)})
-            print(f"it {iteration} validation slice Dice {dice:.4f}", flush=True)
-        if time.time() - last_save > args.save_minutes * 60 or finishing:
-            elapsed = elapsed_before + time.time() - session_start
-            _save(last_path, model, optimiser, iteration, 0.0, history, config, elapsed)
-            last_save = time.time()
-    print("done", flush=True)
+    recipe = SegmenterRecipe(cases, weights)
+    config = recipe.config(saved.state.config) if saved is not None else recipe.config()
+    recipe.validation = recipe.validation_slices(Path(args.data), config.slice_offset)
+    print(f"{len(cases)} cases, {len(recipe.validation)} validation slices, config {config}", flush=True)
+    options = LoopOptions(iterations=args.iterations, minutes=args.minutes, lr=args.lr, batch=args.batch,
+                          threads=args.threads, eval_every=args.eval_every, save_minutes=args.save_minutes,
+                          print_log=True)
+    fit_loop(recipe, options, last_path, config=config, saved=saved, log=lambda message: print(message, flush=True))
 
 
 def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Path | None) -> dict:
     from ..models.cards import export_checkpoint
 
     card = {"name": name, "version": version,
-            "task": "vertebral body foreground on sagittal slices, refining the detector's body masks",
+            "task": SEGMENTER_TASK,
             "modality": ["ct", "mr"], "levels": []}
     return export_checkpoint(checkpoint, out, SegmenterConfig, card, "validation_slice_dice", extra_card)
 
