@@ -11,9 +11,11 @@ cases (`spinelabel train`; the kind follows the initial model, or `kind` when tr
 
 The model card records the dataset's manifest SHA-256, the case ids trained on and held out, the
 initial model's name/version/SHA-256, and detection metrics on the held-out cases for the new model
-and the initial one (same definitions as bench/detect_eval.py: a body is found when the 3-D Dice
-with its ground-truth mask is >= 0.5; identified (VerSe rule) when the nearest detected centroid is
-within 20 mm and carries the same level after the order-respecting labelling).
+and the initial one, scored by `training.evaluation` exactly as bench/detect_eval.py scores (a body
+is found when the 3-D Dice with its ground-truth mask is >= 0.5; identified by the VerSe rule: a
+detection carrying its level has it as the closest truth body, < 20 mm away).
+
+Training itself is `training.loop.fit` with the family's recipe (`training.recipes`).
 
 The work folder can be deleted after training; it is kept so that training can be continued with
 more iterations (``--iterations`` counts in total, across resumptions).
@@ -28,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core import anatomy
 from ..core.errors import InputError
 from .loop import Checkpoint, LoopOptions, Recipe, TrainingState, fit, load_checkpoint
 from .recipes import SegmenterRecipe, family_of_card, family_of_kind, recipe_class
@@ -192,66 +193,40 @@ def build_pool(site: list[Path], old_data: Path | None, phantoms: list[Path], op
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-def score_case(result, truth_codes: np.ndarray) -> dict:
-    """Found (3-D Dice >= 0.5), identified (VerSe: nearest centroid within 20 mm, same level), Dice
-    and centroid distance of the found bodies, for one detected and labelled case."""
-    codes = [int(c) for c in np.unique(truth_codes) if c and anatomy.name_of(int(c)) != "S1"]
-    predicted = [v for v in result.vertebrae if v.instance]
-    instances = result.instances
-    sizes = np.bincount(instances.ravel(), minlength=max([v.instance for v in predicted], default=0) + 1)
-    centres = np.array([v.centroid_ras for v in predicted]).reshape(-1, 3)
-    found, identified, dice, distance = 0, 0, [], []
-    for code in codes:
-        truth = truth_codes == code
-        centre = result.image.kji_to_ras(np.argwhere(truth).mean(axis=0))[0]
-        if predicted:
-            overlap = np.bincount(instances[truth], minlength=sizes.size)
-            scores = [2 * overlap[v.instance] / (sizes[v.instance] + truth.sum()) for v in predicted]
-            best = int(np.argmax(scores))
-            if scores[best] >= 0.5:
-                found += 1
-                dice.append(float(scores[best]))
-                distance.append(float(np.linalg.norm(centres[best] - centre)))
-            gaps = np.linalg.norm(centres - centre, axis=1)
-            nearest = int(gaps.argmin())
-            identified += bool(gaps[nearest] < 20.0 and predicted[nearest].level == anatomy.name_of(code))
-    return {"bodies": len(codes), "found": found, "identified": identified, "dice": dice,
-            "loc_error_mm": distance, "levels": [v.level for v in predicted]}
-
-
 def evaluate_model(loaded, cases: list) -> dict | None:
-    """Detection + labelling on each case; recall, identification rate, mean Dice and localisation error."""
+    """Detection + labelling on each held-out case, scored by `training.evaluation` (the rules of
+    bench/detect_eval.py): recall, precision, identification rate, mean Dice and localisation error."""
+    from ..core.volume import load_volume
+    from . import evaluation
+
+    if not cases:
+        return None
+    scored, per_case = [], []
+    for case in cases:
+        result = _detect_and_label(loaded, case)
+        score = evaluation.evaluate_case(result, load_volume(case.label_path).array)
+        scored.append(score)
+        per_case.append({"case": case.case_id, "bodies": score.bodies, "found": score.found,
+                         "identified": score.identified, "levels": [v.level for v in result.vertebrae if v.instance]})
+    return {**evaluation.summarise(scored), "per_case": per_case}
+
+
+def _detect_and_label(loaded, case):
+    """The case run through detection (a segmenter runs behind the bundled detector) and level naming."""
     from ..naming import labelling
     from ..stages.locate import detect
     from ..core.result import SpineResult
     from ..core.volume import load_volume
 
-    if not cases:
-        return None
-    rows = []
-    for case in cases:
-        image = load_volume(case.image_path)
-        result = SpineResult(case.case_id, image=image)
-        modality = case.manifest_entry.get("modality")
-        modality = modality if modality in ("ct", "mr") else "auto"
-        if family_of_card(loaded.card) == SegmenterRecipe.family:
-            detect(result, None, modality, segmenter=loaded)      # behind the bundled detector
-        else:
-            detect(result, loaded, modality)
-        labelling.relabel_result(result)
-        rows.append({"case": case.case_id, **score_case(result, load_volume(case.label_path).array)})
-    bodies = sum(r["bodies"] for r in rows)
-
-    def mean(key):
-        values = [v for r in rows for v in r[key]]
-        return round(float(np.mean(values)), 3) if values else None
-
-    return {"cases": len(rows), "bodies": bodies,
-            "recall": round(sum(r["found"] for r in rows) / max(bodies, 1), 3),
-            "id_rate": round(sum(r["identified"] for r in rows) / max(bodies, 1), 3),
-            "dice": mean("dice"), "loc_error_mm": mean("loc_error_mm"),
-            "per_case": [{"case": r["case"], "bodies": r["bodies"], "found": r["found"],
-                          "identified": r["identified"], "levels": r["levels"]} for r in rows]}
+    result = SpineResult(case.case_id, image=load_volume(case.image_path))
+    modality = case.manifest_entry.get("modality")
+    modality = modality if modality in ("ct", "mr") else "auto"
+    if family_of_card(loaded.card) == SegmenterRecipe.family:
+        detect(result, None, modality, segmenter=loaded)
+    else:
+        detect(result, loaded, modality)
+    labelling.relabel_result(result)
+    return result
 
 
 # --- model folder ---------------------------------------------------------------------------------
