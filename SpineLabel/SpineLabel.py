@@ -2,7 +2,7 @@
 
 This file is Slicer glue only: panel, parameter node, events, progress. Every decision (detection,
 labelling, measurement, file formats, correction records) is made in the `SpineLabelLib` engine and
-its scene adapter (`SpineLabelLib.scene`); the logic class below is a thin facade over them.
+its scene adapter (`SpineLabelLib.slicer_adapter.scene`); the logic class below is a thin facade over them.
 """
 from __future__ import annotations
 

@@ -65,3 +65,21 @@ def flip_a_byte(path: Path, offset: int = -1) -> None:
     blob = bytearray(path.read_bytes())
     blob[offset] ^= 0x01
     path.write_bytes(bytes(blob))
+
+
+@pytest.fixture(scope="session")
+def blob_model_dir(tmp_path_factory) -> Path:
+    """A model folder of the tests' tiny detector family (`blob_family`): bright blobs are bodies."""
+    import blob_family
+
+    return blob_family.write_model(tmp_path_factory.mktemp("models") / "blob-detector")
+
+
+@pytest.fixture
+def blob_plugin_path(tmp_path, monkeypatch) -> Path:
+    """The blob family installed as a plugin (entry point) for child processes: on sys.path."""
+    import blob_family
+
+    site = blob_family.write_entry_point(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    return site

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from test_correction import lumbar_result
 
@@ -11,9 +12,13 @@ from SpineLabelLib.app.background import CANCELLED, DONE, FAILED, RUNNING, Backg
 from SpineLabelLib.core.options import RunOptions
 
 
-def test_background_run_returns_the_detected_and_measured_result():
+def blob_options(model_dir, **choices) -> RunOptions:
+    return RunOptions(model=str(model_dir), **{"modality": "ct", "segmenter": "none", **choices})
+
+
+def test_background_run_returns_the_detected_and_measured_result(blob_model_dir, blob_plugin_path):
     image = lumbar_result().image
-    job = BackgroundRun(image, "bg case", RunOptions(modality="ct"), detector="test_batch:fake_detect")
+    job = BackgroundRun(image, "bg case", blob_options(blob_model_dir))
     job.start()
     try:
         status = job.wait(timeout=120)
@@ -27,23 +32,14 @@ def test_background_run_returns_the_detected_and_measured_result():
     assert not job.folder.exists()
 
 
-def detect_noting_the_input_mode(result, input_mode="slices", segmenter="auto", **options):
-    from test_batch import fake_detect
-
-    fake_detect(result)
-    result.warnings.append(f"input mode {input_mode}, segmenter {segmenter}")
-    return result
-
-
-def test_background_run_passes_the_whole_options_to_the_detector():
-    options = RunOptions(modality="ct", input_mode="mip", segmenter="none")
-    job = BackgroundRun(lumbar_result().image, "mip case", options,
-                        detector="test_background:detect_noting_the_input_mode")
+def test_background_run_passes_the_whole_options_to_the_detector(blob_model_dir, blob_plugin_path):
+    options = blob_options(blob_model_dir, input_mode="mip", segmenter="none")
+    job = BackgroundRun(lumbar_result().image, "mip case", options)
     job.start()
     try:
         status = job.wait(timeout=120)
         assert status.state == DONE, status.message
-        assert "input mode mip, segmenter none" in job.result().warnings
+        assert job.result().notes["locate"]["options"] == options.to_dict()
     finally:
         job.cleanup()
 
@@ -61,20 +57,21 @@ def test_background_failure_is_one_line():
         job.cleanup()
 
 
-def slow_detect(result, progress=None, **kwargs):
-    progress(0.5, "thinking hard")
-    time.sleep(120)
+def test_progress_then_cancel_kills_the_worker(tmp_path, blob_plugin_path):
+    import blob_family
 
+    from SpineLabelLib.app.pipeline import analysis_stages
 
-def test_progress_then_cancel_kills_the_worker():
-    job = BackgroundRun(lumbar_result().image, "slow", detector="test_background:slow_detect")
+    slow = blob_family.write_model(tmp_path / "slow", pause_s=120)
+    job = BackgroundRun(lumbar_result().image, "slow", blob_options(slow))
     job.start()
     try:
         status = job.poll()
         while status.message != "thinking hard" and job.process.poll() is None:
             time.sleep(0.05)
             status = job.poll()
-        assert status.state == RUNNING and status.fraction == 0.45
+        shares = [stage.share for stage in analysis_stages()]        # halfway through the first stage
+        assert status.state == RUNNING and status.fraction == pytest.approx(0.5 * shares[0] / sum(shares))
         job.cancel()
         assert job.poll().state == CANCELLED
         assert job.process.poll() is not None

@@ -1,7 +1,8 @@
 """The headless batch script, run for real (runpy, its own argv and sys.exit) under `slicer-core`.
 
-The detector is replaced by a fake that finds the bright boxes of a synthetic spine, so the test
-does not depend on model weights; labelling, measurement, writers and Slicer storage nodes are real.
+The detector is the tests' blob family (`blob_family`: bright boxes of a synthetic spine are bodies),
+passed as --model, so the test does not depend on trained weights; labelling, measurement, writers
+and Slicer storage nodes are real.
 """
 from __future__ import annotations
 
@@ -23,23 +24,6 @@ BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
 
 
-def fake_detect(result, model=None, modality="auto", progress=None, cancel=None, segmenter="auto",
-                input_mode="slices"):
-    """Bright connected blobs become unnamed vertebrae with their masks (labelling names them)."""
-    from scipy import ndimage
-
-    from SpineLabelLib.core.result import Vertebra
-
-    instances, count = ndimage.label(result.image.array > 500)
-    result.instances = instances.astype(np.uint16)
-    centres = ndimage.center_of_mass(np.ones_like(instances), instances, range(1, count + 1))
-    result.vertebrae = [Vertebra("", result.image.kji_to_ras(np.array(c))[0], instance=n, score=0.9)
-                        for n, c in enumerate(centres, start=1)]
-    result.sort_cranio_caudal()
-    result.modality = "ct"
-    return result
-
-
 @pytest.fixture
 def spine_file(tmp_path) -> Path:
     path = tmp_path / "in" / "spine case.nrrd"
@@ -48,22 +32,21 @@ def spine_file(tmp_path) -> Path:
     return path
 
 
-def run_batch(monkeypatch, *args: str) -> int:
-    import SpineLabelLib.stages.locate as detector
-
-    monkeypatch.setattr(detector, "detect", fake_detect, raising=False)  # may not exist yet
-    monkeypatch.setattr(sys, "argv", [str(BATCH), "--", *args])
+def run_batch(monkeypatch, *args: str, model: Path | None = None) -> int:
+    """The batch script as Slicer runs it; ``model``: the tests' blob detector (bright blobs are bodies)."""
+    extra = ["--model", str(model), "--segmenter", "none"] if model is not None else []
+    monkeypatch.setattr(sys, "argv", [str(BATCH), "--", *args, *extra])
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(BATCH), run_name="__main__")
     return stop.value.code
 
 
-def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_file, tmp_path):
+def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_file, tmp_path, blob_model_dir):
     import jsonschema
     import slicerio
 
     out = tmp_path / "out"
-    assert run_batch(monkeypatch, str(spine_file), "--out", str(out), "--modality", "ct") == 0
+    assert run_batch(monkeypatch, str(spine_file), "--modality", "ct", "--out", str(out), model=blob_model_dir) == 0
     case = out / "spine_case"
     assert sorted(p.name for p in case.iterdir()) == sorted(f"spine_case{s}" for s in CONTRACT)
     document = json.loads((case / "spine_case.mrk.json").read_text())
@@ -75,7 +58,7 @@ def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_
 
     assert [s["name"] for s in segmentation["segments"]] == labels
     assert [s["labelValue"] for s in segmentation["segments"]] == [anatomy.code_of(n) for n in labels]
-    # Voxels are on the input grid: the label map equals the fake detector's boxes.
+    # Voxels are on the input grid: the label map equals the blob detector's boxes.
     voxels = segmentation["voxels"].transpose(2, 1, 0)
     assert np.array_equal(voxels > 0, lumbar_result().instances > 0)
     assert len((case / "spine_case.measurements.csv").read_text().strip().splitlines()) == 6
@@ -85,11 +68,12 @@ def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_
     assert summary["input"]["sha256"] == sha256_file(spine_file)
 
 
-def test_batch_exit_one_when_a_case_fails_and_the_other_is_complete(monkeypatch, spine_file, tmp_path, capsys):
+def test_batch_exit_one_when_a_case_fails_and_the_other_is_complete(monkeypatch, spine_file, tmp_path, capsys,
+                                                                   blob_model_dir):
     broken = tmp_path / "in" / "broken.nii.gz"
     broken.write_bytes(b"not an image at all")
     out = tmp_path / "out"
-    assert run_batch(monkeypatch, str(broken), str(spine_file), "--out", str(out)) == 1
+    assert run_batch(monkeypatch, str(broken), str(spine_file), "--out", str(out), model=blob_model_dir) == 1
     assert (out / "spine_case" / "spine_case.seg.nrrd").exists()
     assert not (out / "broken").exists()
     errors = [line for line in capsys.readouterr().err.splitlines() if "SpineLabel batch" in line]

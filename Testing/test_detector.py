@@ -177,13 +177,13 @@ def test_canonical_instances_map_back_onto_oblique_anisotropic_grid():
 
 
 def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir):
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
     from SpineLabelLib.models.registry import load_model
 
     loaded = load_model(tiny_model_dir)
     result = SpineResult("tiny", image=tiny_phantom.image)
     steps = []
-    detect(result, loaded, progress=lambda fraction, message: steps.append(fraction))
+    find_bodies(result, progress=lambda fraction, message: steps.append(fraction), detector=loaded)
     assert result.instances.shape == tiny_phantom.image.array.shape
     assert result.instances.dtype == np.uint16
     assert result.modality == "mr"
@@ -193,16 +193,16 @@ def test_detect_end_to_end_gives_well_formed_result(tiny_phantom, tiny_model_dir
         assert vertebra.level in anatomy.ORDER
         assert sum(vertebra.level_scores.values()) == pytest.approx(1.0, abs=1e-3)
         assert 0.0 <= vertebra.score <= 1.0
-    assert "most_bodies_slice" in result.extras["detector"] or result.extras["detector"]["slab"] is None
+    assert "most_bodies_slice" in result.notes["locate"] or result.notes["locate"]["slab"] is None
 
 
 def test_cancel_stops_detection(tiny_phantom, tiny_model_dir):
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
     from SpineLabelLib.models.registry import load_model
 
     result = SpineResult("tiny", image=tiny_phantom.image)
     with pytest.raises(SpineLabelError, match="cancelled"):
-        detect(result, load_model(tiny_model_dir), cancel=lambda: True)
+        find_bodies(result, cancel=lambda: True, detector=load_model(tiny_model_dir))
 
 
 def test_tampered_weights_are_refused(tiny_model_dir):

@@ -80,7 +80,8 @@ def test_draw_weights_follow_shares_and_skip_empty_or_zero_groups():
 
 
 def test_training_from_scratch_writes_a_loadable_model_folder(dataset, tmp_path, phantoms):
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
+    from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.models.maskrcnn.data import prepare_case
     from SpineLabelLib.core.result import SpineResult
 
@@ -105,7 +106,7 @@ def test_training_from_scratch_writes_a_loadable_model_folder(dataset, tmp_path,
     assert 0 <= held["model"]["id_rate"] <= held["model"]["recall"] + 1e-9 or held["model"]["recall"] == 0
     assert [h["iteration"] for h in on_disk["training"]["validation_history"]] == [1, 2]
     loaded = load_model(out)
-    result = detect(SpineResult("check", image=phantoms[1].image), loaded, "mr")
+    result = find_bodies(SpineResult("check", image=phantoms[1].image), RunOptions(modality="mr"), detector=loaded)
     assert result.instances.shape == phantoms[1].image.array.shape
     assert loaded.summary()["sha256"] == on_disk["sha256"]
 

@@ -138,6 +138,16 @@ def test_fragment_is_flagged_too_small():
     assert "too_small" in row["flags"] and row["height_middle_mm"] is None
 
 
+def test_a_body_of_one_voxel_is_flagged_not_a_crash():
+    """A detector may leave a one-voxel speck: it has no principal axes, yet the case must finish."""
+    case = make_case([("L2", -2, lambda t: (np.full_like(t, 3.0), np.zeros_like(t)))])
+    speck = np.argwhere(case.instances == 1)[0]
+    case.instances[:] = 0
+    case.instances[tuple(speck)] = 1
+    row = measure_result(case).measurements[0]
+    assert "too_small" in row["flags"] and row["height_middle_mm"] is None
+
+
 def test_measurement_keys_in_contract_order():
     row = measure_result(make_case([("L3", -13, body_shape(26, 26))])).measurements[0]
     assert list(row) == [

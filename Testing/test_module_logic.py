@@ -67,14 +67,14 @@ def module(monkeypatch):
 
 
 def test_self_test_runs_load_detect_correct_measure_export(module, monkeypatch):
-    import SpineLabelLib.stages.locate as detector
+    import SpineLabelLib.models.registry as registry
     from SpineLabelLib.core.errors import ModelError
 
     def no_weights(*args, **kwargs):
         raise ModelError("no bundled model")
 
     # Keep this test fast and independent of weights: the self-test's no-model path.
-    monkeypatch.setattr(detector, "detect", no_weights, raising=False)
+    monkeypatch.setattr(registry, "load_model", no_weights)
     outcome = unittest.TestResult()
     module.SpineLabelTest("test_load_detect_correct_measure_export").run(outcome)
     assert outcome.wasSuccessful(), outcome.errors + outcome.failures
@@ -101,23 +101,21 @@ def test_logic_records_scene_edits_before_a_correction(module):
     assert scene.segment_id_of(nodes.segmentation, logic.result.vertebrae[2]) == "L3"
 
 
-def test_blocking_process_and_background_finish_show_results(module, monkeypatch):
-    import SpineLabelLib.stages.locate as detector
-    from test_batch import fake_detect
+def test_blocking_process_and_background_finish_show_results(module, blob_model_dir, blob_plugin_path):
     from test_correction import lumbar_result
 
     from SpineLabelLib.app.background import BackgroundRun
 
-    monkeypatch.setattr(detector, "detect", fake_detect, raising=False)
+    options = RunOptions(model=str(blob_model_dir), modality="ct", segmenter="none")
     image = lumbar_result().image
     first = scene.volume_to_node(slicer.mrmlScene, image, "first")
     logic = module.SpineLabelLogic()
-    nodes = logic.process(first, RunOptions(modality="ct"))
+    nodes = logic.process(first, options)
     assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
     assert nodes.table.GetNumberOfRows() == 5
 
     second = scene.volume_to_node(slicer.mrmlScene, image, "second")
-    job = BackgroundRun(image, "second", RunOptions(modality="ct"), detector="test_batch:fake_detect")
+    job = BackgroundRun(image, "second", options)
     job.volumeNodeID = second.GetID()
     job.start()
     job.wait(timeout=120)

@@ -48,20 +48,12 @@ def test_image_without_spine_fails_with_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out" / "noise").exists()
 
 
-def test_many_inputs_one_failing_others_complete(ct_phantom_file, tmp_path, monkeypatch, capsys):
+def test_many_inputs_one_failing_others_complete(ct_phantom_file, tmp_path, capsys, blob_model_dir):
     path, phantom = ct_phantom_file
-
-    def fake_detect(result, **_):
-        truth = phantom.to_result(result.case_id)
-        result.instances, result.vertebrae = truth.instances, truth.vertebrae
-        return result
-
-    import SpineLabelLib.stages.locate as detector
-
-    monkeypatch.setattr(detector, "detect", fake_detect)
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b truncated")
-    status = main(["run", str(broken), str(path), "--out", str(tmp_path / "out"), "-q"])
+    status = main(["run", str(broken), str(path), "--out", str(tmp_path / "out"), "-q",
+                   "--model", str(blob_model_dir), "--segmenter", "none"])
     assert status == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.nii.gz" in err[0]

@@ -152,7 +152,7 @@ def test_segmenter_folder_loads_by_family_and_refuses_tampering(tiny_segmenter_d
 
 
 def test_detect_records_the_segmenter_and_keeps_every_body_a_mask(tiny_segmenter_dir, tmp_path, monkeypatch):
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
     from SpineLabelLib.models.maskrcnn import infer as detector_infer
     from SpineLabelLib.models.registry import load_model
     from SpineLabelLib.core.result import SpineResult
@@ -169,13 +169,13 @@ def test_detect_records_the_segmenter_and_keeps_every_body_a_mask(tiny_segmenter
     monkeypatch.setattr(detector_infer, "detect_volume",
                         lambda *a, **k: detector_infer.DetectionOutput(instances.copy(), bodies, {}))
     segmenter = load_model(tiny_segmenter_dir)
-    result = detect(SpineResult("case", image=image), model=_tiny_detector(tmp_path), segmenter=segmenter)
+    result = find_bodies(SpineResult("case", image=image), detector=_tiny_detector(tmp_path), segmenter=segmenter)
     assert [m["name"] for m in result.models][-1] == "tiny-segmenter"
     for vertebra in result.vertebrae:                       # an untrained U-Net may see nothing:
         assert (result.instances == vertebra.instance).any()  # the detector's mask is kept then
         inside = result.image.ras_to_kji(vertebra.centroid_ras[None])[0]
         assert np.all(inside >= -1) and np.all(inside <= np.array(shape))
-    plain = detect(SpineResult("case", image=image), model=_tiny_detector(tmp_path), segmenter="none")
+    plain = find_bodies(SpineResult("case", image=image), detector=_tiny_detector(tmp_path), segmenter=None)
     assert "tiny-segmenter" not in [m["name"] for m in plain.models]
     assert np.array_equal(plain.instances, instances)
 

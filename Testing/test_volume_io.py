@@ -110,8 +110,8 @@ def test_bad_inputs_print_no_traceback_or_itk_noise(tmp_path):
     (tmp_path / "notes" / "readme.txt").write_text("no images here")
     (tmp_path / "text.nrrd").write_text("hello")
     code = ("import sys\n"
-            "from SpineLabelLib.volume import load_volume\n"
-            "from SpineLabelLib.errors import SpineLabelError\n"
+            "from SpineLabelLib.core.volume import load_volume\n"
+            "from SpineLabelLib.core.errors import SpineLabelError\n"
             "for p in sys.argv[1:]:\n"
             "    try:\n        load_volume(p)\n"
             "    except SpineLabelError as e:\n        print(e, file=sys.stderr)\n")

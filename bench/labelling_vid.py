@@ -1,4 +1,4 @@
-"""Benchmark of level assignment (SpineLabelLib.labelling) on the VID keypoint spines; prints one JSON line.
+"""Benchmark of level assignment (SpineLabelLib.naming.labelling) on the VID keypoint spines; prints one JSON line.
 
 Data: ../shared/data/keypoints/vid (Bürgin et al., MICCAI 2023; CC BY-SA 4.0): ground-truth body keypoints
 with levels and realistic detector outputs (missing + superfluous bodies, C/T/L probabilities, no levels),

@@ -96,7 +96,8 @@ def export_site(work: Path, names: list[str], before_dir: Path, with_original: b
     """The site's "corrected" cases: manual masks, with BEFORE's prediction as the original."""
     from SpineLabelLib.naming import labelling
     from SpineLabelLib.dataset import export_case, read_manifest
-    from SpineLabelLib.stages.locate import detect
+    from SpineLabelLib.app.pipeline import find_bodies
+    from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.models.registry import load_model
     from SpineLabelLib.core.result import SpineResult
     from SpineLabelLib.io.summary import sha256_file
@@ -111,7 +112,7 @@ def export_site(work: Path, names: list[str], before_dir: Path, with_original: b
         original = None
         if with_original:
             image = load_volume(image_path)
-            result = labelling.relabel_result(detect(SpineResult(name, image=image), loaded, "mr"))
+            result = labelling.relabel_result(find_bodies(SpineResult(name, image=image), RunOptions(modality="mr"), detector=loaded))
             original = result.level_volume()
         record = export_case(dataset, image_path, MRI / f"{name}_seg.nii.gz", original=original,
                              model=loaded.summary(), modality="mr")

@@ -39,14 +39,12 @@ class Status:
 class BackgroundRun:
     """One detection job in a child process: `start()`, then `poll()` until not running, then `result()`."""
 
-    def __init__(self, volume, case_id: str, options: "RunOptions | None" = None,
-                 python: str | None = None, detector: str | None = None):
+    def __init__(self, volume, case_id: str, options: "RunOptions | None" = None, python: str | None = None):
         from SpineLabelLib.core.options import RunOptions   # absolute: this file also runs as the worker script
 
         self.volume, self.case_id = volume, case_id
         self.options = (options or RunOptions()).validated()
         self.python = python or sys.executable       # PythonSlicer inside Slicer
-        self.detector = detector                     # "module:function" replacing the bundled detector
         self.folder: Path | None = None
         self.process: subprocess.Popen | None = None
         self._final: Status | None = None
@@ -54,8 +52,7 @@ class BackgroundRun:
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="spinelabel-"))
         np.savez(self.folder / "input.npz", array=self.volume.array, ijk_to_ras=self.volume.ijk_to_ras)
-        job = {"case_id": self.case_id, "options": self.options.to_dict(),
-               "detector": self.detector, "engine_root": str(Path(__file__).resolve().parents[2]),
+        job = {"case_id": self.case_id, "options": self.options.to_dict(), "engine_root": str(Path(__file__).resolve().parents[2]),
                "sys_path": [p for p in sys.path if p]}
         (self.folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
         options = {"start_new_session": True} if os.name == "posix" else \
@@ -127,8 +124,6 @@ def _read_json(path: Path) -> dict | None:
 
 # --- the worker (child process) ---------------------------------------------------------------
 def _worker(folder: Path) -> int:
-    from importlib import import_module
-
     from SpineLabelLib.app import pipeline
     from SpineLabelLib.core.errors import SpineLabelError
     from SpineLabelLib.core.options import RunOptions
@@ -142,18 +137,10 @@ def _worker(folder: Path) -> int:
         atomic_write_text(folder / "progress.json", json.dumps({"fraction": fraction, "message": message}))
 
     try:
-        if job.get("detector"):
-            module, name = job["detector"].split(":")
-            import SpineLabelLib.stages.locate as detector
-
-            detector.detect = getattr(import_module(module), name)
         data = np.load(folder / "input.npz")
         result = pipeline.case_from_volume(validate(Volume(data["array"], data["ijk_to_ras"])), job["case_id"])
         progress(0.0, "detecting vertebrae")
-        pipeline.detect(result, RunOptions.from_dict(job["options"]),
-                        progress=lambda fraction, message: progress(0.9 * fraction, message))
-        progress(0.9, "measuring")
-        pipeline.measure(result)
+        pipeline.analyse(result, RunOptions.from_dict(job["options"]), progress=progress)
         with atomic_path(folder / "result.npz") as tmp:
             save_snapshot(result, tmp)
         atomic_write_text(folder / "status.json", json.dumps({"state": DONE}))

@@ -138,17 +138,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from ..models.families import DEFAULT_FAMILY, families
     from ..models.registry import list_models
 
+    print("model families")
+    print("family\trole\ttrainable\tdescription")
+    for family in families():
+        print(f"{family.name}\t{family.role}\t{'yes' if family.training_recipe else 'no'}\t{family.description}")
     models = list_models()
+    print("\ninstalled models")
     if not models:
         print("no models found")
         return 1
-    print("name\tversion\tmodality\tsha256\ttask")
+    print("name\tversion\tfamily\tmodality\tsha256\ttask")
     for card in models:
         modality = card.get("modality", "")
         modality = ",".join(modality) if isinstance(modality, list) else modality
-        print(f"{card['name']}\t{card.get('version', '')}\t{modality}\t{card.get('sha256', '')[:12]}\t{card.get('task', '')}")
+        family = card.get("architecture", {}).get("family") or DEFAULT_FAMILY
+        print(f"{card['name']}\t{card.get('version', '')}\t{family}\t{modality}\t{card.get('sha256', '')[:12]}\t"
+              f"{card.get('task', '')}")
     return 0
 
 
@@ -239,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the slice sampling and augmentation")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="list the bundled models")
+    p = sub.add_parser("models", help="list the model families and the installed models",
+                       description="Model families (what a card's architecture.family means) and every model "
+                                   "found in SPINELABEL_MODELS, the source tree and the install prefix.")
     p.set_defaults(func=cmd_models)
     return parser
 

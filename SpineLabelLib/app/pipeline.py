@@ -1,6 +1,7 @@
-"""The stages of a case, one function each, and `run` over many inputs.
+"""A case through its stages, and `run` over many inputs: the engine's public Python API.
 
-load -> detect (finds and names vertebrae, body masks) -> measure -> write outputs. The Slicer
+load -> locate bodies -> refine bodies -> name levels (`detect`) -> measure -> write outputs. Each
+stage is a module of `stages/` with a declared input and output on the `SpineResult`; the Slicer
 module, the headless batch script and the `spinelabel` command all call these functions.
 """
 from __future__ import annotations
@@ -9,10 +10,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
-from ..core.errors import NoSpineFoundError, SpineLabelError
+from ..core.errors import SpineLabelError
 from ..core.options import RunOptions
+from ..stages.base import RunContext, present
 from ..core.result import SpineResult
 from ..core.volume import Volume, case_id as case_id_of, load_volume
 
@@ -27,6 +30,53 @@ def timed(result: SpineResult, stage: str):
     start = time.perf_counter()
     yield
     result.timings[stage] = round(time.perf_counter() - start, 3)
+
+
+class Pipeline:
+    """Stages run in order on one result: each is timed, its declared input checked, its progress
+    mapped into its share of the run's progress (MONAI Label's multi-stage infer pipelines and
+    nnU-Net's predictor are the model)."""
+
+    def __init__(self, stages) -> None:
+        self.stages = list(stages)
+
+    def run(self, result: SpineResult, context: RunContext) -> SpineResult:
+        total = sum(stage.share for stage in self.stages) or 1.0
+        done = 0.0
+        for stage in self.stages:
+            missing = [item for item in stage.needs if not present(result, item)]
+            if missing:
+                raise SpineLabelError(f"{result.case_id}: stage {stage.name!r} needs {', '.join(missing)}")
+            context.check_cancel()
+            offset, width = done / total, stage.share / total
+            stage_context = replace(context, progress=_scaled(context.progress, offset, width))
+            with timed(result, stage.name):
+                stage.run(result, stage_context)
+            done += stage.share
+        context.report(1.0, "done")
+        return result
+
+
+def _scaled(progress: Progress | None, offset: float, width: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(offset + width * min(max(fraction, 0.0), 1.0), message)
+
+
+def detection_stages() -> list:
+    """locate bodies -> refine bodies -> name levels."""
+    from ..stages.locate import LocateBodies
+    from ..stages.name_levels import NameLevels
+    from ..stages.refine import RefineBodies
+
+    return [LocateBodies(), RefineBodies(), NameLevels()]
+
+
+def analysis_stages() -> list:
+    """The detection stages, then measurement: everything up to writing the files."""
+    from ..stages.measure import MeasureBodies
+
+    return [*detection_stages(), MeasureBodies()]
 
 
 def load_case(path: str | Path) -> SpineResult:
@@ -49,32 +99,40 @@ def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
 
 
 def detect(result: SpineResult, options: RunOptions | None = None,
-           progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
+           progress: Progress | None = None, cancel: Cancel | None = None, *,
+           detector=None, segmenter="options") -> SpineResult:
     """Find the vertebral bodies, segment them and name them in anatomical order.
 
     options: model, modality, segmenter ("auto" redraws the body masks with the bundled segmenter
-    when installed, "none" keeps the detector's masks) and input mode (`RunOptions`)."""
-    from ..stages import locate as detector
-    from ..naming import labelling
+    when installed, "none" keeps the detector's masks) and input mode (`RunOptions`).
+    detector / segmenter: loaded models to use instead of the options' names (evaluation, tests)."""
+    context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter)
+    return Pipeline(detection_stages()).run(result, context)
 
-    options = (options or RunOptions()).validated()
-    with timed(result, "detect"):
-        detector.detect(result, model=options.model, modality=options.modality, progress=progress, cancel=cancel,
-                        segmenter=options.segmenter, input_mode=options.input_mode)
-    if not result.vertebrae:
-        raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
-    with timed(result, "label"):
-        labelling.relabel_result(result)
-    return result
+
+def find_bodies(result: SpineResult, options: RunOptions | None = None, progress: Progress | None = None,
+                cancel: Cancel | None = None, *, detector=None, segmenter="options") -> SpineResult:
+    """locate -> refine only (no naming, no error when nothing is found): for evaluation tools that
+    score the detector's own level guesses or name the bodies themselves."""
+    from ..stages.locate import LocateBodies
+    from ..stages.refine import RefineBodies
+
+    context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter)
+    return Pipeline([LocateBodies(), RefineBodies()]).run(result, context)
+
+
+def analyse(result: SpineResult, options: RunOptions | None = None, progress: Progress | None = None,
+            cancel: Cancel | None = None) -> SpineResult:
+    """detect, then measure, with one progress over all stages (the Slicer background job)."""
+    context = RunContext((options or RunOptions()).validated(), progress, cancel)
+    return Pipeline(analysis_stages()).run(result, context)
 
 
 def measure(result: SpineResult) -> SpineResult:
     """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body."""
-    from ..measurement.bodies import measure_result
+    from ..stages.measure import MeasureBodies
 
-    with timed(result, "measure"):
-        measure_result(result)
-    return result
+    return Pipeline([MeasureBodies()]).run(result, RunContext(RunOptions()))
 
 
 def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | None = None) -> Path:
@@ -113,9 +171,9 @@ def run_case(path: str | Path, out_root: str | Path, options: RunOptions | None 
              progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
     """load -> detect -> measure -> write for one input."""
     result = load_case(path)
-    detect(result, options, progress=progress, cancel=cancel)
-    measure(result)
+    analyse(result, options, progress=progress, cancel=cancel)
     write_outputs(result, out_root)
+    result.view = None                       # the canonical grids are big; the files are written
     return result
 
 

@@ -1,7 +1,9 @@
 """`SpineResult`: the one type that carries a case through every stage.
 
-Body masks live in one instance map on the image grid (value = `Vertebra.instance`), so renaming a
-vertebra never touches voxels; the level-code label map is derived on demand.
+Voxel results are named layers on the image grid (`LAYERS`): the vertebral bodies today, as one
+instance map (value = `Vertebra.instance`), so renaming a vertebra never touches voxels; the
+level-code label map is derived on demand. What a stage reports about its own work (the detector's
+slab, say) goes into `notes` under the stage's name; a phantom's analytic answer into `truth`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from . import anatomy
 from .volume import Volume
 
 SOURCES = ("detector", "manual", "phantom", "truth", "file")
+#: voxel layers a result can hold, each an instance map on the image grid
+BODIES = "bodies"
+LAYERS = (BODIES,)
 
 
 @dataclass
@@ -45,7 +50,7 @@ class SpineResult:
     case_id: str
     image: Volume | None = None
     vertebrae: list[Vertebra] = field(default_factory=list)
-    instances: np.ndarray | None = None        # (k, j, i) uint16 on image grid; 0 = background
+    layers: dict[str, np.ndarray] = field(default_factory=dict)   # name -> (k, j, i) uint16 on the image grid
     modality: str = "unknown"                  # 'ct' | 'mr' | 'unknown'
     input_path: str = ""
     input_sha256: str = ""
@@ -55,7 +60,33 @@ class SpineResult:
     measurements: list[dict[str, Any]] = field(default_factory=list)
     distances: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)            # stage name -> what it reports
+    truth: dict[str, Any] | None = None                            # a phantom's analytic answer
+    view: Any = field(default=None, repr=False, compare=False)     # core.canonical.CanonicalView, per run
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, dict):      # a bare instance map is the body layer
+            self.layers = {} if self.layers is None else {BODIES: self.layers}
+
+    @property
+    def instances(self) -> np.ndarray | None:
+        """The vertebral-body layer: (k, j, i) uint16 on the image grid, 0 = background."""
+        return self.layers.get(BODIES)
+
+    @instances.setter
+    def instances(self, value: np.ndarray | None) -> None:
+        if value is None:
+            self.layers.pop(BODIES, None)
+        else:
+            self.layers[BODIES] = value
+
+    def canonical_view(self):
+        """The case's canonical sagittal view (created on first use, shared by every stage)."""
+        from .canonical import CanonicalView
+
+        if self.view is None or self.view.volume is not self.image or self.view.modality != self.modality:
+            self.view = CanonicalView(self.image, self.modality)
+        return self.view
 
     # --- access ---------------------------------------------------------------------------
     def by_level(self, level: str) -> Vertebra | None:
@@ -119,7 +150,7 @@ class SpineResult:
             instances[tuple(voxels.T)] = n
             centroid = image.kji_to_ras(voxels.mean(axis=0))[0]
             vertebrae.append(Vertebra(anatomy.name_of(code), centroid, instance=n, source=source))
-        result = cls(case_id, image, vertebrae, instances, **kwargs)
+        result = cls(case_id, image, vertebrae, {BODIES: instances}, **kwargs)
         result.sort_cranio_caudal()
         return result
 
@@ -140,7 +171,7 @@ class SpineResult:
 
 # --- a pickle-free snapshot, for handing a result between processes --------------------------
 _JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
-                "measurements", "distances", "corrections", "extras")
+                "measurements", "distances", "corrections", "notes", "truth")
 
 
 def _jsonable(value: Any) -> Any:
@@ -162,8 +193,7 @@ def save_snapshot(result: SpineResult, path) -> None:
     arrays = {"fields": np.frombuffer(json.dumps(fields, default=_jsonable).encode("utf-8"), dtype=np.uint8)}
     if result.image is not None:
         arrays.update(image=result.image.array, ijk_to_ras=result.image.ijk_to_ras)
-    if result.instances is not None:
-        arrays["instances"] = result.instances
+    arrays.update({f"layer_{name}": layer for name, layer in result.layers.items()})
     with open(path, "wb") as stream:
         np.savez(stream, **arrays)
 
@@ -174,6 +204,6 @@ def load_snapshot(path) -> SpineResult:
     with np.load(path, allow_pickle=False) as data:
         fields = json.loads(data["fields"].tobytes().decode("utf-8"))
         image = Volume(data["image"], data["ijk_to_ras"]) if "image" in data else None
-        instances = data["instances"] if "instances" in data else None
+        layers = {key[len("layer_"):]: data[key] for key in data.files if key.startswith("layer_")}
     vertebrae = [Vertebra(**v) for v in fields.pop("vertebrae")]
-    return SpineResult(image=image, instances=instances, vertebrae=vertebrae, **fields)
+    return SpineResult(image=image, layers=layers, vertebrae=vertebrae, **fields)

@@ -129,8 +129,9 @@ def _draw_lines(result: SpineResult, canonical: Volume, axes) -> None:
 def write_qc_png(result: SpineResult, path: str | os.PathLike) -> Path:
     """Write the sagittal QC overlay as PNG (through a temporary file)."""
     path = Path(path)
-    spacing = _qc_spacing(result.image)
-    canonical = resample_to_canonical(result.image, spacing)
+    view = result.canonical_view()           # the grid detection already made, when it ran
+    spacing = view.spacings[0] if view.spacings else _qc_spacing(result.image)
+    canonical = view.at(spacing)
     labels = None
     if result.instances is not None:
         labels = resample_to_canonical(result.level_volume(), spacing, label=True).array

@@ -120,11 +120,15 @@ def principal_frame(points_ras: np.ndarray, spine_axis: np.ndarray | None) -> Bo
     used. `_refine_superior` then aligns it with the end plates either way.
     """
     centre = points_ras.mean(axis=0)
-    values, vectors = np.linalg.eigh(np.cov((points_ras - centre).T))   # ascending
     reference = PATIENT_SUPERIOR if spine_axis is None else _unit(spine_axis)
     lateral_reference = np.cross(reference, PATIENT_ANTERIOR)
     if np.linalg.norm(lateral_reference) < 1e-6:                       # spine axis along A: odd, but defined
         lateral_reference = np.array([1.0, 0.0, 0.0])
+    if len(points_ras) < 4:      # a fragment of a few voxels has no principal axes: the patient's frame
+        lateral = _unit(lateral_reference)
+        superior = _in_plane(reference, lateral)
+        return BodyFrame(centre, superior, np.cross(lateral, superior))
+    values, vectors = np.linalg.eigh(np.cov((points_ras - centre).T))   # ascending
     lateral_index = int(np.argmax(np.abs(vectors.T @ _unit(lateral_reference))))
     lateral = vectors[:, lateral_index]
     if values[lateral_index] < 1.15 * max(np.delete(values, lateral_index)):

@@ -1,4 +1,5 @@
-"""Detector weights as data: safetensors file + model card, hash-checked, never unpickled."""
+"""Models as data: a safetensors file + a model card, hash-checked, never unpickled; the card's
+``architecture.family`` names the `families.ModelFamily` that builds the network."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ from pathlib import Path
 
 from ..core.errors import ModelError
 from ..io.summary import sha256_file
-from .maskrcnn.network import DetectorConfig, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -43,27 +43,17 @@ def load_network(directory: Path, card: dict | None = None):
         raise ModelError(f"{weights}: weights file missing")
     if sha256_of(weights) != card["sha256"]:
         raise ModelError(f"{weights}: sha256 does not match the model card (file changed or damaged); refusing to load")
+    from .families import family_of_card
+
+    family = family_of_card(card)
     try:
-        network = _build_for(card["architecture"])
+        network = family.build_network(card["architecture"])
         network.load_state_dict(load_file(str(weights)), strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{weights}: weights do not fit the card's architecture ({first})") from None
     network.eval()
-    if card["architecture"].get("family") == "body-unet":
-        import torch
-
-        network.to(memory_format=torch.channels_last)    # the U-Net's convolutions: ~1/3 faster on CPU
-    return network
-
-
-def _build_for(architecture: dict):
-    """The network a card describes: the body segmenter's U-Net or (the default) the detector."""
-    from .body_unet import network as segmenter_model
-
-    if architecture.get("family") == segmenter_model.FAMILY:
-        return segmenter_model.build_model(segmenter_model.SegmenterConfig.from_dict(architecture))
-    return build_model(DetectorConfig.from_dict(architecture))
+    return family.prepare_network(network) if family.prepare_network else network
 
 
 def export_checkpoint(checkpoint: Path, out: Path, config_class, card: dict, history_key: str,
@@ -73,7 +63,7 @@ def export_checkpoint(checkpoint: Path, out: Path, config_class, card: dict, his
     then ``extra_card`` (data, split, metrics: a JSON file merged last)."""
     import torch
 
-    from .maskrcnn.data import NORMALISATION_CARD
+    from ..core.canonical import NORMALISATION_CARD
 
     state = torch.load(checkpoint, weights_only=True)
     config = config_class.from_dict(json.loads(state["config"]))

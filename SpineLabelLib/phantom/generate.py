@@ -49,7 +49,7 @@ class Phantom:
 
         modality = {"ct": "ct", "t1": "mr", "t2": "mr"}.get(self.truth["modality"], "unknown")
         return SpineResult.from_level_map(case_id, self.image, self.labels.array, source="phantom",
-                                          modality=modality, extras={"phantom_truth": self.truth})
+                                          modality=modality, truth=self.truth)
 
 
 def _truth_entry(level: _Level, inside: int, total: int, centroid) -> dict:

@@ -100,7 +100,7 @@ def split_held_out(case_ids: list[str], fraction: float) -> list[str]:
 def prepare_cases(cases: list, held_out: list[str], folder: Path, spacing: float) -> dict[str, Path]:
     """Dataset cases -> detector .npz files (cached; a replaced case is prepared again)."""
     from ..models.maskrcnn.data import prepare_case
-    from ..models.maskrcnn.infer import guess_modality
+    from ..stages.locate import guess_modality
     from ..core.volume import load_volume
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,17 +214,18 @@ def evaluate_model(loaded, cases: list) -> dict | None:
 def _detect_and_label(loaded, case):
     """The case run through detection (a segmenter runs behind the bundled detector) and level naming."""
     from ..naming import labelling
-    from ..stages.locate import detect
+    from ..app.pipeline import find_bodies
+    from ..core.options import RunOptions
     from ..core.result import SpineResult
     from ..core.volume import load_volume
 
     result = SpineResult(case.case_id, image=load_volume(case.image_path))
     modality = case.manifest_entry.get("modality")
-    modality = modality if modality in ("ct", "mr") else "auto"
+    options = RunOptions(modality=modality if modality in ("ct", "mr") else "auto")
     if family_of_card(loaded.card) == SegmenterRecipe.family:
-        detect(result, None, modality, segmenter=loaded)
+        find_bodies(result, options, segmenter=loaded)
     else:
-        detect(result, loaded, modality)
+        find_bodies(result, options, detector=loaded)
     labelling.relabel_result(result)
     return result
 

@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from ...core.volume import Volume, canonical_grid, resample
+from ...core.canonical import CanonicalView
+from ...core.volume import Volume, resample
 
 Cancel = Callable[[], bool]
 
@@ -53,7 +54,7 @@ def slab_probability(model, image: np.ndarray, low: int, high: int, step: int) -
     return out
 
 
-def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str,
+def refine_instances(source: Volume | CanonicalView, instances: np.ndarray, model, modality: str | None = None,
                      cancel: Cancel | None = None, reach_mm: float = 4.0,
                      margin_mm: float = 40.0, lateral_margin_mm: float = 6.0, slice_step: int = 2) -> np.ndarray:
     """New instance map on ``volume``'s grid with boundaries from the segmenter.
@@ -64,9 +65,10 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     final one; the lowest body of a C3-L5 CT phantom: 0.62 at 24 mm, 0.89 at 40 mm). Slices run
     ``lateral_margin_mm`` beyond the bodies' lateral edges; the U-Net sees every
     ``slice_step``-th of them and the probability is interpolated between (every slice: same Dice)."""
-    from ..maskrcnn.data import apply_window, intensity_window
     from ..maskrcnn.infer import _check, to_input_grid, torch_threads
 
+    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality or "mr")
+    volume = view.volume
     config = model.config
     present = np.argwhere(instances)
     if present.size == 0:
@@ -74,8 +76,7 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     # Only the bodies' surroundings are resampled (a whole CT at 1 mm is ~50 M voxels), their
     # voxels' own extent, not their oblique bounding box; the MRI intensity window still comes
     # from the whole volume, as in training.
-    grid = canonical_grid(volume, config.spacing_mm, present, (lateral_margin_mm, margin_mm, margin_mm))
-    image = apply_window(resample(volume, None, reference=grid).array, intensity_window(volume.array, modality))
+    grid, image = view.around(present, config.spacing_mm, (lateral_margin_mm, margin_mm, margin_mm))
     detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=grid, label=True).array
     _check(cancel)
     with torch_threads(int(os.environ.get("SPINELABEL_THREADS", "1"))):   # as the detector: see torch_threads
@@ -86,10 +87,12 @@ def refine_instances(volume: Volume, instances: np.ndarray, model, modality: str
     return to_input_grid(refined, probability, grid, volume)
 
 
-def draw_body(volume: Volume, instances: np.ndarray, centre_ras, model, modality: str,
+def draw_body(source: Volume | CanonicalView, instances: np.ndarray, centre_ras, model, modality: str | None = None,
               seed_radius_mm: float = 5.0, reach_mm: float = 12.0) -> np.ndarray:
     """The body around a clicked centre (a vertebra a person added): a small ball there seeds a new
     body among the existing ones, which keep their voxels; returns its mask (maybe empty)."""
+    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality or "mr")
+    volume = view.volume
     centre = volume.ras_to_kji(np.asarray(centre_ras, float)[None])[0]
     half = np.ceil(seed_radius_mm / volume.spacing[::-1]).astype(int)        # per k, j, i
     low = np.maximum(np.floor(centre).astype(int) - half, 0)
@@ -105,7 +108,7 @@ def draw_body(volume: Volume, instances: np.ndarray, centre_ras, model, modality
         return seed
     new = int(instances.max()) + 1
     seeded = np.where(seed, new, instances).astype(np.uint16)
-    refined = refine_instances(volume, seeded, model, modality, reach_mm=reach_mm)
+    refined = refine_instances(view, seeded, model, reach_mm=reach_mm)
     return (refined == new) & (instances == 0)
 
 

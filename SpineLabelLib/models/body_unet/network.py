@@ -14,7 +14,7 @@ from torch import nn
 
 from ..maskrcnn.network import CardConfig
 
-FAMILY = "body-unet"
+from .family import NAME as FAMILY  # noqa: E402  (the card name of this family)
 
 
 @dataclass

@@ -27,32 +27,8 @@ for _name in anatomy.ORDER:
         CLASS_OF_CODE[anatomy.code_of(_name)] = anatomy.ORDER.index(_name) + 1
 
 
-#: CT is windowed in Hounsfield units: a percentile clip would put soft tissue and bone together.
-CT_WINDOW_HU = (-250.0, 1000.0)
-#: How `normalise_intensity` works, as the model cards state it.
-NORMALISATION_CARD = {"mr": "per volume: clip to the 1st..99th percentile, scale to 0..1",
-                      "ct": "Hounsfield window -250..1000 HU scaled to 0..1"}
-
-
-def normalise_intensity(array: np.ndarray, modality: str = "mr") -> np.ndarray:
-    """To 0..1 (float32): CT through a fixed HU window, MRI by the volume's 1st-99th percentile."""
-    return apply_window(array, intensity_window(array, modality))
-
-
-def intensity_window(array: np.ndarray, modality: str = "mr") -> tuple[float, float]:
-    """The intensities that become 0 and 1: a fixed HU window for CT, the 1st and 99th
-    percentiles for MRI (computed once on a whole volume, then applied to any part of it)."""
-    if modality == "ct":
-        return CT_WINDOW_HU
-    array = np.asarray(array)
-    sample = array[::2, ::2, ::2] if array.size > 8_000_000 else array
-    low, high = np.percentile(sample, [1.0, 99.0])
-    return float(low), float(high) if high > low else float(low) + 1.0
-
-
-def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    low, high = window
-    return np.clip((np.asarray(array, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
+# Intensities are normalised as at inference (one definition: core.canonical).
+from ...core.canonical import normalise_intensity  # noqa: E402
 
 
 def split_real_cases(names: list[str]) -> tuple[list[str], list[str]]:

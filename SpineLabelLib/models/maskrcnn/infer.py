@@ -19,8 +19,8 @@ import numpy as np
 
 from ...core import anatomy
 from ...core.errors import SpineLabelError
-from ...core.volume import Volume, resample, resample_to_canonical
-from .data import normalise_intensity
+from ...core.volume import Volume, resample
+from ...core.canonical import CanonicalView, apply_window
 
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]
@@ -68,14 +68,6 @@ class DetectionOutput:
 def _check(cancel: Cancel | None) -> None:
     if cancel is not None and cancel():
         raise SpineLabelError("cancelled")
-
-
-def guess_modality(volume: Volume) -> str:
-    """'ct' when the values look like Hounsfield units (air near -1000), else 'mr'."""
-    array = volume.array
-    sample = array[::4, ::4, ::4] if array.size > 1_000_000 else array
-    low, high = np.percentile(sample, [1, 99.5])
-    return "ct" if low < -500 and high > 150 else "mr"
 
 
 # --- per slice ------------------------------------------------------------------------------
@@ -199,14 +191,13 @@ def find_slab(model, image: np.ndarray, config, min_score: float = 0.5, progress
 
 # --- linking across slices ----------------------------------------------------------------------
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of (N, 4) and (M, 4) boxes."""
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    """IoU matrix of (N, 4) and (M, 4) boxes (x0, y0, x1, y1), by torchvision."""
+    import torch
+    from torchvision.ops import box_iou as torch_box_iou
+
+    a = torch.as_tensor(np.asarray(a, np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))
+    return torch_box_iou(a, b).numpy()
 
 
 def link_detections(per_slice: dict[int, list[SliceDetection]], max_gap: int = 3,
@@ -341,23 +332,24 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
-from ...core.options import INPUT_MODES
 #: Empty margin added above and below the image before detection (see `pad_head_and_feet`).
 EDGE_PADDING_MM = 40.0
 
 
-def detect_volume(volume: Volume, model, modality: str = "mr", progress: Progress | None = None,
+def detect_volume(source: Volume | CanonicalView, model, modality: str = "mr", progress: Progress | None = None,
                   cancel: Cancel | None = None, slice_step: int = 2, threads: int | None = None,
                   input_mode: str = "slices") -> DetectionOutput:
-    """Detect vertebral bodies in a volume; masks on the input grid, centroids in RAS.
+    """Detect vertebral bodies in a volume (or a case's canonical view); masks on the input grid,
+    centroids in RAS.
 
     input_mode "slices" runs every other sagittal slice of the spine's slab and links them;
     "mip" (CT only, paper 001) runs once on the slab's maximum-intensity projection."""
+    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality)
     threads = int(os.environ.get("SPINELABEL_THREADS", "1")) if threads is None else threads
     with torch_threads(threads):
         if input_mode == "mip":
-            return _detect_mip(volume, model, modality, progress, cancel)
-        return _detect_volume(volume, model, modality, progress, cancel, slice_step)
+            return _detect_mip(view, model, progress, cancel)
+        return _detect_volume(view, model, progress, cancel, slice_step)
 
 
 def pad_head_and_feet(canonical: Volume, padding_mm: float) -> Volume:
@@ -376,15 +368,16 @@ def pad_head_and_feet(canonical: Volume, padding_mm: float) -> Volume:
     return Volume(array, matrix, dict(canonical.metadata))
 
 
-def _detect_volume(volume: Volume, model, modality: str, progress: Progress | None,
+def _detect_volume(view: CanonicalView, model, progress: Progress | None,
                    cancel: Cancel | None, slice_step: int, edge_padding_mm: float | None = None) -> DetectionOutput:
     config = model.config
+    volume = view.volume
     _check(cancel)
     if progress:
         progress(0.0, "resampling to canonical orientation")
     padding = EDGE_PADDING_MM if edge_padding_mm is None else edge_padding_mm
-    canonical = pad_head_and_feet(resample_to_canonical(volume, config.spacing_mm), padding)
-    image = normalise_intensity(canonical.array, modality)
+    canonical = pad_head_and_feet(view.at(config.spacing_mm), padding)
+    image = apply_window(canonical.array, view.window)
     low, high, coarse = find_slab(model, image, config, progress=progress, cancel=cancel)
     if low < 0:
         return DetectionOutput(np.zeros(volume.array.shape, np.uint16), [], {"slab": None})
@@ -414,21 +407,22 @@ def _detect_volume(volume: Volume, model, modality: str, progress: Progress | No
 BONE_LEVEL = (150.0 + 250.0) / 1250.0
 
 
-def _detect_mip(volume: Volume, model, modality: str, progress: Progress | None,
+def _detect_mip(view: CanonicalView, model, progress: Progress | None,
                 cancel: Cancel | None, min_score: float = 0.5) -> DetectionOutput:
     """Paper 001: one detector pass on the sagittal MIP of the spine's slab. The slab (found as
     in slice mode) leaves out the hip bones, which would hide L5 in a projection. A body's 3-D
     mask is its 2-D mask carried across the slab where the CT is bone (>= 150 HU), largest piece."""
     from scipy import ndimage
 
-    if modality != "ct":
+    if view.modality != "ct":
         raise SpineLabelError("the sagittal MIP input is for CT (paper 001); use --input-mode slices for MRI")
     config = model.config
+    volume = view.volume
     _check(cancel)
     if progress:
         progress(0.0, "resampling to canonical orientation")
-    canonical = resample_to_canonical(volume, config.spacing_mm)
-    image = normalise_intensity(canonical.array, modality)
+    canonical = view.at(config.spacing_mm)
+    image = view.normalised(config.spacing_mm)
     low, high, _ = find_slab(model, image, config, progress=progress, cancel=cancel)
     if low < 0:
         return DetectionOutput(np.zeros(volume.array.shape, np.uint16), [], {"slab": None})
