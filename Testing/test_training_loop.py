@@ -312,3 +312,18 @@ def test_fit_commands_train_resume_and_log(kind, prepared, tmp_path, capsys, mon
     assert "resuming at iteration 2" in log and [line.split()[1] for line in validations] == ["2", "4"]
     saved = loop.load_checkpoint(tmp_path / "last.pt")
     assert saved.state.iteration == 4 and [h["iteration"] for h in saved.state.history] == [2, 4]
+
+
+# --- the registry names the recipes ----------------------------------------------------------------
+def test_every_trainable_family_names_a_recipe_of_that_family():
+    """The model registry maps family -> recipe; `spinelabel train --kind` picks among them."""
+    from SpineLabelLib.models.families import families, get_family
+    from SpineLabelLib.training import SCRATCH_FAMILY
+
+    trainable = [family for family in families() if family.training_recipe]
+    assert {f.name for f in trainable} >= set(SCRATCH_FAMILY.values())
+    for family in trainable:
+        recipe = family.recipe()()
+        assert isinstance(recipe, loop.Recipe) and recipe.family == family.name
+    assert {kind: get_family(name).role for kind, name in SCRATCH_FAMILY.items()} == {
+        kind: kind for kind in SCRATCH_FAMILY}

@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset folder written by 'spinelabel export'")
     p.add_argument("--init", help="model name or folder to start from (default: train from scratch); "
                    "a segmenter (e.g. vertebral-body-segmenter) fine-tunes the segmenter")
-    p.add_argument("--kind", choices=("detector", "segmenter"), default="detector",
+    from ..training import SCRATCH_FAMILY
+
+    p.add_argument("--kind", choices=tuple(SCRATCH_FAMILY), default="detector",
                    help="what to train from scratch (with --init, the initial model's kind)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
     p.add_argument("--iterations", type=int, default=2000, help="training iterations in total (default: %(default)s)")

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from . import SCRATCH_FAMILY
 from .loop import Checkpoint, LoopOptions, Recipe, TrainingState, fit, load_checkpoint
-from .recipes import SegmenterRecipe, family_of_card, family_of_kind, recipe_class
 
 WORK = "work"
 CHECKPOINT = "last.pt"
@@ -222,7 +222,9 @@ def _detect_and_label(loaded, case):
     result = SpineResult(case.case_id, image=load_volume(case.image_path))
     modality = case.manifest_entry.get("modality")
     options = RunOptions(modality=modality if modality in ("ct", "mr") else "auto")
-    if family_of_card(loaded.card) == SegmenterRecipe.family:
+    from ..models.families import family_of_card
+
+    if family_of_card(loaded.card).role == "segmenter":
         find_bodies(result, options, segmenter=loaded)
     else:
         find_bodies(result, options, detector=loaded)
@@ -276,7 +278,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     out = Path(out_dir)
     cases, manifest_sha = read_dataset(dataset_dir)
     init = load_model(options.init) if options.init else None
-    recipe = recipe_class(family_of_card(init.card) if init is not None else family_of_kind(options.kind))()
+    recipe = recipe_for(init, options.kind)
     work = out / WORK
     saved = load_checkpoint(work / CHECKPOINT)
     config, extra = _run_facts(options, init, saved, recipe, [c.case_id for c in cases])
@@ -293,6 +295,18 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     card = {**base_card(init, config, recipe), "name": options.name or safe_name(out.resolve().name, "site-model"),
             "version": options.version, **training_card(run.state, options, manifest_sha, cases, counts)}
     return _write_model(out, run.model, card, init, [c for c in cases if c.case_id in held_out], options)
+
+
+def recipe_for(init, kind: str) -> Recipe:
+    """A fresh training recipe of the initial model's family (its card), or from scratch of the
+    bundled family that ``kind`` ("detector" / "segmenter") names; resolved by the model registry."""
+    from ..models.families import family_of_card, get_family
+
+    if init is not None:
+        return family_of_card(init.card).recipe()()
+    if kind not in SCRATCH_FAMILY:
+        raise InputError(f"model kind must be {' or '.join(SCRATCH_FAMILY)}, got {kind!r}")
+    return get_family(SCRATCH_FAMILY[kind]).recipe()()
 
 
 def _run_facts(options: TrainOptions, init, saved: Checkpoint | None, recipe: Recipe, case_ids: list[str]):

@@ -8,17 +8,17 @@
 
 A recipe is built with its training pool (cases + draw weights) and validation slices; the same
 recipe serves training from scratch (`training.detector` / `training.segmenter`) and fine-tuning
-(`training.finetune`, which passes initial weights to `loop.fit`). `RECIPES` maps family -> recipe
-class, for the model registry.
+(`training.finetune`, which passes initial weights to `loop.fit`). The model registry names them
+(`models/*/family.py`: training_recipe="SpineLabelLib.training.recipes:DetectorRecipe"); a recipe
+class takes no required arguments, so that ``family.recipe()()`` gives one to fill.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..core.errors import InputError
 from .loop import Recipe
 
 DETECTOR_TASK = "vertebral body detection, instance segmentation and level probabilities on sagittal slices"
@@ -239,29 +239,3 @@ def loss_function(logits, targets):
     probability = torch.sigmoid(logits) * valid
     dice = 1 - (2 * (probability * truth).sum() + 1) / (probability.sum() + truth.sum() + 1)
     return bce + dice
-
-
-# --- by family ------------------------------------------------------------------------------------
-#: Family name (the card's architecture["family"]; detector cards carry none) -> recipe class.
-RECIPES: dict[str, type[Recipe]] = {DetectorRecipe.family: DetectorRecipe, SegmenterRecipe.family: SegmenterRecipe}
-#: What `spinelabel train --kind` names each family.
-KINDS = {"detector": DetectorRecipe.family, "segmenter": SegmenterRecipe.family}
-
-
-def recipe_class(family: str) -> type[Recipe]:
-    try:
-        return RECIPES[family]
-    except KeyError:
-        raise InputError(f"no training recipe for model family {family!r} "
-                         f"(known: {', '.join(sorted(RECIPES))})") from None
-
-
-def family_of_card(card: dict[str, Any]) -> str:
-    """A model card's family; detector cards predate the field."""
-    return card.get("architecture", {}).get("family") or DetectorRecipe.family
-
-
-def family_of_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise InputError(f"model kind must be {' or '.join(KINDS)}, got {kind!r}")
-    return KINDS[kind]
