@@ -1,15 +1,15 @@
 """Model families: what a model card's ``architecture.family`` means.
 
 A family is one registration: its role (a detector finds and names bodies; a segmenter redraws their
-masks), how to build its network from the card, its inference stage, the card fields every model of
-the family shares, and its training recipe. Bundled and user models resolve through it, so a new
+masks), how to build its network from the card, its inference stage, and its training recipe (which
+also writes the card fields every model of the family shares). Bundled and user models resolve through it, so a new
 family is one module that calls `register_family` (or, from another package, an entry point in the
 ``spinelabel.families`` group) — the way torchvision's `register_model` and nnU-Net's trainers by
 name work. Nothing here imports torch: the callables do, when they are used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Callable
 
@@ -40,7 +40,6 @@ class ModelFamily:
     build_network: Callable[[dict[str, Any]], Any]
     run: Callable[..., Any]
     description: str = ""
-    card_defaults: dict[str, Any] = field(default_factory=dict)
     training_recipe: str = ""
     prepare_network: Callable[[Any], Any] | None = None
 
