@@ -104,6 +104,18 @@ def anchor_costs(evidence: AnchorEvidence, weights: AnchorWeights = DEFAULT_WEIG
             + _two_sided(evidence.c2, axis, weights.c2, weights.floor))
 
 
+def skip_costs(evidence: AnchorEvidence, weights: AnchorWeights = DEFAULT_WEIGHTS) -> np.ndarray:
+    """(N,) extra cost of judging a point spurious: sacrum and C2 evidence say it is a real vertebra
+    (as much as naming it anything else would cost). Rib evidence does not: a stray detection beside
+    the column can sit on a rib."""
+    cost = np.zeros(len(evidence))
+    for p, weight in ((evidence.sacrum, weights.sacrum), (evidence.c2, weights.c2)):
+        known = np.isfinite(p)
+        q = np.clip(np.nan_to_num(p, nan=0.0), weights.floor, 1 - weights.floor)
+        cost += np.where(known, -np.log(1 - q) * weight, 0.0)
+    return cost
+
+
 def transitional_allowed(evidence: AnchorEvidence, chain: np.ndarray) -> dict[str, bool]:
     """Whether T13 and L6 may be used at all: only on evidence, never to make a fit work.
 

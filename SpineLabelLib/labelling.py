@@ -334,6 +334,8 @@ def _problem(centroids_ras, level_scores, detection_scores, locked, allow_transi
     default_caudal = level_scores is None and not locked_idx
     unary = _unary_costs(n, level_scores, locked_idx, allow_transitional, params, evidence, cranio_caudal)
     skip = params.skip_base_cost + params.skip_score_cost * det
+    if evidence is not None:                    # a point seen as the sacrum or C2 is a vertebra, not a stray detection
+        skip = skip + anchors.skip_costs(evidence)
     skip[list(locked_idx)] = _FORBIDDEN              # finite: keeps prefix sums free of inf - inf
     return points, chain, unary, skip, default_caudal, locked_idx
 
@@ -347,19 +349,34 @@ def labelling_cost(centroids_ras: np.ndarray, names: list[str], level_scores: np
 
     For the naming `assign_levels` returns this equals the optimum it found, so the costs of other
     namings (the same one shifted by a level, say) say how close the runner-up is."""
+    return labelling_costs(centroids_ras, [names], level_scores, detection_scores, locked, allow_transitional,
+                           params, evidence)[0]
+
+
+def labelling_costs(centroids_ras: np.ndarray, namings: list[list[str]], level_scores: np.ndarray | None = None,
+                    detection_scores: np.ndarray | None = None, locked: dict[int, str] | None = None,
+                    allow_transitional: bool = True, params: LabellingParams = DEFAULT_PARAMS,
+                    evidence: AnchorEvidence | None = None) -> list[float]:
+    """`labelling_cost` of several namings of the same points (the chain and costs are built once)."""
     problem = _problem(centroids_ras, level_scores, detection_scores, locked, allow_transitional, params, evidence)
     if problem is None:
-        return 0.0
+        return [0.0] * len(namings)
     points, chain, unary, skip, default_caudal, _ = problem
-    if any(names[i] for i in range(len(points)) if i not in set(chain.tolist())):
-        return np.inf                           # a name on a point the assignment must leave out
-    labels = np.array([anatomy.order_index(names[i]) if names[i] else -1 for i in chain])
-    named = labels[labels >= 0]
-    if len(named) >= 2 and not (np.all(np.diff(named) > 0) or np.all(np.diff(named) < 0)):
-        return np.inf
-    directions = [-1 if named[0] > named[-1] else 1] if len(named) >= 2 else [1, -1]
-    return min(_directed_cost(points[chain], unary[chain], skip[chain], labels, direction, default_caudal, params)
-               for direction in directions)
+    outside = set(range(len(points))) - set(chain.tolist())
+    costs = []
+    for names in namings:
+        if any(names[i] for i in outside):
+            costs.append(np.inf)                # a name on a point the assignment must leave out
+            continue
+        labels = np.array([anatomy.order_index(names[i]) if names[i] else -1 for i in chain])
+        named = labels[labels >= 0]
+        if len(named) >= 2 and not (np.all(np.diff(named) > 0) or np.all(np.diff(named) < 0)):
+            costs.append(np.inf)
+            continue
+        directions = [-1 if named[0] > named[-1] else 1] if len(named) >= 2 else [1, -1]
+        costs.append(min(_directed_cost(points[chain], unary[chain], skip[chain], labels, direction,
+                                        default_caudal, params) for direction in directions))
+    return costs
 
 
 def _directed_cost(points, unary, skip, labels, direction, default_caudal, params) -> float:

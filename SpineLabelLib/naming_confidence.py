@@ -24,8 +24,8 @@ from . import anatomy
 from .anchors import AnchorEvidence, anchors_in_view
 
 NO_ANCHOR_MESSAGE = "levels uncertain: no sacrum, C2 or last rib in view — check one level and use Set level"
-CLOSE_SHIFT_MESSAGE = ("levels uncertain: naming every vertebra one level {direction} is nearly as likely "
-                       "— check one level and use Set level")
+CLOSE_NAMING_MESSAGE = ("levels uncertain: the naming with vertebrae {alternative} is nearly as likely "
+                        "— check one level and use Set level")
 
 
 @dataclass(frozen=True)
@@ -40,42 +40,66 @@ class NamingPolicy:
 DEFAULT_POLICY = NamingPolicy()
 
 
-def shift_names(names: list[str], by: int) -> list[str] | None:
+def shift_names(names: list[str], by: int, ladder: list[str] | None = None) -> list[str] | None:
     """Every name moved `by` levels (+1 = one level caudal); None when a name would leave C1..S1.
 
-    The levels counted are the usual ones plus any transitional level the naming itself uses, so a
-    spine named with a T13 shifts through T13 rather than jumping over it."""
-    used = set(names) & anatomy.TRANSITIONAL
-    ladder = [n for n in anatomy.ORDER if n not in anatomy.TRANSITIONAL or n in used]
+    By default the levels counted are the usual ones plus any transitional level the naming itself
+    uses, so a spine named with a T13 shifts through T13 rather than jumping over it."""
+    if ladder is None:
+        used = set(names) & anatomy.TRANSITIONAL
+        ladder = [n for n in anatomy.ORDER if n not in anatomy.TRANSITIONAL or n in used]
     shifted = []
     for name in names:
         if not name:
             shifted.append("")
             continue
-        k = ladder.index(name) + by
+        k = ladder.index(name) + by if name in ladder else -1
         if not 0 <= k < len(ladder):
             return None
         shifted.append(ladder[k])
     return shifted
 
 
-def shift_costs(names: list[str], **inputs) -> dict[int, float]:
-    """{0: cost of the naming, -1: one level cranial, +1: one level caudal} (inf when impossible)."""
-    from .labelling import labelling_cost
+def alternatives(names: list[str], order: np.ndarray) -> dict[str, list[str]]:
+    """The namings one level away from `names`: the whole column shifted one level up or down, and the
+    part above (or below) each gap between named vertebrae shifted alone, through T13/L6 too, so that
+    a miscounted transitional vertebra or one missed body is a neighbour as well. `order`: point
+    indices cranio-caudally."""
+    found: dict[str, list[str]] = {}
+    for by, word in ((-1, "higher"), (1, "lower")):
+        shifted = shift_names(names, by)
+        if shifted is not None:
+            found[f"all one level {word}"] = shifted
+    named = [int(i) for i in order if names[int(i)]]
+    for cut in range(1, len(named)):
+        for part, members in (("above", named[:cut]), ("below", named[cut:])):
+            for by, word in ((-1, "higher"), (1, "lower")):
+                moved = shift_names([names[i] for i in members], by, list(anatomy.ORDER))
+                if moved is None:
+                    continue
+                candidate = list(names)
+                for i, name in zip(members, moved):
+                    candidate[i] = name
+                found[f"{part} {names[named[cut - 1]]}-{names[named[cut]]} one level {word}"] = candidate
+    return found
 
-    costs = {}
-    for by in (0, -1, 1):
-        shifted = names if by == 0 else shift_names(names, by)
-        costs[by] = np.inf if shifted is None else labelling_cost(names=shifted, **inputs)
-    return costs
+
+def alternative_costs(names: list[str], order: np.ndarray, **inputs) -> dict[str, float]:
+    """{"best": cost of the naming, description: cost of each neighbouring naming} (inf when impossible)."""
+    from .labelling import labelling_costs
+
+    others = alternatives(names, order)
+    costs = labelling_costs(namings=[names, *others.values()], **inputs)
+    return {"best": costs[0], **dict(zip(others, costs[1:]))}
 
 
-def confidence_from_costs(costs: dict[int, float], temperature: float = DEFAULT_POLICY.temperature) -> float:
-    """Softmax weight of the unshifted naming among the three."""
-    c0 = costs[0]
-    if not np.isfinite(c0):
+def confidence_from_costs(costs: dict, temperature: float = DEFAULT_POLICY.temperature) -> float:
+    """Softmax weight of the naming ("best", or key 0) among itself and its neighbours."""
+    key = "best" if "best" in costs else 0
+    c0 = costs[key]
+    if c0 is None or not np.isfinite(c0):
         return 0.0
-    others = [c for by, c in costs.items() if by != 0 and np.isfinite(c)]
+    others = [c for k, c in costs.items() if k != key and c is not None and np.isfinite(c)]
     return float(1.0 / (1.0 + sum(np.exp(-(c - c0) / temperature) for c in others)))
 
 
@@ -88,12 +112,11 @@ def assess(names: list[str], centroids_ras, level_scores=None, detection_scores=
     params = params or DEFAULT_PARAMS
     if not any(names):
         return {"confidence": 0.0, "uncertain": True, "reason": "no vertebra named", "anchors": []}
-    inputs = dict(centroids_ras=centroids_ras, level_scores=level_scores, detection_scores=detection_scores,
-                  locked=locked, evidence=evidence, params=params)
-    costs = shift_costs(names, **inputs)
-    confidence = confidence_from_costs(costs, policy.temperature)
     points = np.asarray(centroids_ras, float).reshape(-1, 3)
-    order = np.argsort(-points[:, 2]) if len(points) < 2 else _cranio_caudal(order_along_spine(points)[0], points)
+    order = _cranio_caudal(order_along_spine(points, params.outlier_mm)[0], points)
+    costs = alternative_costs(names, order, centroids_ras=points, level_scores=level_scores,
+                              detection_scores=detection_scores, locked=locked, evidence=evidence, params=params)
+    confidence = confidence_from_costs(costs, policy.temperature)
     anchors = anchors_in_view(names, evidence, order)
     if locked:
         anchors.append("level set by a person")
@@ -101,21 +124,22 @@ def assess(names: list[str], centroids_ras, level_scores=None, detection_scores=
 
 
 def _cranio_caudal(order: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return order if points[order[0], 2] >= points[order[-1], 2] else order[::-1]
+    return order if len(order) < 2 or points[order[0], 2] >= points[order[-1], 2] else order[::-1]
 
 
-def _verdict(confidence: float, anchors: list[str], costs: dict[int, float], policy: NamingPolicy) -> dict:
+def _verdict(confidence: float, anchors: list[str], costs: dict[str, float], policy: NamingPolicy) -> dict:
     threshold = policy.threshold if anchors else policy.threshold_without_anchor
     uncertain = confidence < threshold
     if uncertain and not anchors:
         reason = NO_ANCHOR_MESSAGE
     elif uncertain:
-        direction = "higher" if costs[-1] <= costs[1] else "lower"
-        reason = CLOSE_SHIFT_MESSAGE.format(direction=direction)
+        runner_up = min((k for k in costs if k != "best"), key=lambda k: costs[k])
+        reason = CLOSE_NAMING_MESSAGE.format(alternative=runner_up)
     elif anchors:
         reason = "levels anchored by " + ", ".join(anchors)
     else:
-        reason = "levels from spacing and appearance alone (no sacrum, C2 or last rib in view), clearly ahead of a one-level shift"
+        reason = ("levels from spacing and appearance alone (no sacrum, C2 or last rib in view), "
+                  "clearly ahead of the namings one level away")
     return {"confidence": round(confidence, 4), "uncertain": bool(uncertain), "reason": reason, "anchors": anchors}
 
 
