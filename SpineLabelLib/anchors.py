@@ -172,3 +172,69 @@ def anchors_in_view(names: list[str], evidence: AnchorEvidence | None, order: np
             if not ribbed[upper] and ribbed[lower] and names[upper] == "C7" and names[lower] == "T1":
                 found.append("first rib")
     return found
+
+
+# --- evidence from an image and its detections ------------------------------------------------------
+#: The axis (body plus dens) is this much taller than the cervical bodies below it (C2 ~ 22 mm with the
+#: dens against 14-15 mm for C3-C5; anatomy.body_size).
+C2_HEIGHT_RATIO = 1.35
+CERVICAL_STEP_MM = 21.0      # below this median spacing the bodies under the candidate are cervical-sized
+
+
+def body_heights_mm(result) -> np.ndarray:
+    """(N,) extent of each body mask along the column (2nd-98th percentile), NaN without a mask.
+    Vertebrae in `result.vertebrae` order, which must be cranio-caudal."""
+    from .ribs import vertebra_frame
+
+    points = np.array([v.centroid_ras for v in result.vertebrae]).reshape(-1, 3)
+    heights = np.full(len(points), np.nan)
+    if result.instances is None or result.image is None:
+        return heights
+    for n, v in enumerate(result.vertebrae):
+        if not v.instance:
+            continue
+        voxels = np.argwhere(result.instances == v.instance)
+        if len(voxels) < 10:
+            continue
+        along = (result.image.kji_to_ras(voxels) - points[n]) @ vertebra_frame(points, n)[:, 2]
+        low, high = np.percentile(along, [2, 98])
+        heights[n] = high - low
+    return heights
+
+
+def c2_evidence(points: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """(N,) P(axis) for cranio-caudally ordered bodies: one of the top two is C2 when it is clearly the
+    tallest of the cervical-sized bodies below it; NaN (no information) elsewhere."""
+    out = np.full(len(points), np.nan)
+    for n in (0, 1):
+        below = heights[n + 1:n + 4]
+        below = below[np.isfinite(below)]
+        if n >= len(points) or not np.isfinite(heights[n]) or len(below) < 2:
+            continue
+        steps = np.linalg.norm(np.diff(points[n:n + 4], axis=0), axis=1)
+        if np.median(steps) < CERVICAL_STEP_MM and heights[n] >= C2_HEIGHT_RATIO * np.median(below):
+            out[n] = 0.9
+            break
+    return out
+
+
+def gather_evidence(result) -> None:
+    """Fill `Vertebra.evidence` of a detected result: ribs (CT, `ribs`), the sacrum from the detector's S1
+    score when it is sure (>= 0.5: a positive sighting; a low score is not taken as proof of absence, the
+    detector may not know the sacrum), C2 from the body heights (independent of the detector's C2 score,
+    which the assignment already weighs). Vertebrae must be cranio-caudally sorted."""
+    from .ribs import rib_evidence
+
+    vertebrae = result.vertebrae
+    if not vertebrae:
+        return
+    points = np.array([v.centroid_ras for v in vertebrae]).reshape(-1, 3)
+    ribs = rib_evidence(result.image, points, result.modality) if result.image is not None else np.full(len(points), np.nan)
+    axis = c2_evidence(points, body_heights_mm(result))
+    for n, v in enumerate(vertebrae):
+        scores = v.level_scores or {}
+        sacrum = scores.get("S1", 0.0)
+        c2 = 0.0 if np.isnan(axis[n]) else float(axis[n])
+        v.evidence = {"rib": None if np.isnan(ribs[n]) else float(ribs[n]),
+                      "sacrum": float(sacrum) if sacrum >= PRESENT else None,
+                      "c2": float(c2) if c2 >= PRESENT else None}

@@ -71,17 +71,32 @@ def alternatives(names: list[str], order: np.ndarray) -> dict[str, list[str]]:
         if shifted is not None:
             found[f"all one level {word}"] = shifted
     named = [int(i) for i in order if names[int(i)]]
+    seen = {tuple(names), *(tuple(c) for c in found.values())}
     for cut in range(1, len(named)):
         for part, members in (("above", named[:cut]), ("below", named[cut:])):
             for by, word in ((-1, "higher"), (1, "lower")):
-                moved = shift_names([names[i] for i in members], by, list(anatomy.ORDER))
-                if moved is None:
-                    continue
-                candidate = list(names)
-                for i, name in zip(members, moved):
-                    candidate[i] = name
-                found[f"{part} {names[named[cut - 1]]}-{names[named[cut]]} one level {word}"] = candidate
+                for ladder in _LADDERS:
+                    moved = shift_names([names[i] for i in members], by, ladder)
+                    if moved is None:
+                        continue
+                    candidate = list(names)
+                    for i, name in zip(members, moved):
+                        candidate[i] = name
+                    if tuple(candidate) not in seen:
+                        seen.add(tuple(candidate))
+                        found[f"{part} {names[named[cut - 1]]}-{names[named[cut]]} one level {word}"
+                              + ("" if ladder is _LADDERS[0] else f" (through {_ladder_extra(ladder)})")] = candidate
     return found
+
+
+#: Level ladders a partial shift may move along: the usual spine, with T13, with L6 (both at once is
+#: two miscounts, not one).
+_LADDERS = tuple([n for n in anatomy.ORDER if n not in anatomy.TRANSITIONAL or n == extra]
+                 for extra in ("", "T13", "L6"))
+
+
+def _ladder_extra(ladder: list[str]) -> str:
+    return next(n for n in ladder if n in anatomy.TRANSITIONAL)
 
 
 def alternative_costs(names: list[str], order: np.ndarray, **inputs) -> dict[str, float]:
@@ -151,3 +166,11 @@ def assess_vertebrae(vertebrae, params=None, policy: NamingPolicy = DEFAULT_POLI
     if not chosen:
         return assess([], np.zeros((0, 3)))
     return assess([v.level for v in chosen], **labelling_inputs(chosen), params=params, policy=policy)
+
+
+def naming_line(naming: dict | None) -> str:
+    """The verdict in one line, for the command line, the QC picture and the Slicer panel."""
+    if not naming:
+        return "naming not assessed"
+    head = f"naming confidence {naming.get('confidence', 0.0):.2f}"
+    return f"{head} — {naming['reason']}" if naming.get("reason") else head

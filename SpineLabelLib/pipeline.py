@@ -55,15 +55,19 @@ def detect(result: SpineResult, model: str | None = None, modality: str = "auto"
     segmenter: "auto" redraws the body masks with the bundled segmenter when installed, "none"
     keeps the detector's masks; or a segmenter model name or folder.
     input_mode: "slices", or "mip" for CT (the detector sees the sagittal MIP, paper 001)."""
-    from . import detector, labelling
+    from . import anchors, detector, labelling
 
     with timed(result, "detect"):
         detector.detect(result, model=model, modality=modality, progress=progress, cancel=cancel,
                         segmenter=segmenter, input_mode=input_mode)
     if not result.vertebrae:
         raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
+    with timed(result, "anchors"):
+        anchors.gather_evidence(result)
     with timed(result, "label"):
         labelling.relabel_result(result)
+    if result.naming.get("uncertain"):
+        result.warnings.append(result.naming["reason"])
     return result
 
 
@@ -123,8 +127,9 @@ def run_case(path: str | Path, out_root: str | Path, model: str | None = None, m
 def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = None,
         modality: str = "auto", progress_bar: bool = True,
         on_error: Callable[[str, str], None] | None = None, segmenter: str = "auto",
-        input_mode: str = "slices") -> int:
-    """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
+        input_mode: str = "slices", on_case: Callable[[SpineResult], None] | None = None) -> int:
+    """Run every input; 0 when all succeeded, 1 when some failed (the others are complete).
+    on_case(result) is called after each case that succeeded (the command line prints a line)."""
     from tqdm import tqdm
 
     inputs = [Path(p) for p in inputs]
@@ -133,7 +138,10 @@ def run(inputs: Iterable[str | Path], out_root: str | Path, model: str | None = 
     for path in bar:
         bar.set_postfix_str(path.name[:30])
         try:
-            run_case(path, out_root, model=model, modality=modality, segmenter=segmenter, input_mode=input_mode)
+            result = run_case(path, out_root, model=model, modality=modality, segmenter=segmenter,
+                              input_mode=input_mode)
+            if on_case is not None:
+                on_case(result)
         except SpineLabelError as error:
             failures += 1
             (on_error or _log_error)(str(path), str(error))

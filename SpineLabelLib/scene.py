@@ -367,6 +367,7 @@ def nodes_to_result(nodes, previous: SpineResult | None = None, scene=None) -> S
     _stamp_instances(nodes.segmentation, segments, vertebrae)
     result = _new_result(previous, image, vertebrae, instances)
     _finish_new_segments(result)
+    _carry_detector_facts(result, previous)
     if previous is not None:
         for change in diff_results(previous, result):
             result.record(change.pop("action"), **change, origin="scene")
@@ -470,6 +471,21 @@ def _finish_new_segments(result: SpineResult) -> None:
                 delattr(v, attribute)
         keep.append(v)
     result.vertebrae = keep
+
+
+def _carry_detector_facts(result: SpineResult, previous: SpineResult | None) -> None:
+    """Level scores, anchor evidence and the naming verdict are not in the scene: keep them from the
+    previous result for the vertebrae that are still the same body (same instance), so a relabelling
+    after a person's correction still weighs the sacrum, C2 and the ribs."""
+    if previous is None:
+        return
+    by_instance = {v.instance: v for v in previous.vertebrae if v.instance}
+    for v in result.vertebrae:
+        before = by_instance.get(v.instance) if v.instance else None
+        if before is not None:
+            v.level_scores = v.level_scores or before.level_scores
+            v.evidence = v.evidence or before.evidence
+    result.naming = dict(previous.naming)
 
 
 def _new_result(previous: SpineResult | None, image: Volume, vertebrae: list[Vertebra],

@@ -149,7 +149,8 @@ def run_scenario(c: dict, pi: np.ndarray, gi: np.ndarray, evidence: AnchorEviden
     return {"hit": hit, "total": total, "right": right, "confidence": verdict["confidence"],
             "anchored": bool(verdict["anchors"]), "uncertain": verdict["uncertain"],
             "costs": [costs[0], costs[-1], costs[1]], "t13_l6": sum(n in anatomy.TRANSITIONAL for n in names),
-            "gt_t13_l6": sum(c["gt_levels"][g] in anatomy.TRANSITIONAL for g in gi)}
+            "gt_t13_l6": sum(c["gt_levels"][g] in anatomy.TRANSITIONAL for g in gi),
+            "names": names, "truth": [c["gt_levels"][g] if g >= 0 else "" for g in nearest_gt(c["gt_xyz"], xyz)]}
 
 
 def run_case(c: dict, rng, args) -> dict[str, dict]:
@@ -206,6 +207,7 @@ def main() -> int:
     parser.add_argument("--sacrum-hit", type=float, default=0.85)
     parser.add_argument("--c2-hit", type=float, default=0.85)
     parser.add_argument("--grid", action="store_true", help="sweep temperature and thresholds")
+    parser.add_argument("--rows", help="also write every spine's result (names, truth, costs) to this JSON file")
     args = parser.parse_args()
     cases = sorted(Path(f).stem for f in glob.glob(str(DATA / "KeypointGroundTruthNoSacrum" / "Training" / "*.json")))
     held_out = [c for c in cases if is_validation(c)]
@@ -217,9 +219,11 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     rows: dict[str, list[dict]] = {}
     start = time.perf_counter()
+    names_of: dict[str, list[str]] = {}
     for case in held_out:
         for key, row in run_case(load_case(case), rng, args).items():
             rows.setdefault(key, []).append(row)
+            names_of.setdefault(key, []).append(case)
     seconds = time.perf_counter() - start
     policy = DEFAULT_POLICY
     report = {
@@ -236,6 +240,9 @@ def main() -> int:
                            **flag_rates(pooled, NamingPolicy(t, a, b))}
                           for t in (0.5, 1.0, 2.0) for a in (0.5, 0.7, 0.8, 0.9, 0.95)
                           for b in (0.8, 0.9, 0.95, 0.98, 0.99, 1.01)]
+    if args.rows:
+        Path(args.rows).write_text(json.dumps({k: [dict(r, case=c) for r, c in zip(v, names_of[k])]
+                                               for k, v in rows.items()}))
     print(json.dumps(report))
     return 0
 
