@@ -190,10 +190,14 @@ def body_heights_mm(result) -> np.ndarray:
     heights = np.full(len(points), np.nan)
     if result.instances is None or result.image is None:
         return heights
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(result.instances)       # one pass over the map, then each body's own box
     for n, v in enumerate(result.vertebrae):
-        if not v.instance:
+        if not v.instance or v.instance > len(boxes) or boxes[v.instance - 1] is None:
             continue
-        voxels = np.argwhere(result.instances == v.instance)
+        box = boxes[v.instance - 1]
+        voxels = np.argwhere(result.instances[box] == v.instance) + np.array([s.start for s in box])
         if len(voxels) < 10:
             continue
         along = (result.image.kji_to_ras(voxels) - points[n]) @ vertebra_frame(points, n)[:, 2]

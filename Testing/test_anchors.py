@@ -151,3 +151,23 @@ def test_relabel_result_uses_the_evidence_stored_on_vertebrae():
     assert result.levels == names
     assert result.naming["uncertain"] is False
     assert result.naming["anchors"] == ["sacrum", "last rib"]
+
+
+def test_evidence_gathered_from_a_ct_phantom_names_an_unlabelled_neck():
+    """The pipeline's anchor step on a CT phantom C1-T2 whose names were wiped: C2 by its height (dens),
+    T1 by its first rib."""
+    from SpineLabelLib.phantom import make_phantom
+
+    result = make_phantom(["C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2"], spacing=(0.9, 0.9, 1.6),
+                          rotation_deg=(6, 9, 0))
+    truth = result.levels
+    result.modality = "ct"
+    for v in result.vertebrae:
+        v.level, v.source = "", "detector"
+    anchors.gather_evidence(result)
+    c2 = [n for n, v in zip(truth, result.vertebrae) if (v.evidence["c2"] or 0) >= 0.5]
+    ribbed = [n for n, v in zip(truth, result.vertebrae) if (v.evidence["rib"] or 0) >= 0.5]
+    assert c2 == ["C2"] and ribbed == ["T1", "T2"]
+    relabel_result(result)
+    assert result.levels == truth
+    assert {"C2", "first rib"} <= set(result.naming["anchors"]) and result.naming["uncertain"] is False
