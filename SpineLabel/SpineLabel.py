@@ -459,9 +459,9 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
 
     def namingStatus(self) -> str:
         """How sure the level naming is, for the status line ("levels uncertain: ..." when it is not)."""
-        from SpineLabelLib.naming_confidence import naming_line
+        from SpineLabelLib import pipeline
 
-        return naming_line(self.result.naming if self.result is not None else None)
+        return pipeline.naming_status(self.result)
 
     def setLevel(self, index: int, level: str) -> None:
         from SpineLabelLib import correction

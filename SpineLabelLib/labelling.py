@@ -16,6 +16,10 @@ How it works (see `assign_levels`):
    Both directions along the chain are tried; the one whose cranial end has the lower S coordinate pays
    a penalty proportional to how vertical the chain is, so a vertical spine is never flipped while a
    horizontal one is oriented by scores/anchors.
+   Anatomical anchors (`anchors`: the sacrum, C2, rib-bearing vertebrae on CT) add unary costs per point
+   and per level, make judging an anchored point spurious costly, and gate T13/L6: with evidence, T13
+   needs 13 rib-bearing vertebrae and L6 six free lumbar vertebrae above a visible sacrum.
+   `labelling_cost` gives the same model's cost for any naming (used by `naming_confidence`).
 4. **Default without scores and anchors:** geometry only (spacing vs level) plus a weak prior that the
    caudal-most point is L5 (most spine scans end in the lumbar spine); spacing overrides it when the
    points are clearly cervical/thoracic-sized.

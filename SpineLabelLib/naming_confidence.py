@@ -1,18 +1,20 @@
-"""How sure the level naming is: the best naming against the same naming one level up and one level down.
+"""How sure the level naming is: the best naming against the namings one level away from it.
 
-The commonest naming error is not a scattered one but a shift of the whole column by one level (the
-sacrum taken for L5, a T13 counted, a crop without the ends of the spine). So the confidence is the
-weight of the best naming among itself and its two shifted versions, each scored with the assignment's
-own cost (`labelling.labelling_cost`, a negative log-likelihood):
+The commonest naming error is not a scattered one but a miscount by one level: the whole column shifted
+(the sacrum taken for L5, a crop without the ends of the spine), or the part above or below some point
+shifted (a missed sixth lumbar or thirteenth thoracic vertebra, a body missed in a gap). So the
+alternatives (`alternatives`) are the whole naming shifted one level up and down, and the part above or
+below each gap between named vertebrae shifted alone, also through T13/L6. Each is scored with the
+assignment's own cost (`labelling.labelling_costs`, a negative log-likelihood), and
 
-    confidence = exp(-c0 / T) / (exp(-c0 / T) + exp(-c_up / T) + exp(-c_down / T))
+    confidence = exp(-c_best / T) / sum over {best, alternatives} of exp(-c / T)
 
-A naming is flagged uncertain when its confidence is below a threshold, and the threshold is stricter
-when no anatomical anchor (sacrum named S1, C2, the last or first rib, a level a person set) supports it:
-without an anchor the count rests on spacing and appearance only. The temperature and both thresholds
-were chosen on the VID keypoint spines with `bench/labelling_vid.py --naming` (see README there and the
-module constants): the aim is that at least 80 % of wrongly named spines are flagged and at most 20 % of
-rightly named ones.
+A naming is flagged uncertain when its confidence is below a threshold, stricter when no anatomical
+anchor (sacrum named S1, C2, the last or first rib, a level a person set) supports it: without an
+anchor the count rests on spacing and appearance only. Temperature and thresholds were chosen on the
+VID keypoint spines with `bench/naming_vid.py --grid` (held-out split, realistic detections, simulated
+anchors; see `DEFAULT_POLICY` and bench/results/naming_vid.json): the aim is that at least 80 % of
+wrongly named spines are flagged and at most 20 % of rightly named ones.
 """
 from __future__ import annotations
 

@@ -71,6 +71,13 @@ def detect(result: SpineResult, model: str | None = None, modality: str = "auto"
     return result
 
 
+def naming_status(result: SpineResult | None) -> str:
+    """How sure the level naming is, in one line (the Slicer status; "levels uncertain: ..." when unsure)."""
+    from .naming_confidence import naming_line
+
+    return naming_line(result.naming if result is not None else None)
+
+
 def measure(result: SpineResult) -> SpineResult:
     """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body."""
     from .measure import measure_result
