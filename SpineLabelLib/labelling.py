@@ -393,31 +393,30 @@ def _directed_cost(points, unary, skip, labels, direction, default_caudal, param
     length = np.linalg.norm(np.diff(points, axis=0), axis=1).sum()
     s_extent = (points[0, 2] - points[-1, 2]) / max(length, 1e-6) if len(points) > 1 else 0.0
     flip = params.orientation_cost * max(0.0, -direction * s_extent)
-    best = np.inf
-    for scale in _SCALES:
-        prior = 0.5 * (np.log(scale) / params.scale_log_sigma) ** 2 + flip
-        best = min(best, _sequence_cost(points[idx], u, skip[idx], labels[idx], scale, params) + prior)
-    return float(best)
+    prior = 0.5 * (np.log(_SCALES) / params.scale_log_sigma) ** 2 + flip
+    return float(np.min(_sequence_cost(points[idx], u, skip[idx], labels[idx], _SCALES, params) + prior))
 
 
 def _sequence_cost(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, labels: np.ndarray,
-                   scale: float, params: LabellingParams) -> float:
-    """Cost of one fixed labelling (points in cranio-caudal order), term by term as in `_viterbi`."""
+                   scales: np.ndarray, params: LabellingParams) -> np.ndarray:
+    """Cost of one fixed labelling (points in cranio-caudal order) at each patient scale, term by term
+    as in `_viterbi`."""
     log_expected, steps, missing = _pair_tables()
     named = np.flatnonzero(labels >= 0)
-    cost = float(skip[labels < 0].sum())
+    cost = np.full(len(scales), float(skip[labels < 0].sum()))
     if len(named) == 0:
         return cost
     cost += float(unary[named, labels[named]].sum())
-    for j, i in zip(named, named[1:]):
-        a, b = labels[j], labels[i]
-        if a >= b or np.isnan(log_expected[a, b]) or i - j - 1 > params.max_skip_run:
-            return np.inf
-        sigma = max(params.step_log_sigma / np.sqrt(max(steps[a, b], 1)), 0.05)
-        d = np.log(max(np.linalg.norm(points[i] - points[j]), 1e-3))
-        z = (d - log_expected[a, b] - np.log(scale)) / sigma
-        cost += missing[a, b] * params.missing_cost + float(_robust_misfit(np.array(z), params.misfit_dof))
-    return cost
+    if len(named) < 2:
+        return cost
+    j, i = named[:-1], named[1:]
+    a, b = labels[j], labels[i]
+    if np.any(a >= b) or np.any(np.isnan(log_expected[a, b])) or np.any(i - j - 1 > params.max_skip_run):
+        return np.full(len(scales), np.inf)
+    sigma = np.maximum(params.step_log_sigma / np.sqrt(np.maximum(steps[a, b], 1)), 0.05)
+    d = np.log(np.maximum(np.linalg.norm(points[i] - points[j], axis=1), 1e-3))
+    z = (d[None, :] - log_expected[a, b][None, :] - np.log(scales)[:, None]) / sigma[None, :]
+    return cost + float((missing[a, b] * params.missing_cost).sum()) + _robust_misfit(z, params.misfit_dof).sum(axis=1)
 
 
 def _assign_chain(points, chain, unary, skip, default_caudal, params) -> list[int] | None:
