@@ -203,7 +203,8 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.segmentation = nodes.segmentation
             self._parameterNode.points = nodes.points
             self._parameterNode.table = nodes.table
-            self.ui.statusLabel.text = _("{count} vertebrae found.").format(count=len(self.logic.result.vertebrae))
+            self.ui.statusLabel.text = _("{count} vertebrae found.").format(count=len(self.logic.result.vertebrae)) \
+                + " " + self.logic.namingStatus()
         self._updateButtons()
 
     def _outputNodes(self):
@@ -296,6 +297,7 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSetLevel(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not set the level."), waitCursor=True):
             self.logic.setLevel(self._selected(), self.ui.levelComboBox.currentText)
+            self.ui.statusLabel.text = self.logic.namingStatus()
         self._fillVertebraList()
 
     def onAddAtClick(self) -> None:
@@ -452,6 +454,12 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         operation(self.result, *args)
         pipeline.measure(self.result)
         self._write()
+
+    def namingStatus(self) -> str:
+        """How sure the level naming is, for the status line ("levels uncertain: ..." when it is not)."""
+        from SpineLabelLib.app import pipeline
+
+        return pipeline.naming_status(self.result)
 
     def setLevel(self, index: int, level: str) -> None:
         from SpineLabelLib.correction import edits as correction

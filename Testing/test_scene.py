@@ -270,3 +270,28 @@ def test_keeping_the_segmentation_when_only_points_and_table_change(mrml):
     assert nodes.points.GetNthControlPointLabel(0) == "T12"
     scene.result_to_nodes(mrml, result, nodes=nodes)
     assert list(nodes.segmentation.GetSegmentation().GetSegmentIDs()) == ["T12", "L2", "L3"]
+
+
+@pytest.mark.parametrize("levels", [("L5", "L6", "S1"), ("T12", "T13", "L1")])
+def test_sacral_and_transitional_levels_in_slicer_nodes(mrml, levels):
+    result = box_result(levels=levels)
+    nodes = scene.result_to_nodes(mrml, result)
+    segmentation = nodes.segmentation.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == list(levels)
+    for level in levels:
+        segment = segmentation.GetSegment(level)
+        assert segment.GetLabelValue() == anatomy.code_of(level)
+        assert anatomy.SNOMED_BY_NAME.get(level, anatomy.VERTEBRA_SNOMED) in segment.GetTerminology()
+    back = scene.nodes_to_result(nodes, previous=result)
+    assert back.levels == list(levels)
+
+
+def test_evidence_and_naming_survive_a_reading_of_the_scene(mrml):
+    result = box_result(levels=("L5", "S1", ""))
+    result.vertebrae[0].evidence = {"rib": 0.1, "sacrum": None, "c2": None}
+    result.vertebrae[1].evidence = {"rib": 0.1, "sacrum": 0.9, "c2": None}
+    result.naming = {"confidence": 0.95, "uncertain": False, "reason": "levels anchored by sacrum"}
+    nodes = scene.result_to_nodes(mrml, result)
+    back = scene.nodes_to_result(nodes, previous=result)
+    assert [v.evidence for v in back.vertebrae[:2]] == [v.evidence for v in result.vertebrae[:2]]
+    assert back.naming == result.naming

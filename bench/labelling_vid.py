@@ -14,6 +14,8 @@ its level, lies < 20 mm from it, and that ground-truth body is the closest one t
   d_pred  the same crops applied to the prediction files (points within the crop's S range)
   geometry_only  ground-truth points, no scores, no anchor (the documented default)
 
+Anchors (sacrum, ribs, C2) and the naming confidence are measured on the same spines by bench/naming_vid.py.
+
 Usage: python bench/labelling_vid.py [--limit N] [--fit-priors]   (--fit-priors writes
 SpineLabelLib/resources/labelling_priors.json from the training part and exits).
 """

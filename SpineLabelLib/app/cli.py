@@ -82,10 +82,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     def report(path: str, message: str) -> None:
         print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
 
-    status = run(args.inputs, args.out, RunOptions.from_args(args), progress_bar=not args.quiet, on_error=report)
+    def done(result) -> None:
+        if not args.quiet:
+            print(case_line(result))
+
+    status = run(args.inputs, args.out, RunOptions.from_args(args), progress_bar=not args.quiet, on_error=report,
+                 on_case=done)
     if status == 0 and not args.quiet:
         print(f"outputs in {Path(args.out).resolve()}")
     return status
+
+
+def case_line(result) -> str:
+    """One line per case: what was found and how sure the naming is."""
+    from ..naming.confidence import naming_line
+
+    levels = [v.level for v in result.vertebrae if v.level]
+    found = f"{len(result.vertebrae)} vertebrae" + (f" {levels[0]}-{levels[-1]}" if levels else "")
+    return f"{result.case_id}: {found}; {naming_line(result.naming)}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

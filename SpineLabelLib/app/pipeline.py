@@ -110,6 +110,13 @@ def detect(result: SpineResult, options: RunOptions | None = None,
     return Pipeline(detection_stages()).run(result, context)
 
 
+def naming_status(result: SpineResult | None) -> str:
+    """How sure the level naming is, in one line (the Slicer status; "levels uncertain: ..." when unsure)."""
+    from ..naming.confidence import naming_line
+
+    return naming_line(result.naming if result is not None else None)
+
+
 def find_bodies(result: SpineResult, options: RunOptions | None = None, progress: Progress | None = None,
                 cancel: Cancel | None = None, *, detector=None, segmenter="options") -> SpineResult:
     """locate -> refine only (no naming, no error when nothing is found): for evaluation tools that
@@ -178,8 +185,10 @@ def run_case(path: str | Path, out_root: str | Path, options: RunOptions | None 
 
 
 def run(inputs: Iterable[str | Path], out_root: str | Path, options: RunOptions | None = None,
-        progress_bar: bool = True, on_error: Callable[[str, str], None] | None = None) -> int:
-    """Run every input; 0 when all succeeded, 1 when some failed (the others are complete)."""
+        progress_bar: bool = True, on_error: Callable[[str, str], None] | None = None,
+        on_case: Callable[[SpineResult], None] | None = None) -> int:
+    """Run every input; 0 when all succeeded, 1 when some failed (the others are complete).
+    on_case(result) is called after each case that succeeded (the command line prints a line)."""
     from tqdm import tqdm
 
     inputs = [Path(p) for p in inputs]
@@ -189,7 +198,9 @@ def run(inputs: Iterable[str | Path], out_root: str | Path, options: RunOptions 
     for path in bar:
         bar.set_postfix_str(path.name[:30])
         try:
-            run_case(path, out_root, options)
+            result = run_case(path, out_root, options)
+            if on_case is not None:
+                on_case(result)
         except SpineLabelError as error:
             failures += 1
             (on_error or _log_error)(str(path), str(error))

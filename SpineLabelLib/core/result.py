@@ -32,6 +32,7 @@ class Vertebra:
     source: str = "detector"
     locked: bool = False              # a person's statement: software never changes it
     level_scores: dict[str, float] | None = None   # per-level probabilities from the detector
+    evidence: dict[str, float | None] | None = None  # anatomical anchors: P(rib), P(sacrum), P(C2) (see anchors)
 
     def __post_init__(self) -> None:
         self.centroid_ras = np.asarray(self.centroid_ras, dtype=float).reshape(3)
@@ -61,6 +62,7 @@ class SpineResult:
     distances: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)            # stage name -> what it reports
+    naming: dict[str, Any] = field(default_factory=dict)           # confidence, uncertain, reason (naming.confidence)
     truth: dict[str, Any] | None = None                            # a phantom's analytic answer
     view: Any = field(default=None, repr=False, compare=False)     # core.canonical.CanonicalView, per run
 
@@ -171,7 +173,7 @@ class SpineResult:
 
 # --- a pickle-free snapshot, for handing a result between processes --------------------------
 _JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
-                "measurements", "distances", "corrections", "notes", "truth")
+                "measurements", "distances", "corrections", "notes", "truth", "naming")
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,7 +191,8 @@ def save_snapshot(result: SpineResult, path) -> None:
     fields = {name: getattr(result, name) for name in _JSON_FIELDS}
     fields["vertebrae"] = [
         {"level": v.level, "centroid_ras": v.centroid_ras, "instance": v.instance, "score": v.score,
-         "source": v.source, "locked": v.locked, "level_scores": v.level_scores} for v in result.vertebrae]
+         "source": v.source, "locked": v.locked, "level_scores": v.level_scores, "evidence": v.evidence}
+        for v in result.vertebrae]
     arrays = {"fields": np.frombuffer(json.dumps(fields, default=_jsonable).encode("utf-8"), dtype=np.uint8)}
     if result.image is not None:
         arrays.update(image=result.image.array, ijk_to_ras=result.image.ijk_to_ras)

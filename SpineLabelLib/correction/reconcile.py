@@ -28,7 +28,7 @@ from .edits import diff_results
 
 #: fields of the result rebuilt from the scene (or, for the per-run canonical view, left to be rebuilt);
 #: every other field, other voxel layers included, is carried over from the previous result
-_FROM_SCENE = ("case_id", "image", "vertebrae", "instances", "measurements", "distances", "view")
+_FROM_SCENE = ("case_id", "image", "vertebrae", "layers", "measurements", "distances", "view")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ def reconcile(records: SceneRecords, previous: SpineResult | None = None) -> Rec
             if d.segment is not None and d.vertebra.instance
             and records.segments[d.segment].instance != d.vertebra.instance}
     result = _new_result(previous, records.image, _finished(drafts, instances, records.image), instances)
+    carry_detector_facts(result, previous)
     if previous is not None:
         for change in diff_results(previous, result):
             result.record(change.pop("action"), **change, origin="scene")
@@ -181,6 +182,20 @@ def _finished(drafts: list[_Draft], instances: np.ndarray, image: Volume) -> lis
             vertebra.centroid_ras = image.kji_to_ras(np.array(centre))[0]
         out.append(vertebra)
     return out
+
+
+def carry_detector_facts(result: SpineResult, previous: SpineResult | None) -> None:
+    """Level scores and anchor evidence are not in the scene: keep them from the previous result for
+    the vertebrae that are still the same body (same instance), so a relabelling after a person's
+    correction still weighs the sacrum, C2 and the ribs."""
+    if previous is None:
+        return
+    by_instance = {v.instance: v for v in previous.vertebrae if v.instance}
+    for v in result.vertebrae:
+        before = by_instance.get(v.instance) if v.instance else None
+        if before is not None:
+            v.level_scores = v.level_scores or before.level_scores
+            v.evidence = v.evidence or before.evidence
 
 
 def _new_result(previous: SpineResult | None, image: Volume, vertebrae: list[Vertebra],

@@ -1,4 +1,5 @@
-"""The QC image `<case>.qc.png`: one sagittal slice with body outlines, level names and measurement lines.
+"""The QC image `<case>.qc.png`: one sagittal slice of the whole field of view with body outlines, level
+names, measurement lines and the naming verdict (orange when the levels are uncertain).
 
 The image is resampled to the canonical orientation (head up, anterior left) on an isotropic grid,
 so oblique acquisitions still give a true sagittal view. Drawn with matplotlib's Agg canvas (no
@@ -19,7 +20,6 @@ from ..core.volume import Volume, resample_to_canonical
 CT_WINDOW = (400.0, 1800.0)         # bone window: centre, width in HU
 MAX_VOXELS = 24_000_000             # coarser QC grid for very large inputs (memory and time)
 LONG_SIDE_PX = 900
-VIEW_MARGIN_MM = 40.0
 
 
 def _qc_spacing(image: Volume) -> float:
@@ -86,10 +86,27 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
-    axes.text(0.01, 0.99, _title(result, right_mm, figure.get_figwidth() * figure.dpi), color="white",
+    width_px = figure.get_figwidth() * figure.dpi
+    axes.text(0.01, 0.99, _title(result, right_mm, width_px), color="white",
               fontsize=8, va="top", ha="left", transform=axes.transAxes,
               bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+    _draw_naming(result, axes, width_px)
     return figure
+
+
+def _draw_naming(result: SpineResult, axes, width_px: float) -> None:
+    """The naming verdict at the bottom: orange when the levels are uncertain."""
+    import textwrap
+
+    from ..naming.confidence import naming_line
+
+    if not result.naming:
+        return
+    characters = max(12, int(width_px * 0.94 / 6.5))
+    text = "\n".join(textwrap.wrap(naming_line(result.naming), characters, break_long_words=True))
+    colour = "orange" if result.naming.get("uncertain") else "white"
+    axes.text(0.01, 0.01, text, color=colour, fontsize=8, va="bottom", ha="left", transform=axes.transAxes,
+              bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
 
 
 def _title(result: SpineResult, right_mm: float, width_px: float) -> str:
@@ -102,19 +119,9 @@ def _title(result: SpineResult, right_mm: float, width_px: float) -> str:
 
 
 def _view_box(result: SpineResult, canonical: Volume, labels: np.ndarray | None, rows: int, cols: int):
-    """Rows and columns to show: the spine (bodies and centroids) with a margin, not the whole field of view."""
-    points = [np.array(_to_row_col(canonical, v.centroid_ras)) for v in result.vertebrae
-              if np.all(np.isfinite(v.centroid_ras))]
-    if labels is not None and labels.any():
-        projection = np.argwhere(labels.any(axis=0))
-        points += [projection.min(axis=0), projection.max(axis=0)]
-    if not points:
-        return (0, rows), (0, cols)
-    low, high = np.min(points, axis=0), np.max(points, axis=0)
-    margin = VIEW_MARGIN_MM / canonical.spacing[0]
-    box = [(int(max(0, np.floor(lo - margin))), int(min(size, np.ceil(hi + margin) + 1)))
-           for lo, hi, size in zip(low, high, (rows, cols))]
-    return box[0], box[1]
+    """Rows and columns to show: the whole field of view, so that a vertebra the detector missed, above,
+    below or between the found ones, is on the picture too (cropping to the found bodies hid it)."""
+    return (0, rows), (0, cols)
 
 
 def _draw_lines(result: SpineResult, canonical: Volume, axes) -> None:

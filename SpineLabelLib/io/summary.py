@@ -69,6 +69,7 @@ def summary_dict(result: SpineResult) -> dict:
         "vertebrae": [{"level": v.level, "code": v.code, "centroid_ras": [round(float(x), 3) for x in v.centroid_ras],
                        "confidence": round(float(v.score), 4), "source": v.source, "locked": bool(v.locked),
                        "has_mask": bool(v.instance)} for v in result.vertebrae],
+        "naming": result.naming or None,
         "warnings": list(result.warnings),
         "corrections": result.corrections,
     })

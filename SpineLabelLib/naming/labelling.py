@@ -16,6 +16,10 @@ How it works (see `assign_levels`):
    Both directions along the chain are tried; the one whose cranial end has the lower S coordinate pays
    a penalty proportional to how vertical the chain is, so a vertical spine is never flipped while a
    horizontal one is oriented by scores/anchors.
+   Anatomical anchors (`anchors`: the sacrum, C2, rib-bearing vertebrae on CT) add unary costs per point
+   and per level, make judging an anchored point spurious costly, and gate T13/L6: with evidence, T13
+   needs 13 rib-bearing vertebrae and L6 six free lumbar vertebrae above a visible sacrum.
+   `labelling_cost` gives the same model's cost for any naming (used by `naming_confidence`).
 4. **Default without scores and anchors:** geometry only (spacing vs level) plus a weak prior that the
    caudal-most point is L5 (most spine scans end in the lumbar spine); spacing overrides it when the
    points are clearly cervical/thoracic-sized.
@@ -37,6 +41,8 @@ from scipy.spatial.distance import cdist
 from ..core import anatomy
 from ..core.errors import InputError
 from ..core.result import SpineResult, Vertebra
+from . import anchors
+from .anchors import AnchorEvidence
 
 LEVELS = anatomy.ORDER
 N_LEVELS = len(LEVELS)
@@ -242,8 +248,12 @@ def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: flo
 
 
 def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, int],
-                 allow_transitional: bool, params: LabellingParams) -> np.ndarray:
-    """(n, N_LEVELS) costs for points in their input order (the caudal default is applied per direction)."""
+                 allow_transitional: bool, params: LabellingParams,
+                 evidence: AnchorEvidence | None = None, cranio_caudal: np.ndarray | None = None) -> np.ndarray:
+    """(n, N_LEVELS) costs for points in their input order (the caudal default is applied per direction).
+
+    With anchor evidence (sacrum, C2, ribs; see `anchors`), its costs are added and T13/L6 are allowed
+    only where the evidence shows them (13 rib-bearing vertebrae; six free lumbar above a sacrum)."""
     if level_scores is None:
         unary = np.zeros((n, N_LEVELS))
     else:
@@ -251,6 +261,9 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
         unary = -params.score_weight * np.log(np.clip(scores, params.score_floor, None))
     unary = unary + _transitional_cost()[None, :]
+    if evidence is not None:
+        unary = unary + anchors.anchor_costs(evidence)
+        unary = anchors.gate_transitional(unary, anchors.transitional_allowed(evidence, cranio_caudal))
     if not allow_transitional:
         unary[:, [LEVELS.index(t) for t in anatomy.TRANSITIONAL]] = np.inf
     for i, k in locked_idx.items():
@@ -281,38 +294,130 @@ def _solve(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, s_extent: fl
 
 def assign_levels(centroids_ras: np.ndarray, level_scores: np.ndarray | None = None,
                   detection_scores: np.ndarray | None = None, locked: dict[int, str] | None = None,
-                  allow_transitional: bool = True, params: LabellingParams = DEFAULT_PARAMS) -> list[str]:
+                  allow_transitional: bool = True, params: LabellingParams = DEFAULT_PARAMS,
+                  evidence: AnchorEvidence | None = None) -> list[str]:
     """One level name per input point ('' = judged spurious), consistent with anatomical order.
 
     centroids_ras (N, 3) RAS mm; level_scores (N, len(anatomy.ORDER)) probabilities in ORDER order;
-    detection_scores (N,) 0..1; locked {point index: level name} are kept and anchor the rest.
+    detection_scores (N,) 0..1; locked {point index: level name} are kept and anchor the rest;
+    evidence: anatomical anchors per point (`anchors.AnchorEvidence`), or None for none at all (then
+    T13/L6 rest on their prior alone).
     """
+    problem = _problem(centroids_ras, level_scores, detection_scores, locked, allow_transitional, params, evidence)
+    if problem is None:
+        return []
+    points, chain, unary, skip, default_caudal, locked_idx = problem
+    labels = _assign_chain(points, chain, unary, skip, default_caudal, params)
+    if labels is None:                          # anchors out of order with geometry: keep them, fit the rest
+        labels = _assign_around_inconsistent_anchors(points, chain, unary, skip, locked_idx, params)
+    names = [""] * len(points)
+    for i, k in zip(chain, labels):
+        names[i] = LEVELS[k] if k >= 0 else ""
+    for i, name in (locked or {}).items():
+        names[int(i)] = name
+    return names
+
+
+def _problem(centroids_ras, level_scores, detection_scores, locked, allow_transitional, params, evidence):
+    """Everything the assignment and `labelling_cost` share: points, usable chain, unary and skip costs."""
     points = np.asarray(centroids_ras, dtype=float).reshape(-1, 3)
     n = len(points)
     locked = dict(locked or {})
     if level_scores is not None and np.shape(level_scores) != (n, N_LEVELS):
         raise InputError(f"level_scores must have shape ({n}, {N_LEVELS}), got {np.shape(level_scores)}")
+    if evidence is not None and len(evidence) != n:
+        raise InputError(f"anchor evidence is for {len(evidence)} points, not {n}")
     locked_idx = {int(i): anatomy.order_index(name) for i, name in locked.items() if name}
     if n == 0:
-        return []
+        return None
     det = np.ones(n) if detection_scores is None else np.clip(np.asarray(detection_scores, float), 0, 1)
     order, outlier = order_along_spine(points, params.outlier_mm)
     usable = ~outlier & (det >= params.min_detection_score)
     usable[list(locked_idx)] = True            # a person's point is never spurious
     chain = np.array([i for i in order if usable[i]], dtype=int)
+    cranio_caudal = chain if len(chain) < 2 or points[chain[0], 2] >= points[chain[-1], 2] else chain[::-1]
     default_caudal = level_scores is None and not locked_idx
-    unary = _unary_costs(n, level_scores, locked_idx, allow_transitional, params)
+    unary = _unary_costs(n, level_scores, locked_idx, allow_transitional, params, evidence, cranio_caudal)
     skip = params.skip_base_cost + params.skip_score_cost * det
+    if evidence is not None:                    # a point seen as the sacrum or C2 is a vertebra, not a stray detection
+        skip = skip + anchors.skip_costs(evidence)
     skip[list(locked_idx)] = _FORBIDDEN              # finite: keeps prefix sums free of inf - inf
-    labels = _assign_chain(points, chain, unary, skip, default_caudal, params)
-    if labels is None:                          # anchors out of order with geometry: keep them, fit the rest
-        labels = _assign_around_inconsistent_anchors(points, chain, unary, skip, locked_idx, params)
-    names = [""] * n
-    for i, k in zip(chain, labels):
-        names[i] = LEVELS[k] if k >= 0 else ""
-    for i, name in locked.items():
-        names[int(i)] = name
-    return names
+    return points, chain, unary, skip, default_caudal, locked_idx
+
+
+def labelling_cost(centroids_ras: np.ndarray, names: list[str], level_scores: np.ndarray | None = None,
+                   detection_scores: np.ndarray | None = None, locked: dict[int, str] | None = None,
+                   allow_transitional: bool = True, params: LabellingParams = DEFAULT_PARAMS,
+                   evidence: AnchorEvidence | None = None) -> float:
+    """The assignment's cost (negative log-likelihood) of a given naming, under the same model as
+    `assign_levels` (best patient scale; inf when the names break anatomical order or a lock).
+
+    For the naming `assign_levels` returns this equals the optimum it found, so the costs of other
+    namings (the same one shifted by a level, say) say how close the runner-up is."""
+    return labelling_costs(centroids_ras, [names], level_scores, detection_scores, locked, allow_transitional,
+                           params, evidence)[0]
+
+
+def labelling_costs(centroids_ras: np.ndarray, namings: list[list[str]], level_scores: np.ndarray | None = None,
+                    detection_scores: np.ndarray | None = None, locked: dict[int, str] | None = None,
+                    allow_transitional: bool = True, params: LabellingParams = DEFAULT_PARAMS,
+                    evidence: AnchorEvidence | None = None) -> list[float]:
+    """`labelling_cost` of several namings of the same points (the chain and costs are built once)."""
+    problem = _problem(centroids_ras, level_scores, detection_scores, locked, allow_transitional, params, evidence)
+    if problem is None:
+        return [0.0] * len(namings)
+    points, chain, unary, skip, default_caudal, _ = problem
+    outside = set(range(len(points))) - set(chain.tolist())
+    costs = []
+    for names in namings:
+        if any(names[i] for i in outside):
+            costs.append(np.inf)                # a name on a point the assignment must leave out
+            continue
+        labels = np.array([anatomy.order_index(names[i]) if names[i] else -1 for i in chain])
+        named = labels[labels >= 0]
+        if len(named) >= 2 and not (np.all(np.diff(named) > 0) or np.all(np.diff(named) < 0)):
+            costs.append(np.inf)
+            continue
+        directions = [-1 if named[0] > named[-1] else 1] if len(named) >= 2 else [1, -1]
+        costs.append(min(_directed_cost(points[chain], unary[chain], skip[chain], labels, direction,
+                                        default_caudal, params) for direction in directions))
+    return costs
+
+
+def _directed_cost(points, unary, skip, labels, direction, default_caudal, params) -> float:
+    """`labelling_cost` along one direction of the chain (as `_solve` tries both), best patient scale."""
+    idx = np.arange(len(points))[::direction]
+    u = unary[idx].copy()
+    if default_caudal and len(idx):
+        u[-1] += params.caudal_l5_cost
+        u[-1, LEVELS.index("L5")] -= params.caudal_l5_cost
+    length = np.linalg.norm(np.diff(points, axis=0), axis=1).sum()
+    s_extent = (points[0, 2] - points[-1, 2]) / max(length, 1e-6) if len(points) > 1 else 0.0
+    flip = params.orientation_cost * max(0.0, -direction * s_extent)
+    prior = 0.5 * (np.log(_SCALES) / params.scale_log_sigma) ** 2 + flip
+    return float(np.min(_sequence_cost(points[idx], u, skip[idx], labels[idx], _SCALES, params) + prior))
+
+
+def _sequence_cost(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, labels: np.ndarray,
+                   scales: np.ndarray, params: LabellingParams) -> np.ndarray:
+    """Cost of one fixed labelling (points in cranio-caudal order) at each patient scale, term by term
+    as in `_viterbi`."""
+    log_expected, steps, missing = _pair_tables()
+    named = np.flatnonzero(labels >= 0)
+    cost = np.full(len(scales), float(skip[labels < 0].sum()))
+    if len(named) == 0:
+        return cost
+    cost += float(unary[named, labels[named]].sum())
+    if len(named) < 2:
+        return cost
+    j, i = named[:-1], named[1:]
+    a, b = labels[j], labels[i]
+    if np.any(a >= b) or np.any(np.isnan(log_expected[a, b])) or np.any(i - j - 1 > params.max_skip_run):
+        return np.full(len(scales), np.inf)
+    sigma = np.maximum(params.step_log_sigma / np.sqrt(np.maximum(steps[a, b], 1)), 0.05)
+    d = np.log(np.maximum(np.linalg.norm(points[i] - points[j], axis=1), 1e-3))
+    z = (d[None, :] - log_expected[a, b][None, :] - np.log(scales)[:, None]) / sigma[None, :]
+    return cost + float((missing[a, b] * params.missing_cost).sum()) + _robust_misfit(z, params.misfit_dof).sum(axis=1)
 
 
 def _assign_chain(points, chain, unary, skip, default_caudal, params) -> list[int] | None:
@@ -346,15 +451,25 @@ def _scores_matrix(vertebrae: list[Vertebra]) -> np.ndarray | None:
     return matrix
 
 
+def labelling_inputs(vertebrae: list[Vertebra]) -> dict:
+    """The assignment's keyword arguments for these vertebrae (centroids, level and detection scores,
+    locked levels, anchor evidence; evidence None when no vertebra carries any, as a point list read
+    from a file)."""
+    evidence = None
+    if any(v.evidence for v in vertebrae):
+        evidence = AnchorEvidence.from_dicts([v.evidence for v in vertebrae])
+    return {"centroids_ras": np.array([v.centroid_ras for v in vertebrae]).reshape(-1, 3),
+            "level_scores": _scores_matrix(vertebrae), "detection_scores": np.array([v.score for v in vertebrae]),
+            "locked": {k: v.level for k, v in enumerate(vertebrae) if v.locked and v.level}, "evidence": evidence}
+
+
 def relabel_vertebrae(vertebrae: list[Vertebra], params: LabellingParams = DEFAULT_PARAMS) -> list[str]:
     """New level per vertebra (locked ones unchanged; a locked point without a level stays '')."""
     if not vertebrae:
         return []
     free = [i for i, v in enumerate(vertebrae) if not (v.locked and not v.level)]
     chosen = [vertebrae[i] for i in free]
-    names = assign_levels(np.array([v.centroid_ras for v in chosen]), _scores_matrix(chosen),
-                          np.array([v.score for v in chosen]),
-                          {k: v.level for k, v in enumerate(chosen) if v.locked and v.level}, params=params)
+    names = assign_levels(**labelling_inputs(chosen), params=params)
     out = [v.level for v in vertebrae]
     for i, name in zip(free, names):
         out[i] = name
@@ -373,6 +488,9 @@ def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS
     if changes:      # one entry per relabelling: these follow from the order, they are not a person's edits
         result.record("relabel", by="anatomical order", changes=changes,
                       anchors=[v.level for v in result.vertebrae if v.locked and v.level])
+    from .confidence import assess_vertebrae
+
+    result.naming = assess_vertebrae(result.vertebrae, params)
     return result
 
 

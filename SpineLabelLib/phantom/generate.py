@@ -102,7 +102,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                      bias_field: bool = True, direction=None, axial_rotation_deg: float | None = None,
                      size_jitter: float = 0.03, angle_jitter_deg: float = 0.0,
                      lateral_fov_mm: float | None = 200.0, crop_to_spine: bool = False,
-                     physiological_curves: bool = False, texture: float = 0.0, blur_mm: float = 0.0) -> Phantom:
+                     physiological_curves: bool = False, texture: float = 0.0, blur_mm: float = 0.0,
+                     ribs: bool = True) -> Phantom:
     """Build a spine phantom with exact truth (see the module docstring for the construction).
 
     levels: contiguous names from anatomy.ORDER, cranial first. spacing: (i, j, k) mm.
@@ -121,6 +122,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     lumbar lordosis 50 degrees, pro rata for partial regions) on top of lordosis_deg.
     texture (e.g. 0.1) and blur_mm (e.g. 0.6): smooth tissue heterogeneity and a Gaussian point-spread
     function, for more realistic training images (see `render`); both off by default (speed).
+    ribs: paint a pair of ribs on every thoracic level (T1-T12, T13); False for a rib-less thorax.
     """
     names, modality, spacing, fractures = _check_inputs(levels, modality, spacing, fractures)
     rng = np.random.default_rng([int(seed), 0])
@@ -133,7 +135,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     if field_of_view is not None:
         shape, affine = _crop_superior_inferior(shape, affine, built, field_of_view)
     canvas = _Canvas(shape, affine)
-    counts = _paint_all(canvas, built)
+    counts = _paint_all(canvas, built, ribs)
     image = render(canvas.tissues, modality, seed, noise, bias_field, texture=texture, blur_mm=blur_mm, spacing=spacing)
     parameters = {"fractures": {k: list(v) for k, v in fractures.items()}, "lordosis_deg": lordosis_deg,
                   "scoliosis_deg": scoliosis_deg, "axial_rotation_apex_deg": axial_apex,
@@ -142,7 +144,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                   "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
                   "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves,
                   "texture": texture, "blur_mm": blur_mm, "lateral_fov_mm": lateral_fov_mm,
-                  "crop_to_spine": crop_to_spine}
+                  "crop_to_spine": crop_to_spine, "ribs": ribs}
     truth = {"modality": modality, "spacing": spacing.tolist(), "seed": int(seed), "levels": names,
              **_vertebra_truth(canvas, built, counts), "parameters": parameters,
              "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % "

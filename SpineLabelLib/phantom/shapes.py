@@ -185,15 +185,16 @@ def _paint_disc(canvas: _Canvas, upper: _Level, lower: _Level) -> None:
     canvas.paint(ranges, nucleus, NUCLEUS)
 
 
-def _paint_all(canvas: _Canvas, levels: list[_Level]) -> dict[str, tuple[int, int]]:
-    """Paint in an order where later structures win: outline, discs, ribs, processes, canal, bodies."""
+def _paint_all(canvas: _Canvas, levels: list[_Level], ribs: bool = True) -> dict[str, tuple[int, int]]:
+    """Paint in an order where later structures win: outline, discs, ribs, processes, canal, bodies.
+    ribs=False leaves the thoracic vertebrae without ribs (to test what tells them apart)."""
     _paint_outline(canvas, levels)
     for upper, lower in zip(levels, levels[1:]):
         if upper.has_body and upper.disc > 0:
             _paint_disc(canvas, upper, lower)
     for level in levels:
         region = anatomy.region(level.name)
-        if region == "thoracic":
+        if region == "thoracic" and ribs:
             _paint_ribs(canvas, level)
         if level.name == "C1":
             _paint_atlas_posterior(canvas, level)

@@ -165,6 +165,15 @@ def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> Non
         if v.level:
             segment.SetColor(*anatomy.COLOUR_BY_NAME[v.level])
             segment.SetTag(segment.GetTerminologyEntryTagName(), anatomy.terminology_entry(v.level))
+    _anatomical_segment_order(seg_node, vertebrae)
+
+
+def _anatomical_segment_order(seg_node, vertebrae: list[Vertebra]) -> None:
+    """Segments listed cranio-caudally (import orders them by label value, which puts T13 = 28 after L5)."""
+    segmentation = seg_node.GetSegmentation()
+    named = sorted((v for v in vertebrae if v.level), key=lambda v: anatomy.order_index(v.level))
+    for index, v in enumerate(named):
+        segmentation.SetSegmentIndex(_segment_id(v), index)
 
 
 def _fill_points(points_node, result: SpineResult, associated_id: str) -> None:

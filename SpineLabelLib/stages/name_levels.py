@@ -1,6 +1,8 @@
-"""Stage 3, name levels: C1 ... L5, S1 (T13/L6 on evidence) by anatomical order (`naming.labelling`).
+"""Stage 3, name levels: C1 ... L5, S1 (T13/L6 on evidence) by anatomical order (`naming.labelling`),
+weighing the anatomical anchors in view (`naming.anchors`: the sacrum, C2, on CT the last rib), and
+saying how sure the naming is (`naming.confidence`).
 
-needs: vertebrae. gives: vertebrae (levels; spurious detections dropped).
+needs: vertebrae. gives: vertebrae (levels, anchor evidence; spurious detections dropped), naming.
 """
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ from .base import RunContext
 class NameLevels:
     name = "name"
     needs = ("vertebrae",)
-    gives = ("vertebrae",)
+    gives = ("vertebrae", "naming")
     share = 0.02
 
     def run(self, result: SpineResult, context: RunContext) -> None:
+        from ..naming import anchors
         from ..naming.labelling import relabel_result
 
         if not result.vertebrae:
             raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
+        anchors.gather_evidence(result)
         relabel_result(result)
+        if result.naming.get("uncertain"):
+            result.warnings.append(result.naming["reason"])
