@@ -56,6 +56,7 @@ class SpineResult:
     distances: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    alignment: dict[str, Any] = field(default_factory=dict)   # alignment.measure_alignment: endplates, measures
 
     # --- access ---------------------------------------------------------------------------
     def by_level(self, level: str) -> Vertebra | None:
@@ -140,7 +141,7 @@ class SpineResult:
 
 # --- a pickle-free snapshot, for handing a result between processes --------------------------
 _JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
-                "measurements", "distances", "corrections", "extras")
+                "measurements", "distances", "corrections", "extras", "alignment")
 
 
 def _jsonable(value: Any) -> Any:

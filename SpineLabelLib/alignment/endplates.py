@@ -1,0 +1,213 @@
+"""Superior and inferior endplates of every vertebral body, as planes fitted to the ends of its mask.
+
+Method, per body (in the body's own frame, the frame `heights.principal_frame` gives the height
+measurement: principal axes of the mask, the lateral axis fixing the mid-sagittal plane, the superior
+axis signed along the local spine axis):
+1. Columns. A grid of columns (1 mm apart) parallel to the superior axis covers the central part of the
+   body's axial section (an ellipse over the central 60 % of its depth and width: rounded rims, osteophytes
+   and the posterior wall's pedicle stumps stay out). Along each column the mask is interpolated
+   trilinearly (`heights.MaskSampler`: the 0.5 iso-level is the voxel face, on any direction matrix and
+   spacing) and its first and last 0.5 crossings are the inferior and superior surface points.
+2. Plane. s = c + a t + b w (s superior, t posterior, w lateral, mm) by trimmed least squares: points
+   more than max(1 mm, 2.5 robust SD) off the fit are dropped, twice, so a Schmorl node or a segmentation
+   spike does not tilt the plane. Its unit normal, pointing superior, is the endplate's orientation.
+3. Frame refinement. The superior axis is set to the bisector of the two endplate normals and the fit is
+   repeated once, so the columns run square to the plates and the central ellipse is the true central part.
+4. The endplate line. In the mid-sagittal plane the plane's trace is followed from anterior to posterior
+   1.5 mm inside the body (`heights.line_extent`, slab-averaged); its two ends, moved back onto the plane,
+   are the anterior and posterior corners (drawn on the QC image and in Slicer, and used by listhesis);
+   their distance is the endplate's depth.
+Quality (flags; a flagged plane is kept for display but no measure uses it):
+  cut_by_field_of_view  more than 5 % of the surface points lie on the image's outermost voxel layer
+                        (the mask runs into the border: the surface there is the cut, not the plate);
+  irregular             fewer than 50 % of the columns are inliers or the inliers' RMS exceeds 1.5 mm;
+  not_fitted            fewer than 12 columns found both surfaces (a fragment, or a body seen edge-on).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..heights import BodyFrame, MaskSampler, edges, line_extent, principal_frame
+from ..volume import Volume
+
+COLUMN_STEP_MM = 1.0
+PROFILE_STEP_MM = 0.25
+CENTRAL_FRACTION = 0.6          # of the depth and of the width
+CORNER_INSET_MM = 1.5           # the endplate line is followed this far inside the body
+MIN_COLUMNS = 12
+CUT_FRACTION = 0.05
+IRREGULAR_INLIERS = 0.5
+IRREGULAR_RMS_MM = 1.5
+SIDES = ("superior", "inferior")
+#: Endplates that are not a vertebral body's: C1 has no body, C2's top is the dens, S1's bottom is fused.
+NO_ENDPLATE = {("C1", "superior"), ("C1", "inferior"), ("C2", "superior"), ("S1", "inferior")}
+
+
+@dataclass
+class Endplate:
+    """One fitted endplate. Points and normal in RAS mm; `normal` is a unit vector pointing superior."""
+
+    level: str
+    side: str                              # 'superior' | 'inferior'
+    normal: np.ndarray
+    centre: np.ndarray                     # plane point on the body's superior axis
+    anterior_corner: np.ndarray | None     # ends of the mid-sagittal endplate line
+    posterior_corner: np.ndarray | None
+    depth_mm: float | None
+    rms_mm: float
+    inlier_fraction: float
+    columns: int
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.flags
+
+    def record(self) -> dict:
+        """Plain record for `result.alignment['endplates']` (JSON-safe)."""
+        def point(p):
+            return None if p is None else [round(float(c), 3) for c in p]
+        return {"level": self.level, "side": self.side, "normal_ras": [round(float(c), 6) for c in self.normal],
+                "centre_ras": point(self.centre), "anterior_corner_ras": point(self.anterior_corner),
+                "posterior_corner_ras": point(self.posterior_corner),
+                "depth_mm": None if self.depth_mm is None else round(self.depth_mm, 2),
+                "rms_mm": round(self.rms_mm, 3), "inlier_fraction": round(self.inlier_fraction, 3),
+                "columns": self.columns, "flags": ";".join(self.flags)}
+
+
+@dataclass
+class BodyEndplates:
+    level: str
+    frame: BodyFrame
+    superior: Endplate | None
+    inferior: Endplate | None
+
+
+# --- robust plane ------------------------------------------------------------------------------
+def robust_plane(t: np.ndarray, w: np.ndarray, s: np.ndarray):
+    """Trimmed least squares s = c + a t + b w: ((c, a, b), inlier mask, inlier RMS)."""
+    design = np.column_stack([np.ones_like(t), t, w])
+    keep = np.ones(t.size, bool)
+    coefficients = np.linalg.lstsq(design, s, rcond=None)[0]
+    for _ in range(3):
+        residual = np.abs(s - design @ coefficients)
+        inliers = residual <= max(1.0, 2.5 * 1.4826 * float(np.median(residual[keep])))
+        if inliers.sum() < 4 or np.array_equal(inliers, keep):
+            break
+        keep = inliers
+        coefficients = np.linalg.lstsq(design[keep], s[keep], rcond=None)[0]
+    residual = s - design @ coefficients
+    rms = float(np.sqrt(np.mean(residual[keep] ** 2)))
+    return coefficients, keep, rms
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+def plane_normal(frame: BodyFrame, slope_t: float, slope_w: float) -> np.ndarray:
+    """Unit normal (towards superior) of s = c + a t + b w, in RAS (t runs towards posterior)."""
+    # gradient of s - a t - b w in (s, t, w); t = -anterior, w = lateral
+    return _unit(frame.superior + slope_t * frame.anterior - slope_w * frame.lateral)
+
+
+# --- per body ----------------------------------------------------------------------------------
+def _local(points: np.ndarray, frame: BodyFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = points - frame.centre
+    return d @ frame.superior, -(d @ frame.anterior), d @ frame.lateral
+
+
+def _columns(points: np.ndarray, frame: BodyFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column positions (t, w) over the central ellipse, and the s coordinates to sample."""
+    s, t, w = _local(points, frame)
+    (t0, t1), (w0, w1) = np.percentile(t, [1, 99]), np.percentile(w, [1, 99])
+    tc, wc = (t0 + t1) / 2, (w0 + w1) / 2
+    half_t, half_w = CENTRAL_FRACTION * (t1 - t0) / 2, CENTRAL_FRACTION * (w1 - w0) / 2
+    tt, ww = np.meshgrid(np.arange(tc - half_t, tc + half_t + 1e-9, COLUMN_STEP_MM),
+                         np.arange(wc - half_w, wc + half_w + 1e-9, COLUMN_STEP_MM), indexing="ij")
+    inside = ((tt - tc) / max(half_t, 1e-6)) ** 2 + ((ww - wc) / max(half_w, 1e-6)) ** 2 <= 1.0
+    margin = 4.0
+    s_coords = np.arange(s.min() - margin, s.max() + margin + PROFILE_STEP_MM / 2, PROFILE_STEP_MM)
+    return tt[inside], ww[inside], s_coords
+
+
+def _on_border(grid: Volume, ras: np.ndarray) -> np.ndarray:
+    """True where a point lies on or beyond the outermost voxel layer of the grid (index space)."""
+    kji = grid.ras_to_kji(ras)
+    size = np.array(grid.array.shape) - 1
+    return np.any((kji <= 0.0) | (kji >= size), axis=1)
+
+
+def _surfaces(sampler: MaskSampler, frame: BodyFrame, t, w, s_coords):
+    occupancy = sampler.local(frame, s_coords[None, :], t[:, None], w[:, None])
+    low, high = edges(occupancy, s_coords)
+    return low, high
+
+
+def _endplate_line(sampler, frame, side, c, a, span) -> tuple:
+    """(anterior corner, posterior corner) RAS of the mid-sagittal endplate trace, or (None, None)."""
+    inward = -1.0 if side == "superior" else 1.0
+    normal_st = np.array([1.0, -a]) / np.hypot(1.0, a)        # plane normal in the (s, t) section
+    t0, t1 = span
+    start = np.array([c + a * t0, t0]) + inward * CORNER_INSET_MM * normal_st
+    end = np.array([c + a * t1, t1]) + inward * CORNER_INSET_MM * normal_st
+    ends = line_extent(sampler, frame, start, end, margin=6.0)
+    if ends is None:
+        return None, None
+    corners = [p - inward * CORNER_INSET_MM * normal_st for p in ends]
+    anterior, posterior = sorted(corners, key=lambda p: p[1])    # t grows towards posterior
+    ras = frame.to_ras([anterior[0], posterior[0]], [anterior[1], posterior[1]])
+    return ras[0], ras[1]
+
+
+def _fit_side(level, side, frame, sampler, grid, t, w, surface, span) -> Endplate:
+    found = np.isfinite(surface)
+    flags = []
+    if found.sum() < MIN_COLUMNS:
+        return Endplate(level, side, frame.superior.copy(), frame.centre.copy(), None, None, None, 0.0, 0.0,
+                        int(found.sum()), ["not_fitted"])
+    points = frame.to_ras(surface[found], t[found], w[found])
+    if _on_border(grid, points).mean() > CUT_FRACTION:
+        flags.append("cut_by_field_of_view")
+    (c, a, b), inliers, rms = robust_plane(t[found], w[found], surface[found])
+    fraction = float(inliers.mean())
+    if fraction < IRREGULAR_INLIERS or rms > IRREGULAR_RMS_MM:
+        flags.append("irregular")
+    normal = plane_normal(frame, a, b)
+    anterior, posterior = _endplate_line(sampler, frame, side, c, a, span)
+    depth = None if anterior is None else float(np.linalg.norm(posterior - anterior))
+    return Endplate(level, side, normal, frame.to_ras(c, 0.0), anterior, posterior, depth, rms, fraction,
+                    int(found.sum()), flags)
+
+
+def _refined(frame: BodyFrame, superior: Endplate, inferior: Endplate) -> BodyFrame:
+    """Superior axis = bisector of the two endplate normals; anterior re-squared to it."""
+    axis = _unit(superior.normal + inferior.normal)
+    anterior = frame.anterior - (frame.anterior @ axis) * axis
+    return BodyFrame(frame.centre, axis, _unit(anterior))
+
+
+def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | None = None) -> BodyEndplates:
+    """Both endplates of one body mask (see the module docstring)."""
+    points = grid.kji_to_ras(np.argwhere(mask))
+    frame = principal_frame(points, spine_axis)
+    sampler = MaskSampler(mask, grid)
+    plates: dict[str, Endplate] = {}
+    for attempt in range(2):
+        t, w, s_coords = _columns(points, frame)
+        _, tl, _ = _local(points, frame)
+        span = tuple(np.percentile(tl, [0, 100]) + np.array([-3.0, 3.0]))
+        inferior, superior = _surfaces(sampler, frame, t, w, s_coords)
+        plates = {side: _fit_side(level, side, frame, sampler, grid, t, w, surface, span)
+                  for side, surface in (("superior", superior), ("inferior", inferior))}
+        if attempt == 0 and all("not_fitted" not in p.flags for p in plates.values()):
+            frame = _refined(frame, plates["superior"], plates["inferior"])
+        else:
+            break
+    for side in SIDES:
+        if (level, side) in NO_ENDPLATE:
+            plates[side] = None
+    return BodyEndplates(level, frame, plates["superior"], plates["inferior"])
