@@ -60,6 +60,7 @@ class Endplate:
     inlier_fraction: float
     columns: int
     flags: list[str] = field(default_factory=list)
+    span: tuple[float, float] = (0.0, 0.0)    # t range searched for the corners (frame coordinates)
 
     @property
     def usable(self) -> bool:
@@ -163,24 +164,25 @@ def _endplate_line(sampler, frame, side, c, a, span) -> tuple:
     return ras[0], ras[1]
 
 
-def _fit_side(level, side, frame, sampler, grid, t, w, surface, span) -> Endplate:
+def _fit_side(level, side, frame, sampler, on_border, t, w, surface, span):
+    """(Endplate by trimmed least squares, (t, w, s, coefficients, inliers) for the refit)."""
     found = np.isfinite(surface)
     flags = []
     if found.sum() < MIN_COLUMNS:
         return Endplate(level, side, frame.superior.copy(), frame.centre.copy(), None, None, None, 0.0, 0.0,
-                        int(found.sum()), ["not_fitted"])
+                        int(found.sum()), ["not_fitted"]), None
     points = frame.to_ras(surface[found], t[found], w[found])
-    if _on_border(grid, points).mean() > CUT_FRACTION:
+    if on_border(points).mean() > CUT_FRACTION:
         flags.append("cut_by_field_of_view")
     (c, a, b), inliers, rms = robust_plane(t[found], w[found], surface[found])
     fraction = float(inliers.mean())
     if fraction < IRREGULAR_INLIERS or rms > IRREGULAR_RMS_MM:
         flags.append("irregular")
     normal = plane_normal(frame, a, b)
-    anterior, posterior = _endplate_line(sampler, frame, side, c, a, span)
-    depth = None if anterior is None else float(np.linalg.norm(posterior - anterior))
-    return Endplate(level, side, normal, frame.to_ras(c, 0.0), anterior, posterior, depth, rms, fraction,
-                    int(found.sum()), flags)
+    plate = Endplate(level, side, normal, frame.to_ras(c, 0.0), None, None, None, rms, fraction,
+                     int(found.sum()), flags)
+    plate.span = span
+    return plate, (t[found], w[found], surface[found], np.array([c, a, b]), inliers)
 
 
 def _refined(frame: BodyFrame, superior: Endplate, inferior: Endplate) -> BodyFrame:
@@ -190,24 +192,136 @@ def _refined(frame: BodyFrame, superior: Endplate, inferior: Endplate) -> BodyFr
     return BodyFrame(frame.centre, axis, _unit(anterior))
 
 
-def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | None = None) -> BodyEndplates:
-    """Both endplates of one body mask (see the module docstring)."""
+def body_axis(sampler: MaskSampler, frame: BodyFrame, points: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """The body's long axis from the centroids of its cross-sections (square to the frame's superior
+    axis, over the central half of its height between s = low and s = high): a cylinder's cross-section
+    centroids lie on its axis. Area integrals are not quantised by the slice thickness the way an
+    endplate's height is, so this axis is well defined even on 2 mm slices. Local (1, dt/ds, dw/ds)."""
+    _, t, w = _local(points, frame)
+    height = high - low
+    levels = np.arange(low + 0.25 * height, high - 0.25 * height + 1e-9, 1.0)
+    if levels.size < 3:
+        return None
+    tt, ww = np.meshgrid(np.arange(t.min() - 3, t.max() + 3, 1.0), np.arange(w.min() - 3, w.max() + 3, 1.0),
+                         indexing="ij")
+    occupancy = sampler.local(frame, levels[:, None, None], tt[None], ww[None])
+    area = occupancy.sum(axis=(1, 2))
+    keep = area > 0.5 * area.max()
+    if keep.sum() < 3:
+        return None
+    centre_t = (occupancy * tt).sum(axis=(1, 2))[keep] / area[keep]
+    centre_w = (occupancy * ww).sum(axis=(1, 2))[keep] / area[keep]
+    return np.array([1.0, np.polyfit(levels[keep], centre_t, 1)[0], np.polyfit(levels[keep], centre_w, 1)[0]])
+
+
+def quantisation_mm(grid: Volume, direction: np.ndarray) -> float:
+    """Half the extent of one voxel along a direction: how far a binary mask's surface can lie from the
+    interpolated 0.5 level when the surface runs along the voxel rows (2 mm slices: 1 mm)."""
+    columns = grid.ijk_to_ras[:3, :3]
+    return 0.5 * float(np.max(np.abs(direction @ columns)))
+
+
+def _hinge_fit(t, w, s, start, prior, tolerance, radius):
+    """Plane s = c + a t + b w that stays within `tolerance` of every surface point and, among such
+    planes, tilts least away from `prior` (slopes a, b of the body axis): a binary mask only bounds its
+    surface to half a voxel, so inside that band the body's own axis decides.
+
+    Cost: squared hinge (excess over the band) + a small prior term (in mm at the endplate's rim); it is
+    convex and piecewise quadratic, so a damped active-set Newton iteration solves it in a few steps."""
+    design = np.column_stack([np.ones_like(t), t, w])
+    weight = np.diag([1e-6, 1.0, 1.0]) * 0.02 * t.size * radius ** 2    # tiny 1e-6: c stays defined
+    anchor = np.array([0.0, *prior])
+
+    def cost(p):
+        residual = design @ p - s
+        excess = np.maximum(np.abs(residual) - tolerance, 0.0)
+        return float(excess @ excess + (p - anchor) @ weight @ (p - anchor))
+
+    p = np.asarray(start, float).copy()
+    anchor[0] = p[0]
+    current = cost(p)
+    for _ in range(50):
+        residual = design @ p - s
+        active = np.abs(residual) > tolerance
+        target = s[active] + np.sign(residual[active]) * tolerance
+        matrix = design[active].T @ design[active] + weight
+        proposal = np.linalg.solve(matrix, design[active].T @ target + weight @ anchor)
+        step = proposal - p
+        for _ in range(20):                       # damping: never accept a worse plane
+            value = cost(p + step)
+            if value <= current + 1e-12:
+                break
+            step = step / 2
+        else:
+            break
+        p, previous, current = p + step, current, value
+        if np.max(np.abs(step)) < 1e-7 or previous - current < 1e-10:
+            break
+    return p
+
+
+def _with_prior(plate: Endplate, frame, sampler, grid, data, prior_slopes) -> Endplate:
+    """Refit a usable plate inside the quantisation band towards the body axis (see `_hinge_fit`)."""
+    t, w, s, coefficients, inliers = data
+    tolerance = 0.8 * quantisation_mm(grid, frame.superior)
+    radius = 0.5 * (float(np.ptp(t)) if t.size else 1.0)
+    c, a, b = _hinge_fit(t[inliers], w[inliers], s[inliers], coefficients, prior_slopes, tolerance, radius)
+    plate.normal = plane_normal(frame, a, b)
+    plate.centre = frame.to_ras(c, 0.0)
+    return plate
+
+
+def _add_corners(plate: Endplate, frame: BodyFrame, sampler: MaskSampler) -> None:
+    """The mid-sagittal endplate line's corners and depth, from the plate's final plane."""
+    d = plate.centre - frame.centre
+    c = float(d @ frame.superior)                         # the plane's height on the axis
+    n_s, n_t = float(plate.normal @ frame.superior), -float(plate.normal @ frame.anterior)
+    if abs(n_s) < 1e-6:
+        return
+    a = -n_t / n_s                                        # in-section slope ds/dt
+    plate.anterior_corner, plate.posterior_corner = _endplate_line(sampler, frame, plate.side, c, a, plate.span)
+    if plate.anterior_corner is not None:
+        plate.depth_mm = float(np.linalg.norm(plate.posterior_corner - plate.anterior_corner))
+
+
+def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | None = None,
+             on_border=None) -> BodyEndplates:
+    """Both endplates of one body mask (see the module docstring).
+
+    `mask` and `grid` may be a crop of the image around the body; `on_border(ras) -> bool array` then
+    tells which points lie on the whole image's outermost voxel layer (default: the grid's own)."""
+    on_border = on_border or (lambda ras: _on_border(grid, ras))
     points = grid.kji_to_ras(np.argwhere(mask))
     frame = principal_frame(points, spine_axis)
     sampler = MaskSampler(mask, grid)
     plates: dict[str, Endplate] = {}
     for attempt in range(2):
-        t, w, s_coords = _columns(points, frame)
-        _, tl, _ = _local(points, frame)
-        span = tuple(np.percentile(tl, [0, 100]) + np.array([-3.0, 3.0]))
-        inferior, superior = _surfaces(sampler, frame, t, w, s_coords)
-        plates = {side: _fit_side(level, side, frame, sampler, grid, t, w, surface, span)
-                  for side, surface in (("superior", superior), ("inferior", inferior))}
+        plates, data = _fit_both(level, frame, sampler, points, on_border)
         if attempt == 0 and all("not_fitted" not in p.flags for p in plates.values()):
             frame = _refined(frame, plates["superior"], plates["inferior"])
         else:
             break
+    if all(p.usable for p in plates.values()):
+        low, high = (float((p.centre - frame.centre) @ frame.superior) for p in (plates["inferior"], plates["superior"]))
+        axis = body_axis(sampler, frame, points, low, high)
+        if axis is not None:
+            prior = np.array([-axis[1], -axis[2]])
+            for side in SIDES:
+                plates[side] = _with_prior(plates[side], frame, sampler, grid, data[side], prior)
     for side in SIDES:
         if (level, side) in NO_ENDPLATE:
             plates[side] = None
+        elif "not_fitted" not in plates[side].flags:
+            _add_corners(plates[side], frame, sampler)
     return BodyEndplates(level, frame, plates["superior"], plates["inferior"])
+
+
+def _fit_both(level, frame, sampler, points, on_border):
+    t, w, s_coords = _columns(points, frame)
+    _, tl, _ = _local(points, frame)
+    span = tuple(np.percentile(tl, [0, 100]) + np.array([-3.0, 3.0]))
+    inferior, superior = _surfaces(sampler, frame, t, w, s_coords)
+    plates, data = {}, {}
+    for side, surface in (("superior", superior), ("inferior", inferior)):
+        plates[side], data[side] = _fit_side(level, side, frame, sampler, on_border, t, w, surface, span)
+    return plates, data

@@ -8,7 +8,8 @@ import numpy as np
 from .. import anatomy
 from ..result import SpineResult
 from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
-from .endplates import BodyEndplates, Endplate, fit_body
+from ..volume import Volume
+from .endplates import BodyEndplates, Endplate, _on_border, fit_body
 from .listhesis import slip
 
 
@@ -18,21 +19,38 @@ def adjacent(upper: str, lower: str) -> bool:
     return b > a and all(name in anatomy.TRANSITIONAL for name in anatomy.ORDER[a + 1: b])
 
 
-def _bodies(result: SpineResult) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Labelled bodies with a mask, head to feet: (levels, masks, centroids RAS); a repeated level keeps
-    its first body (the others are left to the person correcting the labels)."""
-    levels, masks, centroids = [], {}, {}
+CROP_MARGIN = 3          # voxels around a body's bounding box
+
+
+def _crop(image: Volume, box: tuple[slice, ...], mask: np.ndarray) -> Volume:
+    """The body's box as a small volume (its own IJK->RAS: the voxels keep their world positions)."""
+    affine = image.ijk_to_ras.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start], float)
+    return Volume(mask.astype(np.uint8), affine)
+
+
+def _bodies(result: SpineResult) -> tuple[list[str], dict[str, tuple], dict[str, np.ndarray]]:
+    """Labelled bodies with a mask, head to feet: (levels, {level: (mask crop, crop grid)}, centroids RAS);
+    a repeated level keeps its first body (the others are left to the person correcting the labels).
+    Work happens in each body's bounding box: whole-volume masks cost more than the fits."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(result.instances)
+    levels, crops, centroids = [], {}, {}
     for v in sorted((v for v in result.vertebrae if v.level and v.instance),
                     key=lambda v: anatomy.order_index(v.level)):
-        if v.level in masks:
+        if v.level in crops or v.instance > len(boxes) or boxes[v.instance - 1] is None:
             continue
-        mask = result.mask(v)
+        box = tuple(slice(max(0, b.start - CROP_MARGIN), min(n, b.stop + CROP_MARGIN))
+                    for b, n in zip(boxes[v.instance - 1], result.instances.shape))
+        mask = result.instances[box] == v.instance
         if mask.sum() < 27:
             continue
+        grid = _crop(result.image, box, mask)
         levels.append(v.level)
-        masks[v.level] = mask
-        centroids[v.level] = result.image.kji_to_ras(np.argwhere(mask).mean(axis=0))[0]
-    return levels, masks, centroids
+        crops[v.level] = (mask, grid)
+        centroids[v.level] = grid.kji_to_ras(np.argwhere(mask).mean(axis=0))[0]
+    return levels, crops, centroids
 
 
 def _spine_axis(levels: list[str], centroids: dict[str, np.ndarray], n: int) -> np.ndarray | None:
@@ -128,8 +146,10 @@ def measure_alignment(result: SpineResult) -> dict[str, list]:
     result.alignment = {"endplates": [], "measures": []}
     if result.image is None or result.instances is None:
         return result.alignment
-    levels, masks, centroids = _bodies(result)
-    plates = {level: fit_body(level, masks[level], result.image, _spine_axis(levels, centroids, n))
+    levels, crops, centroids = _bodies(result)
+    image = result.image
+    plates = {level: fit_body(level, *crops[level], _spine_axis(levels, centroids, n),
+                              on_border=lambda ras: _on_border(image, ras))
               for n, level in enumerate(levels)}
     result.alignment["endplates"] = [plate.record() for level in levels for plate in
                                      (plates[level].superior, plates[level].inferior) if plate is not None]
