@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .alignment.table import write_alignment_csv
 from .markups import write_markups
 from .paths import safe_name
 from .qc import write_qc_png
@@ -29,6 +30,7 @@ def case_files(case: str) -> dict[str, str]:
         "distances": f"{case}.distances.csv",
         "summary": f"{case}.json",
         "qc": f"{case}.qc.png",
+        "alignment": f"{case}.alignment.csv",
     }
 
 
@@ -39,6 +41,7 @@ def _write_all(result: SpineResult, folder: Path, case: str) -> None:
     write_markups(result, folder / names["markups"])
     write_measurements_csv(result, folder / names["measurements"])
     write_distances_csv(result, folder / names["distances"])
+    write_alignment_csv(result, folder / names["alignment"])
     write_summary_json(result, folder / names["summary"])
     write_qc_png(result, folder / names["qc"])
 

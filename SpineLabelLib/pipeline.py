@@ -68,11 +68,15 @@ def detect(result: SpineResult, model: str | None = None, modality: str = "auto"
 
 
 def measure(result: SpineResult) -> SpineResult:
-    """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body."""
+    """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body; then the
+    spine's alignment (endplates, segmental and regional angles, Cobb angle, listhesis)."""
+    from .alignment import measure_alignment
     from .measure import measure_result
 
     with timed(result, "measure"):
         measure_result(result)
+    with timed(result, "alignment"):
+        measure_alignment(result)
     return result
 
 
@@ -89,6 +93,7 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
 
     A centroid point list, when given, carries each vertebra's confidence and lock state.
     """
+    from .alignment.table import write_alignment_csv
     from .segfile import read_segmentation_as_result
     from .tables import write_distances_csv, write_measurements_csv
 
@@ -105,6 +110,7 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
     out = Path(out)
     write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
     write_distances_csv(result, out / f"{result.case_id}.distances.csv")
+    write_alignment_csv(result, out / f"{result.case_id}.alignment.csv")
     return result
 
 

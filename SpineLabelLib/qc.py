@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import anatomy
+from .alignment.qc import draw_alignment
 from .paths import atomic_path
 from .result import SpineResult
 from .volume import Volume, resample_to_canonical
@@ -83,6 +84,7 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
         if v.level and (labels is None or not np.any(labels[x] == v.code)):
             axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
     _draw_lines(result, canonical, axes)
+    draw_alignment(result, lambda ras: _to_row_col(canonical, ras), axes)
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]

@@ -91,6 +91,8 @@ def run_case(mrml, path: Path, args: argparse.Namespace) -> Path:
         folder = pipeline.write_outputs(result, args.out)
         nodes = adapter.result_to_nodes(mrml, result, volume_node)
         created += [nodes.segmentation, nodes.points, nodes.table]
+        if nodes.alignment is not None:      # endplate lines and the alignment table
+            created += [nodes.alignment.table, *nodes.alignment.lines.values()]
         names = case_files(result.case_id)
         adapter.write_segmentation_file(nodes.segmentation, folder / names["segmentation"])
         adapter.write_markups_file(nodes.points, folder / names["markups"])

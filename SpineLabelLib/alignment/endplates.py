@@ -4,7 +4,7 @@ Method, per body (in the body's own frame, the frame `heights.principal_frame` g
 measurement: principal axes of the mask, the lateral axis fixing the mid-sagittal plane, the superior
 axis signed along the local spine axis):
 1. Columns. A grid of columns (1 mm apart) parallel to the superior axis covers the central part of the
-   body's axial section (an ellipse over the central 60 % of its depth and width: rounded rims, osteophytes
+   body's axial section (an ellipse over the central 75 % of its depth and width: rounded rims, osteophytes
    and the posterior wall's pedicle stumps stay out). Along each column the mask is interpolated
    trilinearly (`heights.MaskSampler`: the 0.5 iso-level is the voxel face, on any direction matrix and
    spacing) and its first and last 0.5 crossings are the inferior and superior surface points.
@@ -34,7 +34,8 @@ from ..volume import Volume
 
 COLUMN_STEP_MM = 1.0
 PROFILE_STEP_MM = 0.25
-CENTRAL_FRACTION = 0.6          # of the depth and of the width
+CENTRAL_FRACTION = 0.75         # of the depth and of the width
+RESOLVED_SPREAD_DEG = 2.0       # feasible tilts narrower than this: the mask alone decides
 CORNER_INSET_MM = 1.5           # the endplate line is followed this far inside the body
 MIN_COLUMNS = 12
 CUT_FRACTION = 0.05
@@ -87,14 +88,16 @@ class BodyEndplates:
 
 
 # --- robust plane ------------------------------------------------------------------------------
-def robust_plane(t: np.ndarray, w: np.ndarray, s: np.ndarray):
-    """Trimmed least squares s = c + a t + b w: ((c, a, b), inlier mask, inlier RMS)."""
+def robust_plane(t: np.ndarray, w: np.ndarray, s: np.ndarray, floor_mm: float = 1.0):
+    """Trimmed least squares s = c + a t + b w: ((c, a, b), inlier mask, inlier RMS). Points farther
+    than max(floor_mm, 2.5 robust SD) are dropped; the floor must exceed the mask's own staircase (the
+    terraces of a tilted plate on 2 mm slices lie up to 1 mm off it and are not outliers)."""
     design = np.column_stack([np.ones_like(t), t, w])
     keep = np.ones(t.size, bool)
     coefficients = np.linalg.lstsq(design, s, rcond=None)[0]
     for _ in range(3):
         residual = np.abs(s - design @ coefficients)
-        inliers = residual <= max(1.0, 2.5 * 1.4826 * float(np.median(residual[keep])))
+        inliers = residual <= max(floor_mm, 2.5 * 1.4826 * float(np.median(residual[keep])))
         if inliers.sum() < 4 or np.array_equal(inliers, keep):
             break
         keep = inliers
@@ -174,7 +177,8 @@ def _fit_side(level, side, frame, sampler, on_border, t, w, surface, span):
     points = frame.to_ras(surface[found], t[found], w[found])
     if on_border(points).mean() > CUT_FRACTION:
         flags.append("cut_by_field_of_view")
-    (c, a, b), inliers, rms = robust_plane(t[found], w[found], surface[found])
+    floor = max(1.0, 1.5 * quantisation_mm(sampler.grid, frame.superior))
+    (c, a, b), inliers, rms = robust_plane(t[found], w[found], surface[found], floor)
     fraction = float(inliers.mean())
     if fraction < IRREGULAR_INLIERS or rms > IRREGULAR_RMS_MM:
         flags.append("irregular")
@@ -190,6 +194,13 @@ def _refined(frame: BodyFrame, superior: Endplate, inferior: Endplate) -> BodyFr
     axis = _unit(superior.normal + inferior.normal)
     anterior = frame.anterior - (frame.anterior @ axis) * axis
     return BodyFrame(frame.centre, axis, _unit(anterior))
+
+
+def quantisation_mm(grid: Volume, direction: np.ndarray) -> float:
+    """Half the extent of one voxel along a direction: how far a binary mask's surface can lie from the
+    interpolated 0.5 level when the surface runs along the voxel rows (2 mm slices: 1 mm)."""
+    columns = grid.ijk_to_ras[:3, :3]
+    return 0.5 * float(np.max(np.abs(direction @ columns)))
 
 
 def body_axis(sampler: MaskSampler, frame: BodyFrame, points: np.ndarray, low: float, high: float) -> np.ndarray | None:
@@ -214,60 +225,61 @@ def body_axis(sampler: MaskSampler, frame: BodyFrame, points: np.ndarray, low: f
     return np.array([1.0, np.polyfit(levels[keep], centre_t, 1)[0], np.polyfit(levels[keep], centre_w, 1)[0]])
 
 
-def quantisation_mm(grid: Volume, direction: np.ndarray) -> float:
-    """Half the extent of one voxel along a direction: how far a binary mask's surface can lie from the
-    interpolated 0.5 level when the surface runs along the voxel rows (2 mm slices: 1 mm)."""
-    columns = grid.ijk_to_ras[:3, :3]
-    return 0.5 * float(np.max(np.abs(direction @ columns)))
+def quantised_plane(t, w, s, tolerance: float, prior: np.ndarray | None):
+    """Plane s = c + a t + b w for a surface the mask resolves only to its quantisation band, or None
+    when the points are farther apart than quantisation explains (an irregular surface: least squares).
 
+    A binary mask fixes a surface only to half a voxel along the voxel rows: on 2 mm slices a plate a few
+    degrees off the slices shows as one or two terraces, and least squares reads the step as a tilt of
+    several degrees. Every plane within `tolerance` of all surface points explains the mask equally well;
+    among them this takes the one whose slopes are closest (L1) to `prior`, the body's own long axis
+    (`body_axis`: walls square to the plates). Where the mask does resolve the plate (1 mm voxels,
+    oblique grids, tilts with several terraces) the feasible tilts span at most RESOLVED_SPREAD_DEG and
+    the middle of the extreme slopes is taken (no prior); a wedge-shaped body on 2 mm slices is pulled towards square by at most
+    the band (README, "Spine alignment": limits). Linear programmes (HiGHS), a few ms per plate.
+    The band is widened to 1.05x the minimax residual when no plane fits inside it; a minimax residual
+    above 1.5x the band means the surface is irregular, not quantised."""
+    from scipy.optimize import linprog
 
-def _hinge_fit(t, w, s, start, prior, tolerance, radius):
-    """Plane s = c + a t + b w that stays within `tolerance` of every surface point and, among such
-    planes, tilts least away from `prior` (slopes a, b of the body axis): a binary mask only bounds its
-    surface to half a voxel, so inside that band the body's own axis decides.
-
-    Cost: squared hinge (excess over the band) + a small prior term (in mm at the endplate's rim); it is
-    convex and piecewise quadratic, so a damped active-set Newton iteration solves it in a few steps."""
     design = np.column_stack([np.ones_like(t), t, w])
-    weight = np.diag([1e-6, 1.0, 1.0]) * 0.02 * t.size * radius ** 2    # tiny 1e-6: c stays defined
-    anchor = np.array([0.0, *prior])
-
-    def cost(p):
-        residual = design @ p - s
-        excess = np.maximum(np.abs(residual) - tolerance, 0.0)
-        return float(excess @ excess + (p - anchor) @ weight @ (p - anchor))
-
-    p = np.asarray(start, float).copy()
-    anchor[0] = p[0]
-    current = cost(p)
-    for _ in range(50):
-        residual = design @ p - s
-        active = np.abs(residual) > tolerance
-        target = s[active] + np.sign(residual[active]) * tolerance
-        matrix = design[active].T @ design[active] + weight
-        proposal = np.linalg.solve(matrix, design[active].T @ target + weight @ anchor)
-        step = proposal - p
-        for _ in range(20):                       # damping: never accept a worse plane
-            value = cost(p + step)
-            if value <= current + 1e-12:
-                break
-            step = step / 2
-        else:
-            break
-        p, previous, current = p + step, current, value
-        if np.max(np.abs(step)) < 1e-7 or previous - current < 1e-10:
-            break
-    return p
+    ones = np.ones_like(t)
+    a_ub = np.vstack([np.column_stack([design, -ones]), np.column_stack([-design, -ones])])
+    minimax = linprog([0, 0, 0, 1], A_ub=a_ub, b_ub=np.r_[s, -s], bounds=[(None, None)] * 3 + [(0, None)],
+                      method="highs")
+    if not minimax.success or minimax.x[3] > 1.5 * tolerance:
+        return None
+    band = max(tolerance, 1.05 * minimax.x[3] + 1e-6)
+    a_band, b_band = np.vstack([design, -design]), np.r_[s + band, -s + band]
+    ends = []
+    for k in (1, 2):
+        for sign in (1.0, -1.0):
+            objective = np.zeros(3)
+            objective[k] = sign
+            found = linprog(objective, A_ub=a_band, b_ub=b_band, bounds=[(None, None)] * 3, method="highs")
+            ends.append(found.x if found.success else minimax.x[:3])
+    ends = np.array(ends)
+    spread = np.degrees(np.arctan([ends[0, 1] - ends[1, 1], ends[2, 2] - ends[3, 2]]))
+    if prior is None or np.max(np.abs(spread)) <= RESOLVED_SPREAD_DEG:
+        return ends.mean(axis=0)          # the mask resolves the tilt: the middle of what it allows
+    # variables c, a, b, u, v: minimise u + v with |a - a0| <= u, |b - b0| <= v, |D p - s| <= band
+    zeros = np.zeros((t.size, 2))
+    rows = [np.hstack([design, zeros]), np.hstack([-design, zeros]),
+            [[0, 1, 0, -1, 0]], [[0, -1, 0, -1, 0]], [[0, 0, 1, 0, -1]], [[0, 0, -1, 0, -1]]]
+    limits = np.r_[s + band, -s + band, prior[0], -prior[0], prior[1], -prior[1]]
+    found = linprog([0, 0, 0, 1, 1], A_ub=np.vstack(rows), b_ub=limits,
+                    bounds=[(None, None)] * 3 + [(0, None)] * 2, method="highs")
+    return found.x[:3] if found.success else minimax.x[:3]
 
 
-def _with_prior(plate: Endplate, frame, sampler, grid, data, prior_slopes) -> Endplate:
-    """Refit a usable plate inside the quantisation band towards the body axis (see `_hinge_fit`)."""
-    t, w, s, coefficients, inliers = data
-    tolerance = 0.8 * quantisation_mm(grid, frame.superior)
-    radius = 0.5 * (float(np.ptp(t)) if t.size else 1.0)
-    c, a, b = _hinge_fit(t[inliers], w[inliers], s[inliers], coefficients, prior_slopes, tolerance, radius)
-    plate.normal = plane_normal(frame, a, b)
-    plate.centre = frame.to_ras(c, 0.0)
+def _refit_quantised(plate: Endplate, frame, grid, data, prior) -> Endplate:
+    """Replace the least-squares plane when the mask's staircase, not the anatomy, dominates the
+    residuals (see `quantised_plane`)."""
+    t, w, s, _, inliers = data
+    found = quantised_plane(t[inliers], w[inliers], s[inliers], quantisation_mm(grid, frame.superior), prior)
+    if found is not None:
+        c, a, b = found
+        plate.normal = plane_normal(frame, a, b)
+        plate.centre = frame.to_ras(c, 0.0)
     return plate
 
 
@@ -301,13 +313,14 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
             frame = _refined(frame, plates["superior"], plates["inferior"])
         else:
             break
+    prior = None
     if all(p.usable for p in plates.values()):
         low, high = (float((p.centre - frame.centre) @ frame.superior) for p in (plates["inferior"], plates["superior"]))
         axis = body_axis(sampler, frame, points, low, high)
-        if axis is not None:
-            prior = np.array([-axis[1], -axis[2]])
-            for side in SIDES:
-                plates[side] = _with_prior(plates[side], frame, sampler, grid, data[side], prior)
+        prior = None if axis is None else np.array([-axis[1], -axis[2]])
+    for side in SIDES:
+        if data[side] is not None and plates[side].usable:
+            plates[side] = _refit_quantised(plates[side], frame, grid, data[side], prior)
     for side in SIDES:
         if (level, side) in NO_ENDPLATE:
             plates[side] = None
