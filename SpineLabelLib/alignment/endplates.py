@@ -189,9 +189,10 @@ def _fit_side(level, side, frame, sampler, on_border, t, w, surface, span):
     return plate, (t[found], w[found], surface[found], np.array([c, a, b]), inliers)
 
 
-def _refined(frame: BodyFrame, superior: Endplate, inferior: Endplate) -> BodyFrame:
-    """Superior axis = bisector of the two endplate normals; anterior re-squared to it."""
-    axis = _unit(superior.normal + inferior.normal)
+def _refined(frame: BodyFrame, plates: list[Endplate]) -> BodyFrame:
+    """Superior axis = bisector of the endplate normals (the one normal when a body has one true
+    endplate, C2 and S1); anterior re-squared to it."""
+    axis = _unit(sum(p.normal for p in plates))
     anterior = frame.anterior - (frame.anterior @ axis) * axis
     return BodyFrame(frame.centre, axis, _unit(anterior))
 
@@ -307,14 +308,16 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
     frame = principal_frame(points, spine_axis)
     sampler = MaskSampler(mask, grid)
     plates: dict[str, Endplate] = {}
+    true_sides = [side for side in SIDES if (level, side) not in NO_ENDPLATE]
     for attempt in range(2):
         plates, data = _fit_both(level, frame, sampler, points, on_border)
-        if attempt == 0 and all("not_fitted" not in p.flags for p in plates.values()):
-            frame = _refined(frame, plates["superior"], plates["inferior"])
+        fitted = [plates[side] for side in true_sides if "not_fitted" not in plates[side].flags]
+        if attempt == 0 and fitted and len(fitted) == len(true_sides):
+            frame = _refined(frame, fitted)
         else:
             break
-    prior = None
-    if all(p.usable for p in plates.values()):
+    prior = None          # the body axis needs both true endplates to bound its central half
+    if len(true_sides) == 2 and all(p.usable for p in plates.values()):
         low, high = (float((p.centre - frame.centre) @ frame.superior) for p in (plates["inferior"], plates["superior"]))
         axis = body_axis(sampler, frame, points, low, high)
         prior = None if axis is None else np.array([-axis[1], -axis[2]])
