@@ -276,3 +276,115 @@ def test_nothing_is_measured_without_masks():
     measure_alignment(one)
     assert one.alignment["measures"] == []                  # one body: no pair, no curve
     assert len(one.alignment["endplates"]) == 2
+
+
+# --- outputs ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slipped_case():
+    phantom = generate_phantom(["L3", "L4", "L5", "S1"], "ct", lordosis_deg=25.0, listhesis={"L4": 9.0}, seed=9,
+                               crop_to_spine=True, noise=0.0)
+    result = phantom.to_result("slipped")
+    measure_alignment(result)
+    return result
+
+
+def test_contract_files_carry_the_alignment(slipped_case, tmp_path):
+    from SpineLabelLib.outputs import case_files, write_case_outputs
+    from SpineLabelLib.tables import read_csv_rows
+
+    folder = write_case_outputs(slipped_case, tmp_path)
+    path = folder / case_files("slipped")["alignment"]
+    assert path.name == "slipped.alignment.csv"
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == list(ALIGNMENT_COLUMNS)
+    rows = read_csv_rows(path)
+    expected = slipped_case.alignment["measures"]
+    assert [r["name"] for r in rows] == [r["name"] for r in expected]
+    assert [r["unit"] for r in rows if r["name"] == "listhesis:L4-L5"] == ["mm", "percent"]
+    for row, want in zip(rows, expected):
+        assert row["value"] == pytest.approx(want["value"]) if want["value"] is not None else row["value"] is None
+        assert (row["grade"] or "") == want["grade"]
+    summary = json.loads((folder / "slipped.json").read_text())
+    assert summary["alignment"]["measures"] == expected
+    assert {p["level"] for p in summary["alignment"]["endplates"]} == {"L3", "L4", "L5", "S1"}
+
+
+def test_snapshot_keeps_the_alignment(slipped_case, tmp_path):
+    from SpineLabelLib.result import load_snapshot, save_snapshot
+
+    save_snapshot(slipped_case, tmp_path / "case.npz")
+    assert load_snapshot(tmp_path / "case.npz").alignment["measures"] == slipped_case.alignment["measures"]
+
+
+def test_qc_lists_the_curves_and_the_slip(slipped_case):
+    from SpineLabelLib.alignment.qc import summary_lines
+
+    lines = summary_lines(slipped_case.alignment["measures"])
+    assert any(line.startswith("Cobb ") for line in lines)          # L3-S1: no lordosis row, a Cobb row
+    assert not any(line.startswith("lordosis") for line in lines)
+    assert any(line.startswith("listhesis:L4-L5") and "Meyerding I" in line for line in lines)
+
+
+def test_pipeline_measure_fills_the_alignment_and_times_it():
+    from SpineLabelLib import pipeline
+
+    result = generate_phantom(["L4", "L5"], "ct", crop_to_spine=True, noise=0.0).to_result("two")
+    pipeline.measure(result)
+    assert [r["name"] for r in result.alignment["measures"] if r["unit"] == "deg"] == ["segmental:L4-L5", "cobb"]
+    assert "alignment" in result.timings
+
+
+# --- Slicer (slicer-core) -----------------------------------------------------------------------
+def test_slicer_lines_and_table_are_read_back_and_follow_a_correction(slipped_case, tmp_path):
+    slicer = pytest.importorskip("slicer")
+    from SpineLabelLib import scene
+    from SpineLabelLib.alignment.slicer_nodes import ROLE_ATTRIBUTE, read_line, used_endplates
+    from SpineLabelLib.pipeline import measure
+
+    mrml = scene.new_scene()
+    nodes = scene.result_to_nodes(mrml, slipped_case)
+    lines, table = nodes.alignment.lines, nodes.alignment.table
+    plates = used_endplates(slipped_case.alignment)
+    assert sorted(lines) == sorted(f"{p['level']} {p['side']}" for p in plates)
+    assert "S1 superior" in lines and "S1 inferior" not in lines
+    # written by Slicer's markups storage node (LPS on disk), read back into a fresh scene
+    fresh = scene.new_scene()
+    for plate in plates:
+        key = f"{plate['level']} {plate['side']}"
+        assert lines[key].GetAttribute(ROLE_ATTRIBUTE) == "endplate" and lines[key].GetLocked()
+        path = tmp_path / f"{key.replace(' ', '_')}.mrk.json"
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        storage.SetFileName(str(path))
+        assert storage.WriteData(lines[key])
+        assert json.loads(path.read_text())["markups"][0]["coordinateSystem"] == "LPS"
+        back = fresh.AddNewNodeByClass("vtkMRMLMarkupsLineNode")
+        reader = slicer.vtkMRMLMarkupsJsonStorageNode()
+        reader.SetFileName(str(path))
+        assert reader.ReadData(back)
+        anterior, posterior = read_line(back)
+        assert np.allclose(anterior, plate["anterior_corner_ras"], atol=1e-3)
+        assert np.allclose(posterior, plate["posterior_corner_ras"], atol=1e-3)
+    # the table, written by Slicer's table storage node and read back
+    assert table.GetNumberOfRows() == len(slipped_case.alignment["measures"])
+    path = tmp_path / "alignment.tsv"
+    storage = slicer.vtkMRMLTableStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.WriteData(table)
+    back = fresh.AddNewNodeByClass("vtkMRMLTableNode")
+    reader = slicer.vtkMRMLTableStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(back)
+    names = [back.GetCellText(r, 0) for r in range(back.GetNumberOfRows())]
+    assert names == [r["name"] for r in slipped_case.alignment["measures"]]
+    values = [back.GetCellText(r, 1) for r in range(back.GetNumberOfRows())]
+    assert float(values[names.index("listhesis:L4-L5")]) == pytest.approx(
+        rows_by_name(slipped_case, "mm")["listhesis:L4-L5"]["value"], abs=0.01)
+    # a person deletes S1 and measures again: its line and its rows go
+    corrected = scene.nodes_to_result(nodes, previous=slipped_case)
+    corrected.vertebrae = [v for v in corrected.vertebrae if v.level != "S1"]
+    measure(corrected)
+    nodes = scene.result_to_nodes(mrml, corrected, nodes=nodes)
+    assert "S1 superior" not in nodes.alignment.lines
+    assert mrml.GetFirstNodeByName("slipped S1 superior endplate") is None
+    names = [nodes.alignment.table.GetCellText(r, 0) for r in range(nodes.alignment.table.GetNumberOfRows())]
+    assert "segmental:L5-S1" not in names and "segmental:L4-L5" in names

@@ -4,7 +4,7 @@ Method, per body (in the body's own frame, the frame `heights.principal_frame` g
 measurement: principal axes of the mask, the lateral axis fixing the mid-sagittal plane, the superior
 axis signed along the local spine axis):
 1. Columns. A grid of columns (1 mm apart) parallel to the superior axis covers the central part of the
-   body's axial section (an ellipse over the central 75 % of its depth and width: rounded rims, osteophytes
+   body's axial section (an ellipse over the central 90 % of its depth and width: rounded rims, osteophytes
    and the posterior wall's pedicle stumps stay out). Along each column the mask is interpolated
    trilinearly (`heights.MaskSampler`: the 0.5 iso-level is the voxel face, on any direction matrix and
    spacing) and its first and last 0.5 crossings are the inferior and superior surface points.
@@ -34,7 +34,7 @@ from ..volume import Volume
 
 COLUMN_STEP_MM = 1.0
 PROFILE_STEP_MM = 0.25
-CENTRAL_FRACTION = 0.75         # of the depth and of the width
+CENTRAL_FRACTION = 0.9          # of the depth and of the width (README: 0.5-1.0 compared)
 RESOLVED_SPREAD_DEG = 2.0       # feasible tilts narrower than this: the mask alone decides
 CORNER_INSET_MM = 1.5           # the endplate line is followed this far inside the body
 MIN_COLUMNS = 12
