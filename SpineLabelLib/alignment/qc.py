@@ -69,5 +69,10 @@ def draw_alignment(result, to_row_col, axes) -> None:
                   ha="right", va="center")
     lines = summary_lines(records.get("measures", []))
     if lines:
+        import textwrap
+
+        width_px = axes.figure.get_figwidth() * axes.figure.dpi
+        characters = max(12, int(width_px * 0.94 / 6.5))   # 7-point DejaVu Sans, bold digits: ~6.5 px a character
+        lines = [part for line in lines for part in textwrap.wrap(line, characters, subsequent_indent="  ")]
         axes.text(0.01, 0.01, "\n".join(lines), color="white", fontsize=7, va="bottom", ha="left",
                   transform=axes.transAxes, bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
