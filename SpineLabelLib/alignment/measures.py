@@ -6,17 +6,12 @@ from typing import Any
 import numpy as np
 
 from .. import anatomy
+from ..measure import adjacent          # no level between them (a missing T13/L6 does not count)
 from ..result import SpineResult
 from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
 from ..volume import Volume
 from .endplates import BodyEndplates, Endplate, _on_border, fit_body
 from .listhesis import slip
-
-
-def adjacent(upper: str, lower: str) -> bool:
-    """True when no level lies between `upper` and `lower` (a missing T13/L6 does not count)."""
-    a, b = anatomy.order_index(upper), anatomy.order_index(lower)
-    return b > a and all(name in anatomy.TRANSITIONAL for name in anatomy.ORDER[a + 1: b])
 
 
 CROP_MARGIN = 3          # voxels around a body's bounding box
