@@ -93,8 +93,8 @@ def test_tilted_endplates_are_found_on_any_grid(spacing, directions):
                         top_tilt_deg=-6.0, bottom_tilt_deg=3.0)
     mask = labels == 1
     body = fit_body("L3", mask, Volume(mask.astype(np.uint8), affine))
-    # 2 mm slices resolve a plate only to its voxel band: the body axis decides inside it (docstring)
-    tolerance = 1.0 if spacing == (1.0, 1.0, 1.0) else 2.5
+    # the must-show accuracy of the issue (1 degree at 1 mm, 2 degrees at 0.8 x 0.8 x 2 mm), per plate
+    tolerance = 1.0 if spacing == (1.0, 1.0, 1.0) else 2.0
     assert degrees_between(body.superior.normal, plate_normal(axes, -6.0)) < tolerance
     assert degrees_between(body.inferior.normal, plate_normal(axes, 3.0)) < tolerance
     assert body.superior.flags == [] and body.inferior.flags == []
