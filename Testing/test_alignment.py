@@ -110,8 +110,8 @@ def test_a_plate_cut_by_the_field_of_view_is_flagged_and_not_used():
     paint_body(labels, affine, centre, body_axes(), 1)
     paint_body(labels, affine, centre - [0, 0, 34.0], body_axes(), 2)
     image = Volume(np.zeros(shape, np.int16), affine)
-    result = SpineResult("cut", image, [Vertebra("L1", centre, instance=1), Vertebra("L2", centre - [0, 0, 34], instance=2)],
-                         labels)
+    vertebrae = [Vertebra("L1", centre, instance=1), Vertebra("L2", centre - [0, 0, 34], instance=2)]
+    result = SpineResult("cut", image, vertebrae, labels)
     measure_alignment(result)
     plates = {(p["level"], p["side"]): p for p in result.alignment["endplates"]}
     assert "cut_by_field_of_view" in plates[("L1", "superior")]["flags"]

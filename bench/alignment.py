@@ -9,7 +9,8 @@ scoliosis 0/20 deg, slips of L4 over L5 of 0, 4, 14 and 22 mm and a 3 mm retroli
 thoracic T3-L1 (kyphosis -30/-45 deg, scoliosis 10/25 deg), each on three grid orientations (LPS axis-
 aligned, RAS axis-aligned, LPS rotated 15/-10/20 deg about R/A/S) at 1 mm isotropic and 0.8x0.8x2 mm
 (2 mm along the grid's k axis). Reported apart (not part of the must-show): two lumbar phantoms with a
-wedge fracture (L1 25 %, L2 35 %), whose wedged endplate is not square to the body's walls. Errors: measured minus truth for every segmental angle, every regional
+wedge fracture (L1 25 %, L2 35 %), whose wedged endplate is not square to the body's walls.
+Errors: measured minus truth for every segmental angle, every regional
 angle (lordosis/kyphosis) and the Cobb angle (the "endplate angles"), every listhesis in mm, and the
 Meyerding grade of every adjacent pair.
 Real MRI: ../shared/data/mri-lumbar, the detector's fixed validation split (every 4th case by name, never
@@ -117,9 +118,11 @@ def _summary(rows: list[dict]) -> dict:
             "angle_mae_deg": round(float(np.mean(np.abs(angles))), 3),
             "angle_p95_abs_deg": round(float(np.percentile(np.abs(angles), 95)), 3),
             "angle_bias_deg": round(float(np.mean(angles)), 3), "by_kind": by_kind,
-            "listhesis_n": len(slips), "listhesis_mae_mm": round(float(np.mean([abs(e["error_mm"]) for e in slips])), 3),
+            "listhesis_n": len(slips),
+            "listhesis_mae_mm": round(float(np.mean([abs(e["error_mm"]) for e in slips])), 3),
             "listhesis_max_abs_mm": round(float(np.max([abs(e["error_mm"]) for e in slips])), 3),
-            "listhesis_slipped_mae_mm": round(float(np.mean([abs(e["error_mm"]) for e in slipped])), 3) if slipped else None,
+            "listhesis_slipped_mae_mm":
+                round(float(np.mean([abs(e["error_mm"]) for e in slipped])), 3) if slipped else None,
             "listhesis_mae_percent": round(float(np.mean([abs(e["error_percent"]) for e in slips])), 3),
             "meyerding_agreement": round(float(np.mean(grades)), 4), "meyerding_n": len(grades),
             "cobb_end_vertebrae_agreement": round(float(np.mean([r["cobb"] == r["cobb_truth"] for r in rows])), 3),
@@ -161,7 +164,8 @@ def _wedge_plate_errors(cases) -> dict:
                 measure_alignment(result)
                 level = next(iter(case["fractures"]))
                 truth = phantom.truth["alignment"]["endplates"][f"{level}:superior"]["sagittal_deg"]
-                plate = next(p for p in result.alignment["endplates"] if p["level"] == level and p["side"] == "superior")
+                plate = next(p for p in result.alignment["endplates"]
+                             if p["level"] == level and p["side"] == "superior")
                 errors.append(tilt_deg(np.array(plate["normal_ras"]), "sagittal") - truth)
         out[spacing_name] = {"n": len(errors), "mae_deg": round(float(np.mean(np.abs(errors))), 3),
                              "max_abs_deg": round(float(np.max(np.abs(errors))), 3)}

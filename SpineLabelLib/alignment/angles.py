@@ -16,7 +16,8 @@ Angles between two endplates (Cobb's method applied to endplate planes, as on a 
   superior endplate of L1 to inferior endplate of L5, named so. Lordosis positive;
 - thoracic kyphosis T4-T12: superior endplate of T4 to inferior endplate of T12 (the Scoliosis Research
   Society / Spinal Deformity Study Group convention: O'Brien MF, Kuklo TR, Blanke KM, Lenke LG,
-  Radiographic Measurement Manual, Medtronic Sofamor Danek 2008); reported positive for kyphosis (the sign is flipped relative to the segmental angle);
+  Radiographic Measurement Manual, Medtronic Sofamor Danek 2008); reported positive for kyphosis (the sign
+  is flipped relative to the segmental angle);
 - cervical lordosis C2-C7: inferior endplate of C2 to inferior endplate of C7 (the C2-C7 Cobb angle,
   Ames CP et al. Spine 2013;38(22 Suppl 1):S149-S160); lordosis positive;
 - coronal Cobb angle: the largest coronal angle between the superior endplate of an upper and the inferior

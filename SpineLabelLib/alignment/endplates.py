@@ -145,7 +145,7 @@ def _columns(points: np.ndarray, frame: BodyFrame, step: float = COLUMN_STEP_MM)
     return tt[inside], ww[inside], s_coords
 
 
-def _on_border(grid: Volume, ras: np.ndarray) -> np.ndarray:
+def on_image_border(grid: Volume, ras: np.ndarray) -> np.ndarray:
     """True where a point lies on or beyond the outermost voxel layer of the grid (index space)."""
     kji = grid.ras_to_kji(ras)
     size = np.array(grid.array.shape) - 1
@@ -243,7 +243,8 @@ def quantised_plane(t, w, s, tolerance: float, prior: np.ndarray | None):
     among them this takes the one whose slopes are closest (L1) to `prior`, the body's own long axis
     (`body_axis`: walls square to the plates). Where the mask does resolve the plate (1 mm voxels,
     oblique grids, tilts with several terraces) the feasible tilts span at most RESOLVED_SPREAD_DEG and
-    the middle of the extreme slopes is taken (no prior); a wedge-shaped body on 2 mm slices is pulled towards square by at most
+    the middle of the extreme slopes is taken (no prior); a wedge-shaped body on 2 mm slices is pulled
+    towards square by at most
     the band (README, "Spine alignment": limits). Linear programmes (HiGHS), a few ms per plate.
     The band is widened to 1.05x the minimax residual when no plane fits inside it; a minimax residual
     above 1.5x the band means the surface is irregular, not quantised."""
@@ -318,7 +319,7 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
 
     `mask` and `grid` may be a crop of the image around the body; `on_border(ras) -> bool array` then
     tells which points lie on the whole image's outermost voxel layer (default: the grid's own)."""
-    on_border = on_border or (lambda ras: _on_border(grid, ras))
+    on_border = on_border or (lambda ras: on_image_border(grid, ras))
     points = grid.kji_to_ras(np.argwhere(mask))
     frame = principal_frame(points, spine_axis)
     sampler = MaskSampler(mask, grid)
@@ -334,7 +335,7 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
             break
     prior = None          # the body axis needs both true endplates to bound its central half
     if len(true_sides) == 2 and all(p.usable for p in plates.values()):
-        low, high = (float((p.centre - frame.centre) @ frame.superior) for p in (plates["inferior"], plates["superior"]))
+        low, high = (float((plates[side].centre - frame.centre) @ frame.superior) for side in ("inferior", "superior"))
         axis = body_axis(sampler, frame, points, low, high)
         prior = None if axis is None else np.array([-axis[1], -axis[2]])
     for side in SIDES:

@@ -8,11 +8,10 @@ import numpy as np
 from .. import anatomy
 from ..measure import adjacent          # no level between them (a missing T13/L6 does not count)
 from ..result import SpineResult
-from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
 from ..volume import Volume
-from .endplates import BodyEndplates, Endplate, _on_border, fit_body
+from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
+from .endplates import BodyEndplates, Endplate, fit_body, on_image_border
 from .listhesis import slip
-
 
 CROP_MARGIN = 3          # voxels around a body's bounding box
 
@@ -144,7 +143,7 @@ def measure_alignment(result: SpineResult) -> dict[str, list]:
     levels, crops, centroids = _bodies(result)
     image = result.image
     plates = {level: fit_body(level, *crops[level], _spine_axis(levels, centroids, n),
-                              on_border=lambda ras: _on_border(image, ras))
+                              on_border=lambda ras: on_image_border(image, ras))
               for n, level in enumerate(levels)}
     result.alignment["endplates"] = [plate.record() for level in levels for plate in
                                      (plates[level].superior, plates[level].inferior) if plate is not None]
