@@ -20,7 +20,8 @@ from SpineLabelLib.core.volume import save_volume
 from SpineLabelLib.models import families
 from SpineLabelLib.models.registry import load_model
 
-CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
+CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".alignment.csv", ".json",
+            ".qc.png")
 
 
 def test_a_new_family_is_one_registration_and_runs_end_to_end(tmp_path, blob_model_dir):

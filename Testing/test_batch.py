@@ -21,7 +21,8 @@ from test_correction import lumbar_result  # noqa: E402
 from SpineLabelLib.core.volume import save_volume  # noqa: E402
 
 BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.py"
-CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png")
+CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png",
+            ".alignment.csv")
 
 
 @pytest.fixture

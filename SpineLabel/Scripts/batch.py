@@ -87,6 +87,8 @@ def run_case(mrml, path: Path, options, out: Path) -> Path:
         pipeline.measure(result)
         nodes = adapter.result_to_nodes(mrml, result, volume_node)
         created += [nodes.segmentation, nodes.points, nodes.table]
+        if nodes.alignment is not None:      # endplate lines and the alignment table
+            created += [nodes.alignment.table, *nodes.alignment.lines.values()]
         slicer_writers = {"segmentation": lambda target: adapter.write_segmentation_file(nodes.segmentation, target),
                           "markups": lambda target: adapter.write_markups_file(nodes.points, target)}
         return pipeline.write_outputs(result, out, slicer_writers)

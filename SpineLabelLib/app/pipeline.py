@@ -72,11 +72,17 @@ def detection_stages() -> list:
     return [LocateBodies(), RefineBodies(), NameLevels()]
 
 
-def analysis_stages() -> list:
-    """The detection stages, then measurement: everything up to writing the files."""
+def measurement_stages() -> list:
+    """Body measurements, then the spine's alignment."""
+    from ..stages.align import MeasureAlignment
     from ..stages.measure import MeasureBodies
 
-    return [*detection_stages(), MeasureBodies()]
+    return [MeasureBodies(), MeasureAlignment()]
+
+
+def analysis_stages() -> list:
+    """The detection stages, then measurement: everything up to writing the files."""
+    return [*detection_stages(), *measurement_stages()]
 
 
 def load_case(path: str | Path) -> SpineResult:
@@ -136,10 +142,9 @@ def analyse(result: SpineResult, options: RunOptions | None = None, progress: Pr
 
 
 def measure(result: SpineResult) -> SpineResult:
-    """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body."""
-    from ..stages.measure import MeasureBodies
-
-    return Pipeline([MeasureBodies()]).run(result, RunContext(RunOptions()))
+    """Heights, distances, ratios, Genant grade, volume and radiomics of every labelled body; then the
+    spine's alignment (endplates, segmental and regional angles, Cobb angle, listhesis)."""
+    return Pipeline(measurement_stages()).run(result, RunContext(RunOptions()))
 
 
 def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | None = None) -> Path:
@@ -151,10 +156,11 @@ def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | Non
 
 def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
                   centroids: str | Path | None = None) -> SpineResult:
-    """Measure an existing segmentation (`spinelabel measure`): the measurement and distance tables.
+    """Measure an existing segmentation (`spinelabel measure`): the measurement, distance and alignment tables.
 
     A centroid point list, when given, carries each vertebra's confidence and lock state.
     """
+    from ..alignment.table import write_alignment_csv
     from ..io.segfile import read_segmentation_as_result
     from ..io.tables import write_distances_csv, write_measurements_csv
 
@@ -171,6 +177,7 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
     out = Path(out)
     write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
     write_distances_csv(result, out / f"{result.case_id}.distances.csv")
+    write_alignment_csv(result, out / f"{result.case_id}.alignment.csv")
     return result
 
 

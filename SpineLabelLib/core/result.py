@@ -63,6 +63,7 @@ class SpineResult:
     corrections: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)            # stage name -> what it reports
     naming: dict[str, Any] = field(default_factory=dict)           # confidence, uncertain, reason (naming.confidence)
+    alignment: dict[str, Any] = field(default_factory=dict)        # alignment.measure_alignment: endplates, measures
     truth: dict[str, Any] | None = None                            # a phantom's analytic answer
     view: Any = field(default=None, repr=False, compare=False)     # core.canonical.CanonicalView, per run
 
@@ -173,7 +174,7 @@ class SpineResult:
 
 # --- a pickle-free snapshot, for handing a result between processes --------------------------
 _JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
-                "measurements", "distances", "corrections", "notes", "truth", "naming")
+                "measurements", "distances", "corrections", "notes", "truth", "naming", "alignment")
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..alignment.table import write_alignment_csv
 from .markups import write_markups
 from ..core.paths import safe_name
 from .qc import write_qc_png
@@ -30,6 +31,7 @@ def case_files(case: str) -> dict[str, str]:
         "distances": f"{case}.distances.csv",
         "summary": f"{case}.json",
         "qc": f"{case}.qc.png",
+        "alignment": f"{case}.alignment.csv",
     }
 
 
@@ -40,6 +42,7 @@ WRITERS: dict[str, Callable[[SpineResult, Path], object]] = {
     "markups": write_markups,
     "measurements": write_measurements_csv,
     "distances": write_distances_csv,
+    "alignment": write_alignment_csv,
     "summary": write_summary_json,
     "qc": write_qc_png,
 }

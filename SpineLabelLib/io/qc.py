@@ -16,6 +16,7 @@ from ..core import anatomy
 from ..core.paths import atomic_path
 from ..core.result import SpineResult
 from ..core.volume import Volume, resample_to_canonical
+from ..alignment.qc import draw_alignment
 
 CT_WINDOW = (400.0, 1800.0)         # bone window: centre, width in HU
 MAX_VOXELS = 24_000_000             # coarser QC grid for very large inputs (memory and time)
@@ -83,6 +84,7 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
         if v.level and (labels is None or not np.any(labels[x] == v.code)):
             axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
     _draw_lines(result, canonical, axes)
+    draw_alignment(result, lambda ras: _to_row_col(canonical, ras), axes)
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]

@@ -57,6 +57,7 @@ def _plain(value: Any) -> Any:
 
 def summary_dict(result: SpineResult) -> dict:
     from .. import __version__
+    from ..alignment.table import summary_section as alignment_summary
 
     return _plain({
         "format": SUMMARY_FORMAT,
@@ -72,6 +73,7 @@ def summary_dict(result: SpineResult) -> dict:
         "naming": result.naming or None,
         "warnings": list(result.warnings),
         "corrections": result.corrections,
+        "alignment": alignment_summary(result),
     })
 
 

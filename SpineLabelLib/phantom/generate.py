@@ -9,6 +9,7 @@ import numpy as np
 from ..core import anatomy
 from ..core.errors import InputError
 from ..core.volume import Volume
+from .alignment_truth import alignment_truth, apply_listhesis, check_listhesis
 from .canvas import _Canvas
 from .grid import _content_box, _crop_superior_inferior, _directions, _grid
 from .intensities import MODALITIES, render
@@ -103,7 +104,7 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                      size_jitter: float = 0.03, angle_jitter_deg: float = 0.0,
                      lateral_fov_mm: float | None = 200.0, crop_to_spine: bool = False,
                      physiological_curves: bool = False, texture: float = 0.0, blur_mm: float = 0.0,
-                     ribs: bool = True) -> Phantom:
+                     ribs: bool = True, listhesis: dict[str, float] | None = None) -> Phantom:
     """Build a spine phantom with exact truth (see the module docstring for the construction).
 
     levels: contiguous names from anatomy.ORDER, cranial first. spacing: (i, j, k) mm.
@@ -123,6 +124,9 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     texture (e.g. 0.1) and blur_mm (e.g. 0.6): smooth tissue heterogeneity and a Gaussian point-spread
     function, for more realistic training images (see `render`); both off by default (speed).
     ribs: paint a pair of ribs on every thoracic level (T1-T12, T13); False for a rib-less thorax.
+    listhesis: {"L4": 6.0}: L4 (and everything above) slips 6 mm anterior (negative: posterior) over L5,
+    along L5's superior endplate. The truth carries the analytic endplate angles, Cobb angle and slips
+    (`truth["alignment"]`, see `alignment_truth`).
     """
     names, modality, spacing, fractures = _check_inputs(levels, modality, spacing, fractures)
     rng = np.random.default_rng([int(seed), 0])
@@ -130,6 +134,8 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
     jitter = angle_jitter_deg * rng.standard_normal((len(built), 3))
     axial_apex = 0.4 * scoliosis_deg if axial_rotation_deg is None else axial_rotation_deg
     _place(built, lordosis_deg, scoliosis_deg, axial_apex, jitter, physiological_curves)
+    slips = check_listhesis(listhesis, names)
+    apply_listhesis(built, slips)
     shape, affine = _grid(_content_box(built, lateral_fov_mm, crop_to_spine), spacing,
                           _directions(rotation_deg, direction))
     if field_of_view is not None:
@@ -144,12 +150,13 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                   "noise": noise, "bias_field": bias_field, "size_jitter": size_jitter,
                   "angle_jitter_deg": angle_jitter_deg, "physiological_curves": physiological_curves,
                   "texture": texture, "blur_mm": blur_mm, "lateral_fov_mm": lateral_fov_mm,
-                  "crop_to_spine": crop_to_spine, "ribs": ribs}
+                  "crop_to_spine": crop_to_spine, "ribs": ribs, "listhesis": slips}
     truth = {"modality": modality, "spacing": spacing.tolist(), "seed": int(seed), "levels": names,
              **_vertebra_truth(canvas, built, counts), "parameters": parameters,
              "height_definition": "mid-sagittal plane of the vertebra, along its superior axis, at 10/50/90 % "
                                   "of the body depth from the anterior edge",
              "tissues": list(TISSUE_NAMES)}
+    truth["alignment"] = alignment_truth(built, [v["level"] for v in truth["vertebrae"]], slips)
     meta = {"phantom": True, "modality": modality}
     return Phantom(Volume(image, affine, dict(meta)), Volume(canvas.labels, affine.copy(), dict(meta)), truth,
                    Volume(canvas.tissues, affine.copy(), dict(meta)))

@@ -44,6 +44,7 @@ class SceneNodes:
     segmentation: Any = None
     points: Any = None
     table: Any = None
+    alignment: Any = None      # alignment_nodes.AlignmentNodes: endplate lines and the measure table
 
 
 # --- scene set-up (slicer-core needs the logics registered) -----------------------------------
@@ -216,6 +217,9 @@ def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNo
     if nodes.table is None:
         nodes.table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} measurements")
     update_table(nodes.table, result)
+    from .alignment_nodes import alignment_to_nodes
+
+    nodes.alignment = alignment_to_nodes(scene, result, nodes.alignment, name)
     return nodes
 
 
