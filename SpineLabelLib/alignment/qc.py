@@ -43,7 +43,7 @@ def summary_lines(measures: list[dict]) -> list[str]:
     return lines
 
 
-def draw_alignment(result, to_row_col, axes) -> None:
+def draw_alignment(result, to_row_col, axes, bottom: float = 0.01) -> None:
     """Draw on matplotlib `axes`; `to_row_col(ras) -> (row, col)` maps world points into the picture."""
     if result.image is None or result.instances is None:
         return
@@ -74,5 +74,5 @@ def draw_alignment(result, to_row_col, axes) -> None:
         width_px = axes.figure.get_figwidth() * axes.figure.dpi
         characters = max(12, int(width_px * 0.94 / 6.5))   # 7-point DejaVu Sans, bold digits: ~6.5 px a character
         lines = [part for line in lines for part in textwrap.wrap(line, characters, subsequent_indent="  ")]
-        axes.text(0.01, 0.01, "\n".join(lines), color="white", fontsize=7, va="bottom", ha="left",
+        axes.text(0.01, bottom, "\n".join(lines), color="white", fontsize=7, va="bottom", ha="left",
                   transform=axes.transAxes, bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})

@@ -84,31 +84,35 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
         if v.level and (labels is None or not np.any(labels[x] == v.code)):
             axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
     _draw_lines(result, canonical, axes)
-    draw_alignment(result, lambda ras: _to_row_col(canonical, ras), axes)
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
     width_px = figure.get_figwidth() * figure.dpi
+    naming_lines = _draw_naming(result, axes, width_px)
+    # the alignment summary sits above the naming verdict (8-point lines, ~1.35 line heights each)
+    line_fraction = 8 * 1.35 * figure.dpi / 72 / (figure.get_figheight() * figure.dpi)
+    draw_alignment(result, lambda ras: _to_row_col(canonical, ras), axes,
+                   bottom=0.01 + naming_lines * line_fraction + (0.01 if naming_lines else 0))
     axes.text(0.01, 0.99, _title(result, right_mm, width_px), color="white",
               fontsize=8, va="top", ha="left", transform=axes.transAxes,
               bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
-    _draw_naming(result, axes, width_px)
     return figure
 
 
-def _draw_naming(result: SpineResult, axes, width_px: float) -> None:
-    """The naming verdict at the bottom: orange when the levels are uncertain."""
+def _draw_naming(result: SpineResult, axes, width_px: float) -> int:
+    """The naming verdict at the bottom: orange when the levels are uncertain; returns its line count."""
     import textwrap
 
     from ..naming.confidence import naming_line
 
     if not result.naming:
-        return
+        return 0
     characters = max(12, int(width_px * 0.94 / 6.5))
     text = "\n".join(textwrap.wrap(naming_line(result.naming), characters, break_long_words=True))
     colour = "orange" if result.naming.get("uncertain") else "white"
     axes.text(0.01, 0.01, text, color=colour, fontsize=8, va="bottom", ha="left", transform=axes.transAxes,
               bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+    return text.count("\n") + 1
 
 
 def _title(result: SpineResult, right_mm: float, width_px: float) -> str:
