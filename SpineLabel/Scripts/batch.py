@@ -78,11 +78,16 @@ def run_case(mrml, path: Path, options, out: Path) -> Path:
     from SpineLabelLib.io.summary import sha256_file
     from SpineLabelLib.core.volume import case_id
 
+    pipeline.check_dicom_seg_inputs([path], options)     # before reading: one line, nothing written
     volume_node = _read_input(mrml, path)
     created = [volume_node]
     try:
         result = pipeline.case_from_volume(adapter.node_to_volume(volume_node), case_id(path))
         result.input_path, result.input_sha256 = str(path), sha256_file(path)
+        if options.dicom_seg and path.is_dir():    # the SEG references the series' files; the node forgets them
+            from SpineLabelLib.core.volume import dicom_series_files
+
+            result.image.metadata["dicom_files"] = list(dicom_series_files(path))
         pipeline.detect(result, options)
         pipeline.measure(result)
         nodes = adapter.result_to_nodes(mrml, result, volume_node)
@@ -91,7 +96,7 @@ def run_case(mrml, path: Path, options, out: Path) -> Path:
             created += [nodes.alignment.table, *nodes.alignment.lines.values()]
         slicer_writers = {"segmentation": lambda target: adapter.write_segmentation_file(nodes.segmentation, target),
                           "markups": lambda target: adapter.write_markups_file(nodes.points, target)}
-        return pipeline.write_outputs(result, out, slicer_writers)
+        return pipeline.write_outputs(result, out, slicer_writers, dicom_seg=options.dicom_seg)
     finally:
         for node in created:
             if node is not None and node.GetScene() is not None:

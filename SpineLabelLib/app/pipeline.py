@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.errors import SpineLabelError
+from ..core.errors import InputError, SpineLabelError
 from ..core.options import RunOptions
 from ..stages.base import RunContext, present
 from ..core.result import SpineResult
@@ -147,11 +147,22 @@ def measure(result: SpineResult) -> SpineResult:
     return Pipeline(measurement_stages()).run(result, RunContext(RunOptions()))
 
 
-def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | None = None) -> Path:
+def write_outputs(result: SpineResult, out_root: str | Path, writers: dict | None = None,
+                  dicom_seg: bool = False) -> Path:
     """All files of the output contract into ``out_root/<case>/``, atomically (`outputs.write_case_outputs`)."""
     from ..io.outputs import write_case_outputs
 
-    return write_case_outputs(result, out_root, writers)
+    return write_case_outputs(result, out_root, writers, dicom_seg=dicom_seg)
+
+
+def check_dicom_seg_inputs(inputs: Iterable[str | Path], options: RunOptions) -> None:
+    """With ``dicom_seg``, refuse (one line) any input that is not a folder, before any case runs:
+    a DICOM SEG references its source series, and a run should not half-succeed for a typo."""
+    if not options.dicom_seg:
+        return
+    for path in inputs:
+        if not Path(path).is_dir():
+            raise InputError(f"{path}: --dicom-seg needs DICOM series folders as inputs, and this is not a folder")
 
 
 def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
@@ -184,9 +195,11 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
 def run_case(path: str | Path, out_root: str | Path, options: RunOptions | None = None,
              progress: Progress | None = None, cancel: Cancel | None = None) -> SpineResult:
     """load -> detect -> measure -> write for one input."""
+    options = (options or RunOptions()).validated()
+    check_dicom_seg_inputs([path], options)
     result = load_case(path)
     analyse(result, options, progress=progress, cancel=cancel)
-    write_outputs(result, out_root)
+    write_outputs(result, out_root, dicom_seg=options.dicom_seg)
     result.view = None                       # the canonical grids are big; the files are written
     return result
 
@@ -200,6 +213,7 @@ def run(inputs: Iterable[str | Path], out_root: str | Path, options: RunOptions 
 
     inputs = [Path(p) for p in inputs]
     options = (options or RunOptions()).validated()
+    check_dicom_seg_inputs(inputs, options)
     failures = 0
     bar = tqdm(inputs, desc="spinelabel run", unit="case", disable=not progress_bar or len(inputs) < 2)
     for path in bar:

@@ -14,6 +14,8 @@ OPTIONAL_MODULES: dict[str, str] = {
     "jsonschema": "validate",    # checking .mrk.json files against Slicer's schema
     "slicer": "slicer",          # the MRML adapter: Slicer's Python, or the slicer-core package
     "vtk": "slicer",
+    "highdicom": "dicom",        # writing DICOM SEG (`--dicom-seg`)
+    "pydicom": "dicom",
 }
 
 #: what to tell a user for each extra
@@ -22,6 +24,7 @@ INSTALL_HINT: dict[str, str] = {
     "train": "pip install 'spinelabel[train]'",
     "validate": "pip install 'spinelabel[validate]'",
     "slicer": "run inside 3D Slicer, or pip install 'spinelabel[slicer]'",
+    "dicom": "pip install 'spinelabel[dicom]' (highdicom and pydicom)",
 }
 
 

@@ -23,6 +23,8 @@ HELP = {
     "modality": "input modality: auto (from the intensities), ct or mr",
     "segmenter": "body-mask segmenter: auto (the bundled one when installed), none (the detector's own masks), "
                  "or a model name or folder",
+    "dicom_seg": "also write <case>.seg.dcm, a DICOM Segmentation object referencing the source series "
+                 "(DICOM series folder inputs only; needs the optional 'dicom' extra: highdicom)",
     "input_mode": "what the detector sees: sagittal slices linked in 3-D (default), or for CT the sagittal "
                   "maximum-intensity projection of the spine's slab (paper 001)",
 }
@@ -36,6 +38,7 @@ class RunOptions:
     modality: str = "auto"
     segmenter: str = "auto"
     input_mode: str = "slices"
+    dicom_seg: bool = False           # also write <case>.seg.dcm (DICOM series inputs only)
 
     def validated(self) -> "RunOptions":
         if self.modality not in MODALITIES:
@@ -60,7 +63,7 @@ class RunOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
         return cls(model=args.model, modality=args.modality, segmenter=args.segmenter,
-                   input_mode=args.input_mode).validated()
+                   input_mode=args.input_mode, dicom_seg=bool(getattr(args, "dicom_seg", False))).validated()
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,3 +73,4 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=MODALITIES, default=defaults.modality, help=HELP["modality"])
     parser.add_argument("--segmenter", default=defaults.segmenter, help=HELP["segmenter"])
     parser.add_argument("--input-mode", choices=INPUT_MODES, default=defaults.input_mode, help=HELP["input_mode"])
+    parser.add_argument("--dicom-seg", action="store_true", default=defaults.dicom_seg, help=HELP["dicom_seg"])

@@ -210,9 +210,12 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    metadata: dict = {"source": str(path)}
     if path.is_dir():
         with _QuietITK():
-            image = _read_dicom_folder(path)
+            image, files = _read_dicom_folder(path)
+        # A DICOM SEG written later must reference these very files, in the array's slice order.
+        metadata["dicom_files"] = list(files)
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: file is empty")
@@ -229,29 +232,40 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
                 raise InputError(f"{path}: voxel spacing is zero along at least one axis") from None
             raise InputError(f"{path}: not a readable image (NIfTI, NRRD, MHA or a DICOM folder expected)") from None
     try:
-        volume = Volume.from_sitk(image, source=str(path))
+        volume = Volume.from_sitk(image, **metadata)
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     return validate(volume, str(path), check_values=check_values)
 
 
-def _read_dicom_folder(path: Path):
+def dicom_series_files(path: str | os.PathLike) -> tuple[str, ...]:
+    """The files of the folder's largest DICOM series, in slice order (what `load_volume` reads)."""
     import SimpleITK as sitk
 
+    path = Path(path)
     reader = sitk.ImageSeriesReader()
-    try:
-        series = reader.GetGDCMSeriesIDs(str(path))
-    except RuntimeError:
-        series = ()
-    if not series:
-        raise InputError(f"{path}: folder holds no DICOM series")
-    # The largest series is the one a person means when pointing at a folder.
-    files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+    with _QuietITK():
+        try:
+            series = reader.GetGDCMSeriesIDs(str(path))
+        except RuntimeError:
+            series = ()
+        if not series:
+            raise InputError(f"{path}: folder holds no DICOM series")
+        # The largest series is the one a person means when pointing at a folder.
+        return tuple(max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len))
+
+
+def _read_dicom_folder(path: Path):
+    """(image, its files in slice order) of the folder's largest series."""
+    import SimpleITK as sitk
+
+    files = dicom_series_files(path)
     if len(files) < 2:
         raise InputError(f"{path}: DICOM series has a single slice; a 3-D volume is needed")
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        return reader.Execute(), files
     except RuntimeError as error:
         raise InputError(f"{path}: DICOM series could not be read ({str(error).strip().splitlines()[-1]})") from None
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..alignment.table import write_alignment_csv
+from .dicom_seg import dicom_source_files, write_dicom_seg
 from .markups import write_markups
 from ..core.paths import safe_name
 from .qc import write_qc_png
@@ -21,9 +22,14 @@ from .summary import write_summary_json
 from .tables import write_distances_csv, write_measurements_csv
 
 
-def case_files(case: str) -> dict[str, str]:
-    """Contract file names of a case (DESIGN.md, output contract of `spinelabel run`)."""
-    return {
+#: contract files written only when asked for (`RunOptions.dicom_seg`): key -> file name suffix
+OPTIONAL_FILES: dict[str, str] = {"dicom_seg": ".seg.dcm"}
+
+
+def case_files(case: str, dicom_seg: bool = False) -> dict[str, str]:
+    """Contract file names of a case (DESIGN.md, output contract of `spinelabel run`); with
+    ``dicom_seg`` also the DICOM Segmentation object (DICOM series inputs only)."""
+    files = {
         "segmentation": f"{case}.seg.nrrd",
         "label_map": f"{case}_seg.nii.gz",
         "markups": f"{case}.mrk.json",
@@ -33,6 +39,9 @@ def case_files(case: str) -> dict[str, str]:
         "qc": f"{case}.qc.png",
         "alignment": f"{case}.alignment.csv",
     }
+    if dicom_seg:
+        files["dicom_seg"] = f"{case}{OPTIONAL_FILES['dicom_seg']}"
+    return files
 
 
 #: contract file key -> the engine's writer of that file
@@ -45,14 +54,18 @@ WRITERS: dict[str, Callable[[SpineResult, Path], object]] = {
     "alignment": write_alignment_csv,
     "summary": write_summary_json,
     "qc": write_qc_png,
+    "dicom_seg": write_dicom_seg,
 }
 
 #: writes one contract file to the path it is given (a shell's own writer, Slicer's storage node say)
 FileWriter = Callable[[Path], object]
 
 
-def _write_all(result: SpineResult, folder: Path, case: str, writers: dict[str, FileWriter]) -> None:
-    for key, name in case_files(case).items():
+def _write_all(result: SpineResult, folder: Path, case: str, writers: dict[str, FileWriter],
+               dicom_seg: bool) -> None:
+    if dicom_seg:   # the SEG needs the source series: refuse before writing anything
+        dicom_source_files(result)
+    for key, name in case_files(case, dicom_seg).items():
         if key in writers:
             writers[key](folder / name)
         else:
@@ -76,12 +89,13 @@ def _replace_folder(new: Path, final: Path) -> None:
 
 
 def write_case_outputs(result: SpineResult, out_root: str | os.PathLike,
-                       writers: dict[str, FileWriter] | None = None) -> Path:
+                       writers: dict[str, FileWriter] | None = None, dicom_seg: bool = False) -> Path:
     """Write every contract file for the case; returns `out_root/<case>/`.
 
     writers: contract file key -> a writer replacing the engine's for that file (the batch script
     lets Slicer's storage nodes write the .seg.nrrd and .mrk.json); they run inside the staging
-    folder, so a failure there leaves the previous outputs untouched too."""
+    folder, so a failure there leaves the previous outputs untouched too.
+    dicom_seg: also write `<case>.seg.dcm` (the input must have been a DICOM series folder)."""
     unknown = set(writers or {}) - set(WRITERS)
     if unknown:
         raise ValueError(f"no contract file called {sorted(unknown)}")
@@ -91,7 +105,7 @@ def write_case_outputs(result: SpineResult, out_root: str | os.PathLike,
     final = out_root / case
     staging = Path(tempfile.mkdtemp(prefix=f".{case}.tmp-", dir=out_root))
     try:
-        _write_all(result, staging, case, writers or {})
+        _write_all(result, staging, case, writers or {}, dicom_seg)
         _replace_folder(staging, final)
     finally:
         if staging.exists():

@@ -1,0 +1,171 @@
+"""`<case>.seg.dcm`: a DICOM Segmentation object written for a DICOM series input (issue 17, item 4).
+
+The series is generated here from a phantom on an oblique, anisotropic grid; the tests' blob detector
+finds its bright bodies. The SEG is read back with highdicom and pydicom and compared with the
+source slices and with the pipeline's own result, never with numbers typed into the test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highdicom")
+import highdicom as hd  # noqa: E402
+import pydicom  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from SpineLabelLib.app import pipeline  # noqa: E402
+from SpineLabelLib.app.cli import main  # noqa: E402
+from SpineLabelLib.core import anatomy  # noqa: E402
+from SpineLabelLib.core.options import RunOptions  # noqa: E402
+from SpineLabelLib.core.volume import LPS_TO_RAS, Volume, save_volume  # noqa: E402
+from SpineLabelLib.io.outputs import case_files  # noqa: E402
+from SpineLabelLib.phantom import generate_phantom  # noqa: E402
+
+PATIENT = {"PatientName": "DOE^JANE", "PatientID": "PID-4711", "StudyDate": "20240229"}
+STUDY_UID = "1.2.826.0.1.3680043.2.1125.17.1"
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.17.2"
+FRAME_OF_REFERENCE_UID = "1.2.826.0.1.3680043.2.1125.17.3"
+
+
+def phantom_image() -> Volume:
+    """A lumbar phantom on an oblique grid with three different spacings; bodies bright, the rest
+    below the blob detector's threshold (so what it finds is exactly the phantom's bodies)."""
+    phantom = generate_phantom(["T12", "L1", "L2", "L3", "L4"], "ct", spacing=(0.9, 1.3, 2.0), seed=3,
+                               rotation_deg=(8.0, -5.0, 12.0), crop_to_spine=True, ribs=False)
+    array = np.minimum(phantom.image.array, 300.0)
+    array[phantom.labels.array > 0] = 1000.0
+    return phantom.image.with_array(array.astype(np.int16))
+
+
+def write_dicom_series(image: Volume, folder: Path) -> list[Path]:
+    """One CT slice per file (k order) with the patient, study and geometry tags in LPS."""
+    folder.mkdir(parents=True)
+    ijk_to_lps = LPS_TO_RAS @ image.ijk_to_ras
+    direction = ijk_to_lps[:3, :3] / image.spacing
+    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k in range(image.array.shape[0]):
+        slice_ = sitk.GetImageFromArray(image.array[k][np.newaxis])
+        position = (ijk_to_lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
+        slice_.SetSpacing([float(s) for s in image.spacing])
+        slice_.SetOrigin([float(v) for v in position])
+        slice_.SetDirection([float(v) for v in direction.ravel()])
+        tags = {
+            "0010|0010": PATIENT["PatientName"], "0010|0020": PATIENT["PatientID"], "0008|0020": PATIENT["StudyDate"],
+            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{SERIES_UID}.{k + 1}",
+            "0020|000d": STUDY_UID, "0020|000e": SERIES_UID, "0020|0052": FRAME_OF_REFERENCE_UID,
+            "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.10f}" for v in position),
+            "0020|0037": orientation,
+            "0028|0030": f"{image.spacing[1]:.10f}\\{image.spacing[0]:.10f}",   # row spacing (j), column spacing (i)
+            "0018|0050": f"{image.spacing[2]:.10f}", "0028|1052": "0", "0028|1053": "1",
+        }
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        # Shuffled file names: the SEG must follow the series' geometry, not the directory listing.
+        files.append(folder / f"im{(k * 7919) % 10007:05d}.dcm")   # 10007 is prime: no clashes
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(slice_)
+    return files
+
+
+@pytest.fixture(scope="module")
+def dicom_case(tmp_path_factory, blob_model_dir):
+    """(series folder, source files in k order, pipeline result, output folder) of one run."""
+    root = tmp_path_factory.mktemp("dicom")
+    image = phantom_image()
+    files = write_dicom_series(image, root / "series 1")
+    result = pipeline.run_case(root / "series 1", root / "out",
+                               RunOptions(model=str(blob_model_dir), segmenter="none", dicom_seg=True))
+    return root / "series 1", files, result, root / "out" / result.case_id
+
+
+def read_seg(dicom_case) -> hd.seg.Segmentation:
+    _, _, result, folder = dicom_case
+    return hd.seg.segread(folder / case_files(result.case_id, dicom_seg=True)["dicom_seg"])
+
+
+def test_seg_is_written_beside_the_contract_and_named_from_the_case_not_the_patient(dicom_case):
+    _, _, result, folder = dicom_case
+    assert sorted(p.name for p in folder.iterdir()) == sorted(case_files(result.case_id, dicom_seg=True).values())
+    for name in (p.name for p in folder.iterdir()):
+        assert PATIENT["PatientID"] not in name and "DOE" not in name.upper()
+
+
+def test_one_segment_per_labelled_body_with_the_level_name_and_its_snomed_codes(dicom_case):
+    _, _, result, _ = dicom_case
+    seg = read_seg(dicom_case)
+    assert seg.SegmentationType == "BINARY"
+    levels = [v.level for v in result.vertebrae if v.level and v.instance]
+    assert len(levels) >= 3
+    described = [seg.get_segment_description(n) for n in seg.segment_numbers]
+    assert [d.segment_label for d in described] == sorted(levels, key=anatomy.order_index)
+    for description in described:
+        category = description.SegmentedPropertyCategoryCodeSequence[0]
+        kind = description.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodingSchemeDesignator, category.CodeValue) == ("SCT", anatomy.ANATOMICAL_STRUCTURE)
+        assert (kind.CodingSchemeDesignator, kind.CodeValue) == \
+            ("SCT", anatomy.SNOMED_BY_NAME.get(description.segment_label, anatomy.VERTEBRA_SNOMED))
+
+
+def test_frames_lie_on_the_source_slices_and_hold_the_body_masks(dicom_case):
+    _, files, result, _ = dicom_case
+    seg = read_seg(dicom_case)
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(str(f), stop_before_pixels=True) for f in files)}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    first = next(iter(sources.values()))
+    assert np.allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient, first.ImageOrientationPatient)
+    assert np.allclose(shared.PixelMeasuresSequence[0].PixelSpacing, first.PixelSpacing)
+    assert (seg.Rows, seg.Columns) == (first.Rows, first.Columns)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        assert np.allclose(position, sources[source_uid].ImagePositionPatient, atol=1e-4)
+    # Every body voxel comes back in its segment, at the right place on the source grid.
+    level_map = result.level_map()
+    by_uid = {uid: k for k, uid in enumerate(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID
+                                              for f in files)}
+    uids = [uid for uid, _ in sorted(by_uid.items(), key=lambda item: item[1])]
+    for number in seg.segment_numbers:
+        code = anatomy.code_of(seg.get_segment_description(number).segment_label)
+        mask = seg.get_pixels_by_source_instance(uids, segment_numbers=[number], ignore_spatial_locations=True)
+        assert np.array_equal(mask[..., 0] > 0, level_map == code)
+
+
+def test_seg_references_the_source_series_and_copies_patient_and_study(dicom_case):
+    _, files, _, _ = dicom_case
+    seg = read_seg(dicom_case)
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == SERIES_UID
+    assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} == \
+        {pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert seg.StudyInstanceUID == STUDY_UID and seg.FrameOfReferenceUID == FRAME_OF_REFERENCE_UID
+    assert seg.PatientID == PATIENT["PatientID"] and str(seg.PatientName) == PATIENT["PatientName"]
+    assert seg.StudyDate == PATIENT["StudyDate"]
+    assert seg.SeriesInstanceUID != SERIES_UID
+
+
+def test_non_dicom_input_with_dicom_seg_is_one_line_exit_1_and_writes_nothing(tmp_path, capsys, blob_model_dir):
+    path = save_volume(phantom_image(), tmp_path / "scan.nii.gz")
+    status = main(["run", str(path), "--out", str(tmp_path / "out"), "--model", str(blob_model_dir),
+                   "--segmenter", "none", "--dicom-seg", "--quiet"])
+    error = capsys.readouterr().err.strip()
+    assert status == 1
+    assert len(error.splitlines()) == 1 and "DICOM" in error and str(path) in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_without_the_option_no_seg_is_written_and_the_option_reaches_the_cli():
+    import argparse
+
+    from SpineLabelLib.core.options import add_run_arguments
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    assert RunOptions.from_args(parser.parse_args(["--dicom-seg"])).dicom_seg is True
+    assert RunOptions.from_args(parser.parse_args([])).dicom_seg is False
+    assert "dicom_seg" not in case_files("c")
