@@ -169,3 +169,17 @@ def test_without_the_option_no_seg_is_written_and_the_option_reaches_the_cli():
     assert RunOptions.from_args(parser.parse_args(["--dicom-seg"])).dicom_seg is True
     assert RunOptions.from_args(parser.parse_args([])).dicom_seg is False
     assert "dicom_seg" not in case_files("c")
+
+
+def test_seg_volume_geometry_is_the_source_grid(dicom_case):
+    """highdicom's volume of the SEG (axes: slice, row, column; LPS) lies on the source's oblique,
+    anisotropic grid: rows along j, columns along i, slices along +-k at the source's spacing."""
+    _, _, result, _ = dicom_case
+    affine = read_seg(dicom_case).get_volume().affine
+    ijk_to_lps = LPS_TO_RAS @ result.image.ijk_to_ras
+    assert np.allclose(affine[:3, 2], ijk_to_lps[:3, 0], atol=1e-4)      # column step = i step
+    assert np.allclose(affine[:3, 1], ijk_to_lps[:3, 1], atol=1e-4)      # row step = j step
+    assert np.allclose(np.abs(affine[:3, 0]), np.abs(ijk_to_lps[:3, 2]), atol=1e-4)
+    # The first frame's corner is a voxel of the source grid (an integer index).
+    index = np.linalg.solve(ijk_to_lps, affine[:, 3])[:3]
+    assert np.allclose(index, np.round(index), atol=1e-3)
