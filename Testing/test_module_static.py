@@ -121,3 +121,32 @@ def test_ui_binds_parameters_that_the_wrapper_declares():
     for button in ("applyButton", "setLevelButton", "addButton", "deleteButton", "recomputeButton",
                    "segmentEditorButton", "exportButton", "progressBar"):
         assert f'name="{button}"' in ui
+
+
+#: the one call the module makes at import: putting the unbuilt checkout's engine on sys.path
+IMPORT_TIME_CALLS = {"_make_engine_importable"}
+
+
+def test_module_runs_nothing_at_import_but_the_engine_path_setup():
+    """Extensions Index review: loading the module must not compute, download or install anything;
+    file scope holds the docstring, imports, definitions and the guarded sys.path set-up only."""
+    for node in ast.parse(MODULE.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):        # docstring
+            continue
+        is_setup_call = (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                         and isinstance(node.value.func, ast.Name) and node.value.func.id in IMPORT_TIME_CALLS)
+        assert is_setup_call, f"SpineLabel.py line {node.lineno} runs at import: {ast.unparse(node)[:60]}"
+
+
+def test_module_reaches_torch_only_through_the_pytorch_extension():
+    """Extensions Index review: torch is installed by the PyTorch extension (PyTorchUtils), never imported
+    or pip-installed by the module itself."""
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    for module, _ in imports(tree):
+        assert module.split(".")[0] not in {"torch", "torchvision"}, f"SpineLabel.py imports {module}"
+    assert "PyTorchUtils" in {module for module, _ in imports(tree)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            assert "pip install torch" not in node.value and "pip_install(\"torch" not in node.value
