@@ -99,7 +99,9 @@ def test_seg_is_written_beside_the_contract_and_named_from_the_case_not_the_pati
 def test_one_segment_per_labelled_body_with_the_level_name_and_its_snomed_codes(dicom_case):
     _, _, result, _ = dicom_case
     seg = read_seg(dicom_case)
-    assert seg.SegmentationType == "BINARY"
+    # Segmentation Storage, BINARY: what Slicer's DICOMSegmentationPlugin (dcmqi) loads.
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
+    assert seg.Modality == "SEG" and seg.SeriesDescription
     levels = [v.level for v in result.vertebrae if v.level and v.instance]
     assert len(levels) >= 3
     described = [seg.get_segment_description(n) for n in seg.segment_numbers]
@@ -183,3 +185,22 @@ def test_seg_volume_geometry_is_the_source_grid(dicom_case):
     # The first frame's corner is a voxel of the source grid (an integer index).
     index = np.linalg.solve(ijk_to_lps, affine[:, 3])[:3]
     assert np.allclose(index, np.round(index), atol=1e-3)
+
+
+def test_batch_script_writes_the_seg_for_a_dicom_folder_and_refuses_a_file(monkeypatch, tmp_path, capsys,
+                                                                          blob_model_dir):
+    """The headless Slicer script shares the option; its volume node forgets the source files, so the
+    script must hand them to the writer itself."""
+    pytest.importorskip("slicer")
+    from test_batch import run_batch
+
+    write_dicom_series(phantom_image(), tmp_path / "ct")
+    nifti = save_volume(phantom_image(), tmp_path / "ct.nii.gz")
+    out = tmp_path / "out"
+    assert run_batch(monkeypatch, str(tmp_path / "ct"), str(nifti), "--dicom-seg", "--out", str(out),
+                     model=blob_model_dir) == 1
+    seg = hd.seg.segread(out / "ct" / case_files("ct", dicom_seg=True)["dicom_seg"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID and len(seg.segment_numbers) >= 3
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ct"]   # nothing for the file
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(nifti) in errors[0] and "DICOM" in errors[0]

@@ -160,6 +160,10 @@ def check_dicom_seg_inputs(inputs: Iterable[str | Path], options: RunOptions) ->
     a DICOM SEG references its source series, and a run should not half-succeed for a typo."""
     if not options.dicom_seg:
         return
+    # A missing optional extra should stop the run now (one line naming it), not after every case's work.
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+
     for path in inputs:
         if not Path(path).is_dir():
             raise InputError(f"{path}: --dicom-seg needs DICOM series folders as inputs, and this is not a folder")
