@@ -204,3 +204,14 @@ def test_batch_script_writes_the_seg_for_a_dicom_folder_and_refuses_a_file(monke
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ct"]   # nothing for the file
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and str(nifti) in errors[0] and "DICOM" in errors[0]
+
+
+def test_missing_highdicom_is_one_line_naming_the_extra_before_any_case_runs(dicom_case, tmp_path, capsys,
+                                                                             monkeypatch, blob_model_dir):
+    folder, _, _, _ = dicom_case
+    monkeypatch.setitem(__import__("sys").modules, "highdicom", None)     # import highdicom -> ModuleNotFoundError
+    status = main(["run", str(folder), "--out", str(tmp_path / "out"), "--model", str(blob_model_dir),
+                   "--segmenter", "none", "--dicom-seg", "--quiet"])
+    error = capsys.readouterr().err.strip()
+    assert status == 1 and len(error.splitlines()) == 1 and "spinelabel[dicom]" in error
+    assert not (tmp_path / "out").exists()

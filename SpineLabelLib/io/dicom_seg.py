@@ -39,7 +39,7 @@ def dicom_source_files(result: SpineResult) -> list[str]:
     return files
 
 
-def _coded(triple) -> "object":
+def _coded(triple: list[str]):
     """slicerio's [scheme, value, meaning] -> highdicom's CodedConcept."""
     from highdicom.sr import CodedConcept
 
