@@ -22,10 +22,6 @@ from .summary import write_summary_json
 from .tables import write_distances_csv, write_measurements_csv
 
 
-#: contract files written only when asked for (`RunOptions.dicom_seg`): key -> file name suffix
-OPTIONAL_FILES: dict[str, str] = {"dicom_seg": ".seg.dcm"}
-
-
 def case_files(case: str, dicom_seg: bool = False) -> dict[str, str]:
     """Contract file names of a case (DESIGN.md, output contract of `spinelabel run`); with
     ``dicom_seg`` also the DICOM Segmentation object (DICOM series inputs only)."""
@@ -40,7 +36,7 @@ def case_files(case: str, dicom_seg: bool = False) -> dict[str, str]:
         "alignment": f"{case}.alignment.csv",
     }
     if dicom_seg:
-        files["dicom_seg"] = f"{case}{OPTIONAL_FILES['dicom_seg']}"
+        files["dicom_seg"] = f"{case}.seg.dcm"     # asked for (`RunOptions.dicom_seg`), DICOM inputs only
     return files
 
 
