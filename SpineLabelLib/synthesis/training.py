@@ -31,7 +31,7 @@ import numpy as np
 from .. import anatomy
 
 #: Share of training draws per group (file-name prefix); renormalised over non-empty groups.
-SHARES = {"real": 0.35, "ctreal": 0.10, "synth": 0.35, "phantom": 0.20}
+SHARES = {"real": 0.33, "ctreal": 0.10, "synth": 0.35, "phantom": 0.12, "vidphantom": 0.10}
 
 
 def enable_s1_class() -> None:
@@ -166,11 +166,12 @@ def fit(args) -> None:
                 best = score
                 _save(out / "best.pt", model, optimiser, iteration, best, history, config, elapsed)
             _save(out / f"it{iteration:05d}.pt", model, optimiser, iteration, best, history, config, elapsed)
-            fresh, fresh_weights, fresh_counts = load_pool(data)
+        if iteration % args.rescan_every == 0:
+            fresh_counts = {g: len(list(data.glob(f"{g}_*.npz"))) for g in SHARES}
             if fresh_counts != counts:
-                cases, weights, counts = fresh, fresh_weights, fresh_counts
+                cases, weights, counts = load_pool(data)
                 sampler = make_sampler(cases, weights, config, seed=iteration)
-                print(f"pool now {counts}", flush=True)
+                print(f"it {iteration} pool now {counts}", flush=True)
         if time.time() - last_save > args.save_minutes * 60 or finishing:
             _save(last_path, model, optimiser, iteration, best, history, config, before + time.time() - session)
             last_save = time.time()
@@ -188,6 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--save-minutes", type=float, default=4.0)
+    parser.add_argument("--rescan-every", type=int, default=100, help="iterations between looks for new cases")
     parser.add_argument("--threads", type=int, default=1)
     fit(parser.parse_args(argv))
     return 0
