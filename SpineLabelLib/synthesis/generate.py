@@ -27,7 +27,7 @@ from .contrasts import CONTRASTS, ranges
 from .tissues import tissue_map
 
 #: Room around the spine for the body outline (mm): left-right, anterior, posterior.
-MARGIN_X_MM, MARGIN_ANTERIOR_MM, MARGIN_POSTERIOR_MM = 25.0, 230.0, 100.0
+MARGIN_X_MM, MARGIN_ANTERIOR_MM, MARGIN_POSTERIOR_MM = 25.0, 230.0, 150.0
 
 
 @dataclass

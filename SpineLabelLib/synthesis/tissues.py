@@ -4,7 +4,7 @@ Label maps of real spines (VerSe, TotalSegmentator) hold only the vertebrae. An 
 from them alone would be bone on black; the detector would learn that. Here the spine is dressed
 with what surrounds it, in the canonical grid (axis 0 left->right, axis 1 superior->inferior,
 axis 2 anterior->posterior), plane by axial plane, following the spine's course:
-  body outline (an ellipse whose back lies 40-90 mm behind the vertebral bodies) with a fat layer,
+  body outline (an ellipse whose back lies 85-140 mm behind the vertebral bodies) with a fat layer,
   random organ / bowel / visceral-fat blobs in front of the spine, the aorta left-anterior of the
   bodies, lungs beside the thoracic spine (down to a random level T10..L1, i.e. the posterior
   costophrenic recess), ribs at every thoracic level (or the label map's own ribs), the sacrum
@@ -167,10 +167,11 @@ def tissue_map(vertebrae: np.ndarray, spacing: float, rng, extra: dict | None = 
     course = spine_course(bodies)
     out = np.full(shape, Tissue.AIR, np.uint8)
 
-    # Body outline: the back skin 40-90 mm behind the bodies, an ellipse with random proportions.
+    # Body outline: the back skin 85-140 mm behind the bodies (20-60 mm behind the spinous
+    # processes), an ellipse with random proportions.
     radius_a = rng.uniform(85, 150) * mm
     radius_x = radius_a * rng.uniform(1.15, 1.6)
-    centre_a = course.back + rng.uniform(40, 90) * mm - radius_a
+    centre_a = course.back + rng.uniform(85, 140) * mm - radius_a
     centre_x = course.x + rng.uniform(-5, 5) * mm
     fat = rng.uniform(4, 30) * mm
     body = _ellipses(shape, centre_x, centre_a, radius_x, radius_a)
