@@ -26,6 +26,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     mix = json.loads(Path(args.mix).read_text())
+    folder = Path(args.mix).parent
+    files = {group: sorted(p.stem for p in folder.glob(f"{group}_*.npz"))
+             for group in ("real", "ctreal", "synth", "phantom", "vidphantom")}
     metrics = {}
     for path in args.bench:
         report = json.loads(Path(path).read_text())
@@ -41,6 +44,7 @@ def main(argv=None) -> int:
                           "label_maps": mix.get("synthetic")},
             "phantoms": mix.get("phantoms"),
             "vid_phantoms": "SpineLabelLib.synthesis.vid (curvature and field of view of VID keypoint spines)",
+            "files": files,
             "draw_shares": "SpineLabelLib.synthesis.training.SHARES",
             "s1": "S1 is a target class (TotalSegmentator-derived S1 bodies, phantoms); real MRI slices blanked below L5",
         },
