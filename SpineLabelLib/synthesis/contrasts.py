@@ -34,8 +34,8 @@ RANGES = {
         Tissue.AIR: ((-1010, -950), (2, 15)), Tissue.FAT: ((-130, -70), (5, 25)),
         Tissue.MUSCLE: ((30, 65), (5, 25)), Tissue.ORGAN: ((35, 160), (5, 25)),
         Tissue.BOWEL: ((-20, 60), (5, 40)), Tissue.LUNG: ((-900, -750), (15, 60)),
-        Tissue.VESSEL: ((35, 350), (5, 25)), Tissue.CORTEX: ((450, 1200), (30, 150)),
-        Tissue.MARROW: ((90, 350), (20, 80)), Tissue.DISC: ((60, 120), (5, 25)),
+        Tissue.VESSEL: ((35, 350), (5, 25)), Tissue.CORTEX: ((500, 1400), (30, 150)),
+        Tissue.MARROW: ((120, 450), (20, 80)), Tissue.DISC: ((60, 120), (5, 25)),
         Tissue.CSF: ((0, 30), (3, 15)), Tissue.CORD: ((25, 45), (3, 15)),
     },
     "t1": {

@@ -241,7 +241,7 @@ def tissue_map(vertebrae: np.ndarray, spacing: float, rng, extra: dict | None = 
     out[tube(shape, course.x, canal_a, canal_radius, column) & ~bone] = Tissue.CSF
     cord_rows = course.level <= anatomy.order_index("L1")
     out[tube(shape, course.x, canal_a, canal_radius * rng.uniform(0.45, 0.6), cord_rows) & ~bone] = Tissue.CORD
-    shell = rng.uniform(1.0, 2.0) * mm
+    shell = rng.uniform(1.5, 3.0) * mm                   # thinner would vanish in the blur at 1.25 mm
     cancellous = np.zeros_like(bone)
     box = ndimage.find_objects(bone.astype(np.uint8))[0]
     cancellous[box] = ndimage.distance_transform_edt(np.pad(bone[box], 1))[1:-1, 1:-1, 1:-1] > shell
