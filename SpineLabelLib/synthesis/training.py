@@ -175,6 +175,8 @@ def fit(args) -> None:
         if time.time() - last_save > args.save_minutes * 60 or finishing:
             _save(last_path, model, optimiser, iteration, best, history, config, before + time.time() - session)
             last_save = time.time()
+        if finishing:
+            break                       # (the loop test uses the elapsed time of the step before)
     print("done", flush=True)
 
 
