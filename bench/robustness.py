@@ -1,0 +1,194 @@
+"""Robustness bench (issue 12): held-out real sources, synthetic images from held-out label maps,
+phantoms; per model, with what each model saw in training stated. Prints JSON.
+
+    python bench/robustness.py [--models vertebra-detector,checkpoints/detector_mix/export]
+        [--suites mri_val,verse012,lidc,discs,synth_heldout,phantoms] [--limit N] [--segmenter auto]
+        [--out bench/out/robustness.json]
+
+Leave-one-source-out, as far as two CPU cores allow in a session: ONE candidate model trained
+without verse012, lidc-0001 and the disc MRI (and without the lumbar MRI validation split) is
+tested on each of them; the bundled model never saw any of them (nor any real CT). What each model
+was trained on is written beside its numbers ("saw"), read from its model card or from the
+training folder's mix.json (`--mix`).
+
+Suites (truth):
+  mri_val        lumbar MRI validation split (manual body masks L1-L5 / T11-L5)
+  verse012       real CT, manual whole-vertebra masks T10-L3 cut to bodies (synthesis.bodies rule)
+  lidc           real chest CT, TotalSegmentator v2 vertebrae C5-L3 (automatic, not manual) cut to bodies
+  discs          third-site T2 MRI, bodies L1-S1 between the manual disc masks (synthesis.bodies);
+                 identification is what these labels support best (body outlines are derived)
+  synth_heldout  SynthSeg-style CT and T2 images from the verse012 and lidc-0001 label maps (held out)
+  phantoms       bench/detect_eval.py PHANTOM_SUITES (ct, mr, fractures)
+Metrics: bench/detect_eval.py's (recall: Dice >= 0.5; id_rate: VerSe rule, closest detection within
+20 mm with the same level, after the order-respecting labelling; loc_error_mm; dice), plus S1:
+on cases whose truth has S1, whether a detection named S1 lies within 20 mm of it. seconds and
+cpu_seconds per case; peak_rss_gb is the process's peak so far (an upper bound per case).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+import detect_eval  # noqa: E402  (bench/detect_eval.py: metrics and phantom suites)
+from report import write_report  # noqa: E402
+
+from SpineLabelLib.core import anatomy  # noqa: E402
+from SpineLabelLib.core.result import SpineResult  # noqa: E402
+
+DATA = BENCH.parent.parent / "shared" / "data"
+SUITES = ("mri_val", "verse012", "lidc", "discs", "synth_heldout", "phantoms")
+
+
+# --- cases: (case id, image Volume, truth body codes on the image grid) -------------------------------
+def verse012_cases(limit=None):
+    from SpineLabelLib.synthesis.bodies import body_masks
+    from SpineLabelLib.synthesis.sources import verse012
+
+    source = verse012(DATA)
+    yield source.name, source.image, body_masks(source.labels).array
+
+
+def lidc_cases(limit=None):
+    from SpineLabelLib.synthesis.bodies import body_masks
+    from SpineLabelLib.synthesis.sources import lidc
+
+    source = lidc(DATA)
+    yield source.name, source.image, body_masks(source.labels).array
+
+
+def disc_cases(limit=None):
+    from SpineLabelLib.synthesis.sources import disc_mri
+
+    for source in disc_mri(DATA)[:limit]:
+        yield source.name, source.image, source.labels.array
+
+
+def synthetic_cases(limit=None):
+    """Fixed seeds (900+) never used for training; label maps of held-out sources only."""
+    from SpineLabelLib.synthesis import synthesise
+    from SpineLabelLib.synthesis.sources import lidc, verse012
+
+    made = 0
+    for source in (verse012(DATA), lidc(DATA)):
+        for contrast, seed in (("ct", 901), ("t2", 902)):
+            if limit is not None and made >= limit:
+                return
+            case = synthesise(source.labels, contrast, seed, extra=source.extra)
+            made += 1
+            yield f"synth-{source.name}-{contrast}-{seed}", case.image, case.labels.array
+
+
+def phantom_cases(limit=None):
+    for suite in ("ct", "mr", "fractures"):
+        yield from detect_eval.phantom_cases(suite, limit)
+
+
+CASES = {"mri_val": lambda limit: detect_eval.real_cases(limit), "verse012": verse012_cases, "lidc": lidc_cases,
+         "discs": disc_cases, "synth_heldout": synthetic_cases, "phantoms": phantom_cases}
+TRUTH = {"mri_val": "manual body masks", "verse012": "manual whole-vertebra masks cut to bodies",
+         "lidc": "TotalSegmentator v2 vertebrae (automatic) cut to bodies",
+         "discs": "bodies between manual disc masks (derived)", "synth_heldout": "synthesis labels",
+         "phantoms": "phantom labels"}
+
+
+# --- running ------------------------------------------------------------------------------------
+def s1_named(result, truth: np.ndarray) -> bool | None:
+    """None when the truth has no S1; else whether a detection named S1 is within 20 mm of it."""
+    s1 = anatomy.code_of("S1")
+    if not (truth == s1).any():
+        return None
+    centre = result.image.kji_to_ras(np.argwhere(truth == s1).mean(axis=0))[0]
+    return any(v.level == "S1" and np.linalg.norm(v.centroid_ras - centre) < 20.0 for v in result.vertebrae)
+
+
+def run_cases(suite: str, cases, loaded, segmenter) -> dict:
+    from SpineLabelLib.app.pipeline import find_bodies
+    from SpineLabelLib.core.options import RunOptions
+    from SpineLabelLib.stages.base import RunContext
+    from SpineLabelLib.stages.name_levels import NameLevels
+
+    rows, s1 = [], []
+    for case_id, image, truth in cases:
+        result = SpineResult(case_id, image=image)
+        wall, cpu = time.time(), time.process_time()
+        find_bodies(result, RunOptions(segmenter=segmenter), detector=loaded)
+        argmax = {v.instance: v.level for v in result.vertebrae}
+        if result.vertebrae:                 # the naming stage, anchors included, as `spinelabel run` names
+            NameLevels().run(result, RunContext(RunOptions()))
+        seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
+        row = detect_eval.evaluate_case(result, truth, [argmax.get(v.instance, "") for v in result.vertebrae if v.instance])
+        named = s1_named(result, truth)
+        if named is not None:
+            s1.append(named)
+        row.update(case=case_id, seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
+                   peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                   levels=[v.level for v in result.vertebrae], s1_named=named,
+                   truth_levels=[anatomy.name_of(int(c)) for c in np.unique(truth) if c])
+        rows.append(row)
+        print(f"{suite} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
+              f"S1 {named}, {seconds:.1f} s", file=sys.stderr, flush=True)
+    summary = detect_eval.summarise(rows, [])
+    summary["s1_named"] = f"{sum(s1)}/{len(s1)}" if s1 else None
+    return summary
+
+
+def what_it_saw(loaded, mix: Path | None) -> dict:
+    card = loaded.card
+    if card.get("training_data_mix"):
+        return card["training_data_mix"]
+    if mix is not None and mix.is_file() and card.get("sha256") != _bundled_sha():
+        data = json.loads(mix.read_text())
+        return {"trained_on": {"real_mri": data.get("real_mri", {}).get("train"), "real_ct": data.get("real_ct"),
+                               "synthetic_from": sorted(data.get("synthetic", {})), "phantoms": data.get("phantoms")},
+                "held_out": data.get("held_out", []) + ["mri-lumbar validation split"]}
+    data = card.get("training_data", {})
+    return {"trained_on": {k: v.get("source", v.get("generator")) if isinstance(v, dict) else v for k, v in data.items()},
+            "held_out": ["verse012", "lidc-0001", "mri-discs", "mri-lumbar validation split", "every real CT"]}
+
+
+def _bundled_sha() -> str:
+    from SpineLabelLib.models.registry import BUNDLED_SHA256
+
+    return BUNDLED_SHA256.get("vertebra-detector", "") if isinstance(BUNDLED_SHA256, dict) else ""
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from SpineLabelLib.models.registry import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vertebra-detector")
+    parser.add_argument("--suites", default=",".join(SUITES))
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--segmenter", default="auto")
+    parser.add_argument("--mix", default=str(BENCH.parent / "checkpoints" / "data_mix" / "mix.json"))
+    parser.add_argument("--out", default=str(BENCH / "out" / "robustness.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    segmenter = args.segmenter if args.segmenter in ("auto", "none") else load_model(args.segmenter)
+    report = {"data": {s: TRUTH[s] for s in args.suites.split(",")}, "segmenter": args.segmenter, "models": {}}
+    for name in args.models.split(","):
+        loaded = load_model(name)
+        entry = {"model": loaded.summary(), "saw": what_it_saw(loaded, Path(args.mix)), "suites": {}}
+        report["models"][name] = entry
+        for suite in args.suites.split(","):
+            entry["suites"][suite] = run_cases(suite, CASES[suite](args.limit), loaded, segmenter)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1, default=float))   # partial results survive
+    write_report(report, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
