@@ -45,8 +45,14 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     detector_progress = progress
     if refiner is not None and progress is not None:
         detector_progress = lambda fraction, message: progress(0.9 * fraction, message)  # noqa: E731
-    output = detect_volume(result.image, loaded.network, result.modality, progress=detector_progress,
-                           cancel=cancel, input_mode=input_mode)
+    from ..dense import FAMILY as DENSE_FAMILY, detect_dense
+
+    if loaded.card.get("architecture", {}).get("family") == DENSE_FAMILY:     # paper 002's family
+        output = detect_dense(result.image, result.modality, loaded.network, progress=detector_progress,
+                              cancel=cancel)
+    else:
+        output = detect_volume(result.image, loaded.network, result.modality, progress=detector_progress,
+                               cancel=cancel, input_mode=input_mode)
     if refiner is not None and output.bodies:
         if progress:
             progress(0.92, "redrawing body masks at 1 mm")

@@ -59,8 +59,11 @@ def load_network(directory: Path, card: dict | None = None):
 
 def _build_for(architecture: dict):
     """The network a card describes: the body segmenter's U-Net or (the default) the detector."""
+    from .. import dense
     from ..segmenter import model as segmenter_model
 
+    if architecture.get("family") == dense.FAMILY:
+        return dense.build_network(architecture)
     if architecture.get("family") == segmenter_model.FAMILY:
         return segmenter_model.build_model(segmenter_model.SegmenterConfig.from_dict(architecture))
     return build_model(DetectorConfig.from_dict(architecture))
