@@ -33,6 +33,10 @@ def detect(result: SpineResult, model=None, modality: str = "auto",
     from ..models import LoadedModel, load_model, segmenter_for
     from .infer import detect_volume, guess_modality
 
+    if model == "ensemble":                    # both families, level evidence fused (dense.ensemble)
+        from ..dense.ensemble import detect_ensemble
+
+        return detect_ensemble(result, modality, progress, cancel, segmenter, input_mode)
     if result.image is None:
         raise InputError(f"{result.case_id}: no image to detect vertebrae in")
     if modality not in MODALITIES:
