@@ -190,3 +190,68 @@ def test_tampered_dense_weights_are_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="sha256"):
         load_network(tmp_path)
+
+
+# --- end to end (bundled weights) -------------------------------------------------------------
+def _bundled_dense_installed() -> bool:
+    from SpineLabelLib.models import list_models
+
+    return "vertebra-dense-detector" in {card["name"] for card in list_models()}
+
+
+@pytest.fixture(scope="module")
+def lumbar_ct_phantom(tmp_path_factory):
+    from SpineLabelLib.phantom import generate_phantom
+    from SpineLabelLib.volume import save_volume
+
+    folder = tmp_path_factory.mktemp("dense_input")
+    phantom = generate_phantom(["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"], "ct", spacing=(1.0, 1.0, 2.0),
+                               seed=21, rotation_deg=(4.0, 0.0, -3.0), crop_to_spine=True)
+    return save_volume(phantom.image, folder / "dense_case.nii.gz"), phantom
+
+
+@pytest.mark.skipif(not _bundled_dense_installed(), reason="vertebra-dense-detector not bundled")
+@pytest.mark.parametrize("model", ["vertebra-dense-detector", "ensemble"])
+def test_run_with_dense_or_ensemble_model_names_the_phantom_bodies(lumbar_ct_phantom, tmp_path, model):
+    import json
+    import subprocess
+    import sys
+
+    path, phantom = lumbar_ct_phantom
+    proc = subprocess.run([sys.executable, "-m", "SpineLabelLib", "run", str(path), "--out", str(tmp_path),
+                           "--model", model, "-q"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "dense_case" / "dense_case.json").read_text())
+    names = [m["name"] for m in summary["models"]]
+    assert "vertebra-dense-detector" in names
+    if model == "ensemble":
+        assert "vertebra-detector" in names and all(m["sha256"] for m in summary["models"])
+    found = {v["level"]: np.array(v["centroid_ras"]) for v in summary["vertebrae"]}
+    truth = {v["level"]: np.array(v["centroid_ras"]) for v in phantom.truth["vertebrae"] if v["level"] != "S1"}
+    near = [level for level, centre in truth.items() if level in found and np.linalg.norm(found[level] - centre) < 20]
+    assert len(near) >= len(truth) - 2, (sorted(found), sorted(truth))
+    assert (tmp_path / "dense_case" / "dense_case.seg.nrrd").is_file()
+
+
+def test_ensemble_fuses_level_evidence_of_matched_bodies_only():
+    from SpineLabelLib.dense.ensemble import fuse_level_evidence
+    from SpineLabelLib.result import Vertebra
+
+    even = {"L1": 0.5, "L2": 0.5}
+    vertebrae = [Vertebra("L1", np.array([0.0, 0.0, 100.0]), instance=1, level_scores=dict(even)),
+                 Vertebra("L2", np.array([0.0, 0.0, 65.0]), instance=2, level_scores=dict(even))]
+    dense = [{"centroid_ras": np.array([0.0, 2.0, 101.0]), "level_probs": {"L1": 0.1, "L2": 0.9}}]
+    assert fuse_level_evidence(vertebrae, dense) == 1
+    assert vertebrae[0].level == "L2" and vertebrae[0].level_scores["L2"] == pytest.approx(0.9)
+    assert vertebrae[1].level_scores == even                   # 36 mm away: not the same vertebra
+
+
+@pytest.mark.parametrize("with_t13", [False, True])
+def test_transitional_level_needs_a_whole_segment_of_votes(with_t13):
+    names = ["T11", "T12", "T13", "L1", "L2"] if with_t13 else ["T11", "T12", "L1", "L2"]
+    column = [(n, np.array([30.0, 20 + 16 * k, 40.0])) for k, n in enumerate(names)]
+    labels = targets.dense_labels((60, 20 + 16 * len(names) + 20, 80), 2.0, column)
+    # Index errors of a quarter level: the T12/L1 boundary spills votes into T13's half-width bin.
+    noisy = labels + np.random.default_rng(0).normal(0, 0.25, labels.shape).astype(np.float32)
+    bodies, _ = agg.aggregate((labels > 0).astype(np.float32), noisy, 2.0)
+    assert [b.level for b in bodies] == names
