@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Each case goes to OUT/<case>/.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)")
+    p.add_argument("--model", help="bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI); "
+                                   "vertebra-dense-detector for paper 002's two-stage family, ensemble for both families")
     p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto")
     p.add_argument("--segmenter", default="auto",
                    help="body-mask segmenter: auto (the bundled one when installed), none (the detector's "

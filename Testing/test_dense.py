@@ -242,7 +242,7 @@ def test_ensemble_fuses_level_evidence_of_matched_bodies_only():
                  Vertebra("L2", np.array([0.0, 0.0, 65.0]), instance=2, level_scores=dict(even))]
     dense = [{"centroid_ras": np.array([0.0, 2.0, 101.0]), "level_probs": {"L1": 0.1, "L2": 0.9}}]
     assert fuse_level_evidence(vertebrae, dense) == 1
-    assert vertebrae[0].level == "L2" and vertebrae[0].level_scores["L2"] == pytest.approx(0.9)
+    assert vertebrae[0].level == "L2" and vertebrae[0].level_scores["L2"] == pytest.approx(0.75)   # sqrt pooled
     assert vertebrae[1].level_scores == even                   # 36 mm away: not the same vertebra
 
 

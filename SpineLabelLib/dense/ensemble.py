@@ -3,9 +3,11 @@
 Mask R-CNN (with the body segmenter) gives the bodies, masks and centroids: its masks are the
 better ones (the dense family's tube is a disc model of the column, not a body outline). The dense
 detector adds its level distribution: each Mask R-CNN body takes the nearest dense body within
-half the distance to its own neighbours and the two distributions are multiplied (a product of
-experts, renormalised) -- agreement sharpens, a disagreement leaves both levels possible for the
-order-respecting labeller. A body the dense detector did not see keeps Mask R-CNN's evidence.
+half the distance to its own neighbours and the two distributions are pooled log-linearly with
+equal weights (the normalised geometric mean): agreement sharpens, a disagreement leaves both
+levels possible for the order-respecting labeller. Equal weights of 1/2 rather than a plain
+product keep the pooled log-probabilities on the scale of one family's, which is the scale the
+labeller's score weight was set for. A body the dense detector did not see keeps Mask R-CNN's evidence.
 Both models are recorded in ``result.models``.
 """
 from __future__ import annotations
@@ -41,7 +43,8 @@ def detect_ensemble(result, modality: str = "auto", progress=None, cancel=None, 
 
 
 def fuse_level_evidence(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_MM) -> int:
-    """Multiply each vertebra's level scores by its matched dense body's; returns how many matched."""
+    """Pool each vertebra's level scores with its matched dense body's (normalised geometric
+    mean); returns how many matched."""
     if not vertebrae or not dense_bodies:
         return 0
     centres = np.array([v.centroid_ras for v in vertebrae], float)
@@ -54,7 +57,8 @@ def fuse_level_evidence(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH
         if distance[n, nearest] > min(max_match_mm, 0.5 * gaps[n]) or not vertebra.level_scores:
             continue
         theirs = dense_bodies[nearest]["level_probs"]
-        fused = {name: float(p) * float(theirs.get(name, 0.0)) for name, p in vertebra.level_scores.items()}
+        fused = {name: float(np.sqrt(float(p) * float(theirs.get(name, 0.0))))
+                 for name, p in vertebra.level_scores.items()}
         total = sum(fused.values())
         if total <= 0:
             continue
