@@ -40,7 +40,7 @@ def real_ct_cases(limit):
     image = load_volume(TOTALSEG / "example_ct.nii.gz")
     labels = load_volume(TOTALSEG / "totalseg_vertebrae_pp_refined.nii.gz").array
     yield "totalseg-example-ct", image, labels
-    
+
 
 def cases_of(suite: str, limit):
     if suite == "real":
@@ -109,17 +109,28 @@ def run_family(family: str, suites: list[str], limit) -> dict:
     return out
 
 
+def _plain(value):
+    """numpy scalars and arrays in the JSON report."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="mask-rcnn,dense,ensemble")
     parser.add_argument("--suites", default="real,real_ct,ct,mr,fractures")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--one", action="store_true", help="run the single family in this process (internal)")
+    parser.add_argument("--reuse", action="store_true", help="reuse a family's result file from an earlier run")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "families.json"))
     args = parser.parse_args(argv)
     suites = args.suites.split(",")
+    parts = Path(args.out).with_suffix("").parent / (Path(args.out).stem + "_parts")
     if args.one:
-        print(json.dumps(run_family(args.families, suites, args.limit)))
+        # One file per family, written as soon as it is done: families can be re-run or reused
+        # one by one (--reuse) and a late failure loses nothing.
+        parts.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(run_family(args.families, suites, args.limit), default=_plain)
+        (parts / f"{args.families}.json").write_text(text)
         return 0
     report = {"data": {"real": "../shared/data/mri-lumbar validation split (every 4th case by name)",
                        "real_ct": "TotalSegmentator example CT (S1-T11 field of view; T12-L5 labels of "
@@ -128,15 +139,18 @@ def main(argv=None) -> int:
                           for s in ("ct", "mr", "fractures")}},
               "families": {}}
     for family in args.families.split(","):
-        command = [sys.executable, __file__, "--one", "--families", family, "--suites", args.suites]
-        if args.limit:
-            command += ["--limit", str(args.limit)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        sys.stderr.write(done.stderr[-4000:])
-        if done.returncode != 0:
-            report["families"][family] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-            continue
-        report["families"][family] = json.loads(done.stdout.strip().splitlines()[-1])
+        part = parts / f"{family}.json"
+        if not (args.reuse and part.is_file()):
+            part.unlink(missing_ok=True)
+            command = [sys.executable, __file__, "--one", "--families", family, "--suites", args.suites,
+                       "--out", args.out]
+            if args.limit:
+                command += ["--limit", str(args.limit)]
+            done = subprocess.run(command, text=True)
+            if done.returncode != 0 or not part.is_file():
+                report["families"][family] = {"error": f"exit status {done.returncode}"}
+                continue
+        report["families"][family] = json.loads(part.read_text())
     report["table"] = {family: {suite: {k: data["suites"][suite].get(k) for k in
                                         ("id_rate", "loc_error_mm", "recall", "dice", "seconds_max", "peak_rss_gb",
                                          "id_rate_by_region")}
