@@ -4,8 +4,11 @@ probabilities.
 A voxel votes when stage 1 calls it column (probability >= 0.5, the paper's product of the two
 maps with a binary detection); its vote is the level whose axis value is nearest to stage 2's
 index. A level is kept when its votes fill at least x_v = max(floor, 0.4 R_v^3) mm^3 (paper:
-max(3000, 0.4 R_v^3) voxels of 1 mm^3); its centroid is the median position of its votes. T13
-and L6 must also hold three quarters of their smaller neighbour's votes (`_drop_boundary_transitionals`).
+max(3000, 0.4 R_v^3) voxels of 1 mm^3) by the largest connected piece of its votes; its
+centroid is the median position of that piece (islands of index noise elsewhere would drag the
+paper's median of all votes away). T13
+and L6 must also hold three quarters of their smaller neighbour's votes (`_drop_boundary_transitionals`),
+and of two levels closer than half a body-plus-disc the one with fewer votes goes (`_drop_crowded`).
 Our floor is 2000 mm^3, lower than the paper's 3000: a cervical tube segment (R = 8 mm, 19 mm of
 body and disc) holds ~3800 mm^3, so with 3000 a cervical body drawn a little thin by stage 1 would
 be dropped; 2000 (about half a cervical segment) still rejects the few hundred voxels whose noisy
@@ -61,10 +64,15 @@ def aggregate(detection: np.ndarray, index: np.ndarray, spacing_mm: float,
     voxel_mm3 = spacing_mm ** 3
     kept = []
     for name in OUTPUT_LEVELS:
-        mine = bins == BIN_NAMES.index(name)
-        if mine.sum() * voxel_mm3 >= vote_threshold_mm3(name, floor_mm3):
-            kept.append((name, np.median(voting[mine], axis=0), int(mine.sum())))
-    kept = _drop_boundary_transitionals(kept)
+        mine = np.flatnonzero(bins == BIN_NAMES.index(name))
+        if mine.size * voxel_mm3 < vote_threshold_mm3(name, floor_mm3):
+            continue
+        # A level's votes in one piece: the largest connected set is the vertebra, scattered
+        # islands elsewhere on the column are index noise and would drag the median away.
+        mine = mine[_largest_piece(voting[mine], ndimage)]
+        if mine.size * voxel_mm3 >= vote_threshold_mm3(name, floor_mm3):
+            kept.append((name, np.median(voting[mine], axis=0), int(mine.size)))
+    kept = _drop_crowded(_drop_boundary_transitionals(kept), spacing_mm)
     if not kept:
         return [], instances
     centres_mm = np.array([c for _, c, _ in kept]) * spacing_mm
@@ -103,6 +111,29 @@ def _drop_boundary_transitionals(kept: list, share: float = 0.75) -> list:
                 continue
         out.append(entry)
     return out
+
+
+def _drop_crowded(kept: list, spacing_mm: float, fraction: float = 0.5) -> list:
+    """Two vertebrae are never closer than about one body plus one disc: of two kept levels whose
+    centroids are closer than ``fraction`` of that (the larger level's), the one with fewer votes
+    goes (index noise that formed a piece of its own next to a real body)."""
+    from .. import anatomy
+
+    order = sorted(range(len(kept)), key=lambda n: -kept[n][2])
+    chosen: list[int] = []
+    for n in order:
+        name, centre, _ = kept[n]
+        crowded = False
+        for m in chosen:
+            other, other_centre, _ = kept[m]
+            sizes = [anatomy.body_size(x) for x in (name, other)]
+            reach = fraction * max(s.height + s.disc for s in sizes)
+            if np.linalg.norm((np.asarray(centre) - np.asarray(other_centre)) * spacing_mm) < reach:
+                crowded = True
+                break
+        if not crowded:
+            chosen.append(n)
+    return [kept[n] for n in sorted(chosen)]
 
 
 def level_distribution(values: np.ndarray, sigma: float = 0.15, floor: float = 1e-3) -> dict[str, float]:
