@@ -255,3 +255,15 @@ def test_transitional_level_needs_a_whole_segment_of_votes(with_t13):
     noisy = labels + np.random.default_rng(0).normal(0, 0.25, labels.shape).astype(np.float32)
     bodies, _ = agg.aggregate((labels > 0).astype(np.float32), noisy, 2.0)
     assert [b.level for b in bodies] == names
+
+
+def test_scattered_votes_do_not_move_a_level_centroid_or_make_a_second_body():
+    column, detection, index = _maps(["T11", "T12", "L1", "L2"])
+    # An island of stray "L1" votes inside T11's tube (index noise): L1 stays at its centroid.
+    t11_row = int(column[0][1][1])
+    island = (slice(10, 30), slice(t11_row - 10, t11_row + 10), slice(15, 35))
+    index[island] = targets.AXIS["L1"]
+    bodies, _ = agg.aggregate(detection, index, 1.0)
+    assert [b.level for b in bodies] == ["T11", "T12", "L1", "L2"]
+    l1 = bodies[2]
+    assert np.linalg.norm(l1.centroid - column[2][1]) <= 1.0
