@@ -226,10 +226,17 @@ def test_run_with_dense_or_ensemble_model_names_the_phantom_bodies(lumbar_ct_pha
     assert "vertebra-dense-detector" in names
     if model == "ensemble":
         assert "vertebra-detector" in names and all(m["sha256"] for m in summary["models"])
-    found = {v["level"]: np.array(v["centroid_ras"]) for v in summary["vertebrae"]}
+    found = [(v["level"], np.array(v["centroid_ras"])) for v in summary["vertebrae"]]
     truth = {v["level"]: np.array(v["centroid_ras"]) for v in phantom.truth["vertebrae"] if v["level"] != "S1"}
-    near = [level for level, centre in truth.items() if level in found and np.linalg.norm(found[level] - centre) < 20]
-    assert len(near) >= len(truth) - 2, (sorted(found), sorted(truth))
+    # Bodies are found where the vertebrae are; naming accuracy is the bench's business
+    # (bench/families.py), except that the ensemble must keep Mask R-CNN's naming of this easy case.
+    located = [level for level, centre in truth.items()
+               if any(np.linalg.norm(point - centre) < 20 for _, point in found)]
+    assert len(located) >= len(truth) - 1, ([n for n, _ in found], sorted(truth))
+    if model == "ensemble":
+        named = [level for level, centre in truth.items()
+                 if any(n == level and np.linalg.norm(point - centre) < 20 for n, point in found)]
+        assert len(named) >= len(truth) - 1, ([n for n, _ in found], sorted(truth))
     assert (tmp_path / "dense_case" / "dense_case.seg.nrrd").is_file()
 
 
