@@ -63,13 +63,24 @@ def _scaled(progress: Progress | None, offset: float, width: float) -> Progress 
     return lambda fraction, message: progress(offset + width * min(max(fraction, 0.0), 1.0), message)
 
 
-def detection_stages() -> list:
-    """locate bodies -> refine bodies -> name levels."""
+def finding_stages(options: RunOptions | None = None) -> list:
+    """locate bodies -> refine bodies (-> the dense family's level evidence, for the ensemble)."""
+    from ..core.options import ENSEMBLE
+    from ..stages.fuse import FuseDenseEvidence
     from ..stages.locate import LocateBodies
-    from ..stages.name_levels import NameLevels
     from ..stages.refine import RefineBodies
 
-    return [LocateBodies(), RefineBodies(), NameLevels()]
+    stages = [LocateBodies(), RefineBodies()]
+    if options is not None and options.model == ENSEMBLE:
+        stages.append(FuseDenseEvidence())
+    return stages
+
+
+def detection_stages(options: RunOptions | None = None) -> list:
+    """locate bodies -> refine bodies -> name levels."""
+    from ..stages.name_levels import NameLevels
+
+    return [*finding_stages(options), NameLevels()]
 
 
 def measurement_stages() -> list:
@@ -80,9 +91,9 @@ def measurement_stages() -> list:
     return [MeasureBodies(), MeasureAlignment()]
 
 
-def analysis_stages() -> list:
+def analysis_stages(options: RunOptions | None = None) -> list:
     """The detection stages, then measurement: everything up to writing the files."""
-    return [*detection_stages(), *measurement_stages()]
+    return [*detection_stages(options), *measurement_stages()]
 
 
 def load_case(path: str | Path) -> SpineResult:
@@ -113,7 +124,7 @@ def detect(result: SpineResult, options: RunOptions | None = None,
     when installed, "none" keeps the detector's masks) and input mode (`RunOptions`).
     detector / segmenter: loaded models to use instead of the options' names (evaluation, tests)."""
     context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter)
-    return Pipeline(detection_stages()).run(result, context)
+    return Pipeline(detection_stages(context.options)).run(result, context)
 
 
 def naming_status(result: SpineResult | None) -> str:
@@ -127,18 +138,15 @@ def find_bodies(result: SpineResult, options: RunOptions | None = None, progress
                 cancel: Cancel | None = None, *, detector=None, segmenter="options") -> SpineResult:
     """locate -> refine only (no naming, no error when nothing is found): for evaluation tools that
     score the detector's own level guesses or name the bodies themselves."""
-    from ..stages.locate import LocateBodies
-    from ..stages.refine import RefineBodies
-
     context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter)
-    return Pipeline([LocateBodies(), RefineBodies()]).run(result, context)
+    return Pipeline(finding_stages(context.options)).run(result, context)
 
 
 def analyse(result: SpineResult, options: RunOptions | None = None, progress: Progress | None = None,
             cancel: Cancel | None = None) -> SpineResult:
     """detect, then measure, with one progress over all stages (the Slicer background job)."""
     context = RunContext((options or RunOptions()).validated(), progress, cancel)
-    return Pipeline(analysis_stages()).run(result, context)
+    return Pipeline(analysis_stages(context.options)).run(result, context)
 
 
 def measure(result: SpineResult) -> SpineResult:

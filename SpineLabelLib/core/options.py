@@ -17,9 +17,13 @@ MODALITIES = ("auto", "ct", "mr")
 INPUT_MODES = ("slices", "mip")
 #: besides a model name or folder, the body-mask segmenter can be one of these
 SEGMENTER_KEYWORDS = ("auto", "none")
+#: besides a model name or folder, the detector can be: both bundled families, their level evidence fused
+ENSEMBLE = "ensemble"
 
 HELP = {
-    "model": "bundled model name or a model folder (default: the bundled vertebra-detector, one model for CT and MRI)",
+    "model": "bundled model name or a model folder (default: the bundled vertebra-detector, Mask R-CNN, one model for "
+             "CT and MRI); vertebra-dense-detector for paper 002's two-stage family; ensemble for both, level "
+             "evidence fused",
     "modality": "input modality: auto (from the intensities), ct or mr",
     "segmenter": "body-mask segmenter: auto (the bundled one when installed), none (the detector's own masks), "
                  "or a model name or folder",

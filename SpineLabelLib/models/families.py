@@ -20,7 +20,8 @@ ROLES = ("detector", "segmenter")
 #: the family a card means when its architecture names none (the first bundled detector's cards)
 DEFAULT_FAMILY = "mask-rcnn-slices"
 ENTRY_POINT_GROUP = "spinelabel.families"
-_BUILTIN_MODULES = ("SpineLabelLib.models.maskrcnn.family", "SpineLabelLib.models.body_unet.family")
+_BUILTIN_MODULES = ("SpineLabelLib.models.maskrcnn.family", "SpineLabelLib.models.body_unet.family",
+                    "SpineLabelLib.models.dense.family")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ DEFAULT_SEGMENTER = "vertebral-body-segmenter"
 BUNDLED_SHA256 = {
     "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
     "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
+    "vertebra-dense-detector": "71efdca087160a3b389075de9495ff210b8b742414508dbdffe1d334ea31aec2",
 }
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
 

@@ -40,7 +40,10 @@ class LocateBodies:
         if result.image is None:
             raise InputError(f"{result.case_id}: no image to detect vertebrae in")
         options = context.options
-        detector = context.detector if context.detector is not None else load_model(options.model)
+        from ..core.options import ENSEMBLE
+
+        name = None if options.model == ENSEMBLE else options.model     # the ensemble's bodies: Mask R-CNN's
+        detector = context.detector if context.detector is not None else load_model(name)
         family = family_of_card(detector.card)
         if family.role != "detector":
             raise InputError(f"{detector.name} is a {family.role} model, not a detector; pass it as the segmenter")

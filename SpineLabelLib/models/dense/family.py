@@ -1,0 +1,22 @@
+"""The second bundled detector family: paper 002's two-stage dense detection and identification."""
+from __future__ import annotations
+
+from ..families import ModelFamily, register_family
+from .networks import FAMILY as NAME
+
+
+def build_network(architecture: dict):
+    from .networks import build_network as build
+
+    return build(architecture)
+
+
+def run(view, network, options, progress=None, cancel=None):
+    from .infer import detect_dense
+
+    return detect_dense(view.volume, view.modality, network, progress=progress, cancel=cancel)
+
+
+FAMILY = register_family(ModelFamily(
+    name=NAME, role="detector", build_network=build_network, run=run,
+    description="paper 002: 3-D column U-Net x 2-D level-index U-Net, votes aggregated per level"))

@@ -1,0 +1,36 @@
+"""Stage 2b of `--model ensemble`: the dense family's level evidence joins Mask R-CNN's.
+
+Mask R-CNN (with the body segmenter) gives the bodies, masks and centroids; the dense detector
+adds its level distribution, pooled per matched body (`models.dense.ensemble.fuse_level_evidence`).
+needs: image, vertebrae. gives: vertebrae (level scores), models, notes["fuse"].
+"""
+from __future__ import annotations
+
+from ..core.result import SpineResult
+from .base import RunContext
+from .locate import record_models
+
+DENSE_MODEL = "vertebra-dense-detector"
+
+
+class FuseDenseEvidence:
+    name = "fuse"
+    needs = ("image", "vertebrae")
+    gives = ("vertebrae", "models")
+    share = 0.4
+
+    def __init__(self, dense_model=None) -> None:
+        self.dense_model = dense_model        # a LoadedModel, or None for the bundled dense detector
+
+    def run(self, result: SpineResult, context: RunContext) -> None:
+        from ..models.dense.ensemble import fuse_level_evidence
+        from ..models.families import family_of_card
+        from ..models.registry import load_model
+
+        dense = self.dense_model or load_model(DENSE_MODEL)
+        output = family_of_card(dense.card).run(result.canonical_view(), dense.network, context.options,
+                                                context.progress, context.cancel)
+        matched = fuse_level_evidence(result.vertebrae, output.bodies)
+        record_models(result, dense)
+        result.notes[self.name] = {"dense_bodies": len(output.bodies), "matched": matched,
+                                   "dense_levels": [b.get("vote_level") for b in output.bodies]}

@@ -1,0 +1,276 @@
+"""The dense detector family (paper 002): dense labels, aggregation, losses, networks, weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SpineLabelLib.core import anatomy
+from SpineLabelLib.models.dense import aggregate as agg
+from SpineLabelLib.models.dense import targets
+
+torch = pytest.importorskip("torch")
+
+
+def _straight_column(names, spacing=1.0, step_mm=30.0, x=20.0, col=25.0, top_mm=20.0):
+    """Centroids (voxel indices) on a vertical line, one every step_mm."""
+    return [(n, np.array([x, (top_mm + k * step_mm) / spacing, col])) for k, n in enumerate(names)]
+
+
+# --- dense labels from sparse centroids -------------------------------------------------------
+def test_disc_radius_follows_body_size_and_grows_down_the_column():
+    assert targets.disc_radius_mm("C4") < targets.disc_radius_mm("T6") < targets.disc_radius_mm("L3")
+    size = anatomy.body_size("L3")
+    assert targets.disc_radius_mm("L3") == pytest.approx((size.width + size.depth) / 4)
+
+
+def test_level_axis_places_transitional_vertebrae_between_neighbours():
+    axis = targets.AXIS
+    assert axis["C1"] == 1 and axis["T12"] == 19 and axis["L1"] == 20 and axis["L5"] == 24
+    assert axis["T12"] < axis["T13"] < axis["L1"] and axis["L5"] < axis["L6"] < axis["S1"]
+    # Rounding to the nearest axis value gives back every level.
+    for name in anatomy.ORDER:
+        assert targets.BIN_NAMES[int(targets.nearest_bin(np.array([axis[name]]))[0])] == name
+
+
+def test_dense_labels_are_discs_of_level_radius_along_the_centroid_line():
+    names = ["T12", "L1", "L2"]
+    column = _straight_column(names)
+    labels = targets.dense_labels((40, 120, 50), 1.0, column)
+    middle_row = int(column[1][1][1])                   # L1's centroid row
+    plane = labels[:, middle_row, :]
+    assert set(np.unique(plane)) == {0.0, targets.AXIS["L1"]}
+    # The disc is round with L1's radius around the line (x=20, col=25).
+    xs, cs = np.nonzero(plane)
+    distance = np.hypot(xs - 20, cs - 25)
+    radius = targets.disc_radius_mm("L1")
+    assert distance.max() <= radius + 1e-6 and distance.max() > radius - 1.5
+    # Along the line the level changes at the midpoints between centroids.
+    along = labels[20, :, 25]
+    boundary = 35                                       # midpoint between T12 (row 20) and L1 (row 50)
+    assert along[boundary - 2] == targets.AXIS["T12"] and along[boundary + 2] == targets.AXIS["L1"]
+    # The end segments are as long as the neighbouring half-distances: L2 ends 15 mm below its centroid.
+    assert along[80 + 13] == targets.AXIS["L2"] and along[80 + 17] == 0
+
+
+def test_dense_labels_use_the_grid_spacing():
+    column_1mm = _straight_column(["L1", "L2"], spacing=1.0)
+    column_2mm = _straight_column(["L1", "L2"], spacing=2.0, x=10.0, col=12.5)
+    coarse = targets.dense_labels((20, 60, 25), 2.0, [(n, p) for n, p in column_2mm])
+    fine = targets.dense_labels((40, 120, 50), 1.0, column_1mm)
+    assert abs((coarse > 0).sum() * 8 - (fine > 0).sum()) / (fine > 0).sum() < 0.1
+
+
+def test_s1_ends_l5_segment_but_labels_nothing():
+    labels = targets.dense_labels((40, 130, 50), 1.0, _straight_column(["L4", "L5", "S1"]))
+    assert targets.AXIS["S1"] not in np.unique(labels)
+    along = labels[20, :, 25]
+    assert along[50 + 13] == targets.AXIS["L5"] and along[50 + 17] == 0    # L5-S1 midpoint at row 65
+
+
+def test_unlabelled_above_marks_rows_above_the_first_segment():
+    column = _straight_column(["L1", "L2", "L3"], top_mm=60.0)
+    ignore = targets.unlabelled_above((40, 160, 50), 1.0, column, margin_mm=2.0)
+    assert ignore[:, :40].all() and not ignore[:, 45:].any()          # L1's segment starts at row 45
+    both = targets.unlabelled_above((40, 160, 50), 1.0, column, margin_mm=2.0, below=True)
+    assert both[:, 140:].all() and not both[:, 60:130].any()          # L3's segment ends at row 135
+
+
+# --- dense to sparse --------------------------------------------------------------------------
+def _maps(names, drop_votes_of=None, keep_votes=None):
+    column = _straight_column(names)
+    labels = targets.dense_labels((40, 20 + 30 * len(names) + 20, 50), 1.0, column)
+    detection = (labels > 0).astype(np.float32)
+    index = labels.copy()
+    if drop_votes_of is not None:
+        # Keep only `keep_votes` voxels voting for that level; the rest of its tube is background.
+        voxels = np.argwhere(labels == targets.AXIS[drop_votes_of])
+        detection[tuple(voxels[keep_votes:].T)] = 0.0
+    return column, detection, index
+
+
+def test_aggregation_finds_each_level_at_its_centroid():
+    column, detection, index = _maps(["T11", "T12", "L1", "L2"])
+    bodies, instances = agg.aggregate(detection, index, 1.0)
+    assert [b.level for b in bodies] == ["T11", "T12", "L1", "L2"]
+    for body, (_, truth) in zip(bodies, column):
+        assert np.linalg.norm(body.centroid - truth) <= 1.0           # median of a symmetric tube
+        assert max(body.level_probs, key=body.level_probs.get) == body.level
+        assert sum(body.level_probs.values()) == pytest.approx(1.0)
+    assert set(np.unique(instances)) == {0, 1, 2, 3, 4}
+
+
+def test_vote_threshold_drops_levels_with_too_few_votes():
+    threshold = agg.vote_threshold_mm3("T12")
+    assert threshold == max(agg.MIN_VOTES_MM3, 0.4 * targets.disc_radius_mm("T12") ** 3)
+    few = int(threshold) - 10
+    _, detection, index = _maps(["T11", "T12", "L1"], drop_votes_of="T12", keep_votes=few)
+    assert [b.level for b in agg.aggregate(detection, index, 1.0)[0]] == ["T11", "L1"]
+    _, detection, index = _maps(["T11", "T12", "L1"], drop_votes_of="T12", keep_votes=int(threshold) + 10)
+    assert [b.level for b in agg.aggregate(detection, index, 1.0)[0]] == ["T11", "T12", "L1"]
+    # The threshold is in mm^3: the same votes on a 2 mm grid count eight times as much.
+    assert [b.level for b in agg.aggregate(detection, index, 2.0)[0]][1] == "T12"
+
+
+def test_level_probabilities_come_from_the_vote_distribution():
+    split = np.concatenate([np.full(600, targets.AXIS["L4"]), np.full(400, targets.AXIS["L5"])])
+    probs = agg.level_distribution(split)
+    assert probs["L4"] > probs["L5"] > 0.2 > probs["L3"]
+    assert agg.level_distribution(np.full(500, 20.0))["L1"] > 0.9
+
+
+# --- losses -----------------------------------------------------------------------------------
+def test_identification_l1_ignores_background():
+    from SpineLabelLib.training.dense import identification_loss
+
+    target = torch.tensor([[0.0, 20.0, 21.0, 0.0]])
+    predicted = torch.tensor([[99.0, 21.0, 19.0, -50.0]], requires_grad=True)
+    loss = identification_loss(predicted, target)
+    assert loss.item() == pytest.approx((1.0 + 2.0) / 2)
+    loss.backward()
+    assert predicted.grad[0, 0] == 0 and predicted.grad[0, 3] == 0 and predicted.grad[0, 1] != 0
+
+
+def test_detection_loss_weights_column_and_skips_invalid_voxels():
+    from SpineLabelLib.training.dense import detection_loss
+
+    logits = torch.zeros(1, 4)
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    valid = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    changed = logits.clone()
+    changed[0, 3] = 50.0                                           # a wrong answer where nothing counts
+    assert detection_loss(changed, target, valid).item() == pytest.approx(detection_loss(logits, target, valid).item())
+
+
+# --- networks ---------------------------------------------------------------------------------
+def _tiny_config():
+    from SpineLabelLib.models.dense import DenseConfig
+
+    return DenseConfig(detect_widths=(2, 4), detect_patch=(4, 4, 4), identify_widths=(2, 4, 4),
+                       identify_slices=8, identify_crop=(16, 8), bottom_kernel=(5, 3))
+
+
+def test_both_networks_forward_and_backward_on_tiny_inputs():
+    from SpineLabelLib.models.dense import build_network
+
+    torch.manual_seed(0)
+    network = build_network(_tiny_config())
+    volume = torch.randn(2, 1, 4, 8, 4)
+    stacks = torch.randn(2, 8, 16, 8)
+    column = network.detection(volume)
+    index = network.identification(stacks)
+    assert column.shape == (2, 4, 8, 4) and index.shape == (2, 16, 8)
+    (column.mean() + index.mean()).backward()
+    assert all(p.grad is not None for p in network.parameters() if p.requires_grad)
+
+
+def test_lowest_level_kernels_are_large_and_anisotropic():
+    from SpineLabelLib.models.dense import DenseConfig, build_network
+
+    network = build_network(DenseConfig())
+    bottom = network.identification.down[-1][0]
+    assert tuple(bottom.kernel_size) == DenseConfig().bottom_kernel
+    assert bottom.kernel_size[0] > 3 * bottom.kernel_size[1]          # long along the column
+
+
+# --- weights ----------------------------------------------------------------------------------
+def test_tampered_dense_weights_are_refused(tmp_path):
+    from SpineLabelLib.models.dense import build_network
+    from SpineLabelLib.models.cards import export_weights, load_network
+    from SpineLabelLib.core.errors import ModelError
+
+    config = _tiny_config()
+    card = export_weights(build_network(config).state_dict(), config, tmp_path, {"name": "tiny", "version": "0",
+                          "task": "t", "modality": ["ct"], "levels": []})
+    assert card["architecture"]["family"] == "dense-two-stage"
+    loaded = load_network(tmp_path)
+    assert loaded.config.identify_widths == config.identify_widths
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_network(tmp_path)
+
+
+# --- end to end (bundled weights) -------------------------------------------------------------
+def _bundled_dense_installed() -> bool:
+    from SpineLabelLib.models.registry import list_models
+
+    return "vertebra-dense-detector" in {card["name"] for card in list_models()}
+
+
+@pytest.fixture(scope="module")
+def lumbar_ct_phantom(tmp_path_factory):
+    from SpineLabelLib.phantom import generate_phantom
+    from SpineLabelLib.core.volume import save_volume
+
+    folder = tmp_path_factory.mktemp("dense_input")
+    phantom = generate_phantom(["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"], "ct", spacing=(1.0, 1.0, 2.0),
+                               seed=21, rotation_deg=(4.0, 0.0, -3.0), crop_to_spine=True)
+    return save_volume(phantom.image, folder / "dense_case.nii.gz"), phantom
+
+
+@pytest.mark.skipif(not _bundled_dense_installed(), reason="vertebra-dense-detector not bundled")
+@pytest.mark.parametrize("model", ["vertebra-dense-detector", "ensemble"])
+def test_run_with_dense_or_ensemble_model_names_the_phantom_bodies(lumbar_ct_phantom, tmp_path, model):
+    import json
+    import subprocess
+    import sys
+
+    path, phantom = lumbar_ct_phantom
+    proc = subprocess.run([sys.executable, "-m", "SpineLabelLib", "run", str(path), "--out", str(tmp_path),
+                           "--model", model, "-q"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "dense_case" / "dense_case.json").read_text())
+    names = [m["name"] for m in summary["models"]]
+    assert "vertebra-dense-detector" in names
+    if model == "ensemble":
+        assert "vertebra-detector" in names and all(m["sha256"] for m in summary["models"])
+    found = [(v["level"], np.array(v["centroid_ras"])) for v in summary["vertebrae"]]
+    truth = {v["level"]: np.array(v["centroid_ras"]) for v in phantom.truth["vertebrae"] if v["level"] != "S1"}
+    # Bodies are found where the vertebrae are; naming accuracy is the bench's business
+    # (bench/families.py), except that the ensemble must keep Mask R-CNN's naming of this easy case.
+    located = [level for level, centre in truth.items()
+               if any(np.linalg.norm(point - centre) < 20 for _, point in found)]
+    assert len(located) >= len(truth) - 1, ([n for n, _ in found], sorted(truth))
+    if model == "ensemble":
+        named = [level for level, centre in truth.items()
+                 if any(n == level and np.linalg.norm(point - centre) < 20 for n, point in found)]
+        assert len(named) >= len(truth) - 1, ([n for n, _ in found], sorted(truth))
+    assert (tmp_path / "dense_case" / "dense_case.seg.nrrd").is_file()
+
+
+def test_ensemble_fuses_level_evidence_of_matched_bodies_only():
+    from SpineLabelLib.models.dense.ensemble import fuse_level_evidence
+    from SpineLabelLib.core.result import Vertebra
+
+    even = {"L1": 0.5, "L2": 0.5}
+    vertebrae = [Vertebra("L1", np.array([0.0, 0.0, 100.0]), instance=1, level_scores=dict(even)),
+                 Vertebra("L2", np.array([0.0, 0.0, 65.0]), instance=2, level_scores=dict(even))]
+    dense = [{"centroid_ras": np.array([0.0, 2.0, 101.0]), "level_probs": {"L1": 0.1, "L2": 0.9}}]
+    assert fuse_level_evidence(vertebrae, dense) == 1
+    assert vertebrae[0].level == "L2" and vertebrae[0].level_scores["L2"] == pytest.approx(0.75)   # sqrt pooled
+    assert vertebrae[1].level_scores == even                   # 36 mm away: not the same vertebra
+
+
+@pytest.mark.parametrize("with_t13", [False, True])
+def test_transitional_level_needs_a_whole_segment_of_votes(with_t13):
+    names = ["T11", "T12", "T13", "L1", "L2"] if with_t13 else ["T11", "T12", "L1", "L2"]
+    column = [(n, np.array([30.0, 20 + 16 * k, 40.0])) for k, n in enumerate(names)]
+    labels = targets.dense_labels((60, 20 + 16 * len(names) + 20, 80), 2.0, column)
+    # Index errors of a quarter level: the T12/L1 boundary spills votes into T13's half-width bin.
+    noisy = labels + np.random.default_rng(0).normal(0, 0.25, labels.shape).astype(np.float32)
+    bodies, _ = agg.aggregate((labels > 0).astype(np.float32), noisy, 2.0)
+    assert [b.level for b in bodies] == names
+
+
+def test_scattered_votes_do_not_move_a_level_centroid_or_make_a_second_body():
+    column, detection, index = _maps(["T11", "T12", "L1", "L2"])
+    # An island of stray "L1" votes inside T11's tube (index noise): L1 stays at its centroid.
+    t11_row = int(column[0][1][1])
+    island = (slice(10, 30), slice(t11_row - 10, t11_row + 10), slice(15, 35))
+    index[island] = targets.AXIS["L1"]
+    bodies, _ = agg.aggregate(detection, index, 1.0)
+    assert [b.level for b in bodies] == ["T11", "T12", "L1", "L2"]
+    l1 = bodies[2]
+    assert np.linalg.norm(l1.centroid - column[2][1]) <= 1.0
