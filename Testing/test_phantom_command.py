@@ -61,3 +61,30 @@ def test_phantom_command_files_load_in_slicer_with_centroids_inside(tmp_path):
         ras = np.array(points.GetNthControlPointPositionVector(n))
         i, j, k = np.rint(ras_to_ijk @ np.append(ras, 1.0))[:3].astype(int)
         assert array[k, j, i] == seg_ids.index(label) + 1, f"{label} centroid is not inside its segment"
+
+
+def test_phantom_command_slip_is_in_the_truth_and_measured_back(tmp_path):
+    """`--listhesis L4:6`: the truth records the 6 mm anterior slip (and its analytic corner-to-corner
+    value), and `spinelabel measure` on the phantom's own segmentation finds it within a millimetre."""
+    from SpineLabelLib.io.tables import read_csv_rows
+
+    argv = ["phantom", "--out", str(tmp_path), "--levels", "L2-S1", "--modality", "ct", "--spacing", "1,1,1",
+            "--rotation", "6,0,-4", "--listhesis", "L4:6", "--case", "slip"]
+    assert main(argv) == 0
+    truth = json.loads((tmp_path / "slip_truth.json").read_text())
+    assert truth["parameters"]["listhesis"] == {"L4": 6.0}
+    slips = truth["alignment"]["listhesis"]            # analytic, corner to corner as measured
+    assert slips["L4-L5"]["applied_mm"] == 6.0 and slips["L3-L4"]["applied_mm"] == 0.0
+    assert main(["measure", "--image", str(tmp_path / "slip.nii.gz"), "--seg", str(tmp_path / "slip.seg.nrrd"),
+                 "--out", str(tmp_path / "tables")]) == 0
+    rows = {r["name"]: r for r in read_csv_rows(tmp_path / "tables" / "slip.alignment.csv") if r["unit"] == "mm"}
+    assert rows["listhesis:L4-L5"]["value"] == pytest.approx(slips["L4-L5"]["mm"], abs=1.0)
+    assert rows["listhesis:L3-L4"]["value"] == pytest.approx(slips["L3-L4"]["mm"], abs=1.0)
+    assert rows["listhesis:L4-L5"]["value"] > 4.0 > abs(rows["listhesis:L3-L4"]["value"])
+
+
+def test_phantom_command_refuses_a_bad_slip(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path), "--levels", "L2-L5", "--listhesis", "L5:6"]) == 1
+    assert "listhesis level L5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["phantom", "--out", str(tmp_path), "--listhesis", "L4:far"])

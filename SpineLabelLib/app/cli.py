@@ -35,6 +35,14 @@ def _spacing(text: str) -> tuple[float, ...]:
     return values
 
 
+def _listhesis(text: str) -> tuple[str, float]:
+    level, _, millimetres = text.partition(":")
+    try:
+        return level.upper(), float(millimetres)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"listhesis must look like L4:6 (level:mm, negative = posterior), got {text!r}") from None
+
+
 def _fracture(text: str) -> tuple[str, str, float]:
     parts = text.split(":")
     if len(parts) != 3 or parts[1] not in ("wedge", "biconcave", "crush"):
@@ -65,7 +73,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     phantom = generate_phantom(
         levels, modality=args.modality, spacing=args.spacing, seed=args.seed, fractures=fractures,
         lordosis_deg=args.lordosis, scoliosis_deg=args.scoliosis, rotation_deg=args.rotation,
-        field_of_view=args.fov, physiological_curves=args.physiological_curves)
+        field_of_view=args.fov, physiological_curves=args.physiological_curves,
+        listhesis=dict(args.listhesis) if args.listhesis else None)
     from ..core.paths import safe_name
 
     name = safe_name(args.case or f"phantom_{levels[0]}-{levels[-1]}_{args.modality}_s{args.seed}")
@@ -203,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=_spacing, default=(1.0, 1.0, 1.0), help="voxel size i,j,k in mm, e.g. 0.8,0.8,2")
     p.add_argument("--fracture", type=_fracture, action="append", metavar="LEVEL:TYPE:PCT",
                    help="e.g. L1:wedge:30 (wedge|biconcave|crush); repeatable")
+    p.add_argument("--listhesis", type=_listhesis, action="append", metavar="LEVEL:MM",
+                   help="e.g. L4:6: L4 slips 6 mm anterior over the level below (negative: posterior); repeatable")
     p.add_argument("--lordosis", type=float, default=0.0, help="sagittal curvature in degrees")
     p.add_argument("--scoliosis", type=float, default=0.0, help="coronal curvature in degrees")
     p.add_argument("--rotation", type=lambda t: _floats(t, 3), default=(0.0, 0.0, 0.0),
