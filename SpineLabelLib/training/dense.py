@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import anatomy
-from ..models.dense.networks import FAMILY, DenseConfig, build_network
+from ..models.dense.networks import FAMILY, DenseConfig, build_network, downsample_mean
 from ..models.dense.targets import BIN_NAMES, dense_labels, nearest_bin, unlabelled_above
 
 
@@ -143,14 +143,6 @@ class DenseCase:
         self.ignore4 = downsample_mean(self.ignore.astype(np.float32)) > 0
         self.foreground4 = np.argwhere(self.column4)
         self.foreground = np.argwhere((self.target > 0) & ~self.ignore)
-
-
-def downsample_mean(array: np.ndarray) -> np.ndarray:
-    """2x2x2 block means (odd sides padded by edge values): 2 mm -> 4 mm."""
-    pad = [(0, s % 2) for s in array.shape]
-    array = np.pad(array, pad, mode="edge")
-    x, r, c = (s // 2 for s in array.shape)
-    return array.reshape(x, 2, r, 2, c, 2).mean(axis=(1, 3, 5))
 
 
 def crop(array: np.ndarray, low, size, fill=0.0) -> np.ndarray:

@@ -23,7 +23,7 @@ from ..maskrcnn.data import normalise_intensity
 from ..maskrcnn.infer import DetectionOutput, _check, to_input_grid, torch_threads
 from ...core.volume import Volume, resample_to_canonical
 from .aggregate import aggregate
-from ...training.dense import downsample_mean
+from .networks import downsample_mean
 
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from ..maskrcnn.network import CardConfig
@@ -119,3 +120,12 @@ def build_network(config: DenseConfig | dict | None = None) -> DenseDetector:
     if isinstance(config, dict):
         config = DenseConfig.from_dict(config)
     return DenseDetector(config or DenseConfig())
+
+
+# Stage 1 sees the case at twice stage 2's spacing; training and inference downsample alike.
+def downsample_mean(array: np.ndarray) -> np.ndarray:
+    """2x2x2 block means (odd sides padded by edge values): 2 mm -> 4 mm."""
+    pad = [(0, s % 2) for s in array.shape]
+    array = np.pad(array, pad, mode="edge")
+    x, r, c = (s // 2 for s in array.shape)
+    return array.reshape(x, 2, r, 2, c, 2).mean(axis=(1, 3, 5))
