@@ -73,14 +73,19 @@ def _plate(plates: dict[str, BodyEndplates], level: str, side: str) -> Endplate 
     return None if body is None else getattr(body, side)
 
 
-def _segmental_rows(levels, plates) -> list[dict]:
-    rows = []
+def _facing_plates(levels, plates):
+    """Each adjacent pair with both facing endplates: (upper, lower, upper's inferior, lower's superior)."""
     for upper, lower in zip(levels, levels[1:]):
         if not adjacent(upper, lower):
             continue
         a, b = _plate(plates, upper, "inferior"), _plate(plates, lower, "superior")
-        if a is None or b is None:
-            continue
+        if a is not None and b is not None:
+            yield upper, lower, a, b
+
+
+def _segmental_rows(levels, plates) -> list[dict]:
+    rows = []
+    for upper, lower, a, b in _facing_plates(levels, plates):
         value = segmental_deg(a, b) if a.usable and b.usable else None
         rows.append(_row(f"segmental:{upper}-{lower}", value, "deg", f"{upper}-{lower}", "sagittal", [a, b]))
     return rows
@@ -110,12 +115,7 @@ def _cobb_row(levels, plates, centroids) -> dict | None:
 
 def _listhesis_rows(levels, plates) -> list[dict]:
     rows = []
-    for upper, lower in zip(levels, levels[1:]):
-        if not adjacent(upper, lower):
-            continue
-        a, b = _plate(plates, upper, "inferior"), _plate(plates, lower, "superior")
-        if a is None or b is None:
-            continue
+    for upper, lower, a, b in _facing_plates(levels, plates):
         found = slip(a, b) if a.usable and b.usable else None
         extra = [] if found is not None or not (a.usable and b.usable) else ["corner_not_found"]
         name, pair = f"listhesis:{upper}-{lower}", f"{upper}-{lower}"

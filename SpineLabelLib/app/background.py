@@ -23,8 +23,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:                  # this file also runs as the worker script: no package imports at load
+    from SpineLabelLib.core.options import RunOptions
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
@@ -39,7 +43,7 @@ class Status:
 class BackgroundRun:
     """One detection job in a child process: `start()`, then `poll()` until not running, then `result()`."""
 
-    def __init__(self, volume, case_id: str, options: "RunOptions | None" = None, python: str | None = None):
+    def __init__(self, volume, case_id: str, options: RunOptions | None = None, python: str | None = None):
         from SpineLabelLib.core.options import RunOptions   # absolute: this file also runs as the worker script
 
         self.volume, self.case_id = volume, case_id

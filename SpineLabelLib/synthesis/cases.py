@@ -1,6 +1,6 @@
 """Training cases from everything real we have, plus synthesis and phantoms, as detector .npz files.
 
-    python -m SpineLabelLib.synthesis.cases --data ../shared/data --out checkpoints/data_mix \
+    python -m SpineLabelLib.synthesis.cases --data DATA --out checkpoints/data_mix \
         [--rounds 4] [--phantoms 10] [--hold-out verse012,lidc-0001,mri-discs]
 
 Writes into --out (skipping files that exist, so it can run while training reads the folder):

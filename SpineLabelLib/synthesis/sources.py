@@ -1,7 +1,7 @@
 """The real spine data we have, read into (image or None, label map in VerSe codes) pairs.
 
 Every reader says what its labels are: whole vertebrae (to be cut to bodies, `bodies.body_masks`)
-or bodies. Paths are relative to a data root laid out as ../shared/data (see its README); nothing
+or bodies. Paths are relative to a data root (the project's benchmark data folder, laid out as its README says); nothing
 here is needed at run time or by the unit tests.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Phantom spines with real geometry: curvature and field of view of the VID keypoint spines.
 
-The VID dataset (Bürgin et al., MICCAI 2023; ../shared/data/keypoints/vid) gives, for 1947 real
+The VID dataset (Bürgin et al., MICCAI 2023; keypoints/vid under the data root) gives, for 1947 real
 spines, the body keypoints (world mm, LPS) of the levels in view. From each spine we take:
   levels        the contiguous run of labelled levels (its field of view; T13/L6 when labelled)
   lordosis_deg  the sagittal angle between the spine's direction at its top and at its bottom

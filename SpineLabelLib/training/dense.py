@@ -1,10 +1,10 @@
 """Train the dense detector's two stages from scratch; resumable, checkpoints every few minutes.
 
-    python -m SpineLabelLib.dense.train prepare --mri DATA/mri-lumbar --ct DATA/ct/verse012 \
+    python -m SpineLabelLib.training.dense prepare --mri DATA/mri-lumbar --ct DATA/ct/verse012 \
         --phantoms 60 --out checkpoints/densedata
-    nohup nice -n 5 python -m SpineLabelLib.dense.train fit --data checkpoints/densedata \
+    nohup nice -n 5 python -m SpineLabelLib.training.dense fit --data checkpoints/densedata \
         --out checkpoints/dense --minutes 85 > checkpoints/dense/train.log 2>&1 &
-    python -m SpineLabelLib.dense.train export --checkpoint checkpoints/dense/last.pt \
+    python -m SpineLabelLib.training.dense export --checkpoint checkpoints/dense/last.pt \
         --out Resources/Models/vertebra-dense-detector
 
 Every case becomes one .npz on the canonical 2 mm grid: normalised image, the dense level-axis
@@ -410,7 +410,9 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.dense.train")
+    from .commands import add_export_command, add_fit_command, run_export
+
+    parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.training.dense")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
     p.add_argument("--mri", default="")
@@ -418,33 +420,18 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", type=int, default=60)
     p.add_argument("--first-seed", type=int, default=1000)
     p.add_argument("--out", required=True)
-    f = commands.add_parser("fit")
-    f.add_argument("--data", required=True)
-    f.add_argument("--out", required=True)
-    f.add_argument("--iterations", type=int, default=20000)
-    f.add_argument("--minutes", type=float, default=0.0, help="training-time budget (0 = none)")
+    f = add_fit_command(commands, iterations=20000, lr=1e-3, eval_every=250, threads=1)
     f.add_argument("--detect-batch", type=int, default=16)
     f.add_argument("--identify-batch", type=int, default=16)
-    f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--phantom-share", type=float, default=0.5)
     f.add_argument("--ct-share", type=float, default=0.05)
-    f.add_argument("--eval-every", type=int, default=250)
-    f.add_argument("--save-minutes", type=float, default=4.0)
-    f.add_argument("--threads", type=int, default=1)
-    e = commands.add_parser("export")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--name", default="vertebra-dense-detector")
-    e.add_argument("--version", default="0.1.0")
-    e.add_argument("--card", default="")
+    add_export_command(commands, "vertebra-dense-detector")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri) if args.mri else None, [Path(c) for c in args.ct], args.phantoms, args.first_seed,
                 Path(args.out))
     elif args.command == "export":
-        card = export(Path(args.checkpoint), Path(args.out), args.name, args.version,
-                      Path(args.card) if args.card else None)
-        print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "weights_bytes")}))
+        run_export(export, args)
     else:
         fit(args)
     return 0

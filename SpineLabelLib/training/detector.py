@@ -213,6 +213,8 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
 
 
 def main(argv=None) -> int:
+    from .commands import add_export_command, add_fit_command, run_export
+
     parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.training.detector")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
@@ -228,22 +230,8 @@ def main(argv=None) -> int:
     q = commands.add_parser("pseudo")
     q.add_argument("--data", required=True)
     q.add_argument("--model", required=True)
-    e = commands.add_parser("export")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--name", default="vertebra-detector")
-    e.add_argument("--version", default="0.1.0")
-    e.add_argument("--card", default="", help="JSON file merged into the model card (data, split, metrics)")
-    f = commands.add_parser("fit")
-    f.add_argument("--data", required=True)
-    f.add_argument("--out", required=True)
-    f.add_argument("--iterations", type=int, default=9000)
-    f.add_argument("--minutes", type=float, default=0.0, help="training-time budget (0 = none)")
-    f.add_argument("--batch", type=int, default=4)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--eval-every", type=int, default=500)
-    f.add_argument("--save-minutes", type=float, default=4.0)
-    f.add_argument("--threads", type=int, default=2)
+    add_export_command(commands, "vertebra-detector")
+    f = add_fit_command(commands, iterations=9000, lr=1e-3, eval_every=500, threads=2, batch=4)
     f.add_argument("--config", default="", help="JSON overrides of DetectorConfig (new runs only)")
     f.add_argument("--init", default="", help="checkpoint whose weights start a new (fine-tuning) run")
     f.add_argument("--bottom-cut", type=float, default=0.0, help="share of slices cut below a random body")
@@ -255,9 +243,7 @@ def main(argv=None) -> int:
     elif args.command == "pseudo":
         pseudo_label_above(Path(args.data), Path(args.model))
     elif args.command == "export":
-        card = export(Path(args.checkpoint), Path(args.out), args.name, args.version,
-                      Path(args.card) if args.card else None)
-        print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "weights_bytes")}))
+        run_export(export, args)
     elif args.command == "phantoms":
         prepare_phantoms(Path(args.out), args.count, args.first_seed, args.spacing, args.only_ct)
     else:

@@ -95,6 +95,8 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
 
 
 def main(argv=None) -> int:
+    from .commands import add_export_command, add_fit_command, run_export
+
     parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.training.segmenter")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
@@ -103,31 +105,15 @@ def main(argv=None) -> int:
     p.add_argument("--phantom-count", type=int, default=24)
     p.add_argument("--out", required=True)
     p.add_argument("--spacing", type=float, default=1.0)
-    f = commands.add_parser("fit")
-    f.add_argument("--data", required=True)
-    f.add_argument("--out", required=True)
-    f.add_argument("--iterations", type=int, default=4000)
-    f.add_argument("--minutes", type=float, default=0.0, help="training-time budget (0 = none)")
-    f.add_argument("--batch", type=int, default=8)
-    f.add_argument("--lr", type=float, default=2e-3)
+    f = add_fit_command(commands, iterations=4000, lr=2e-3, eval_every=250, threads=1, batch=8)
     f.add_argument("--phantom-share", type=float, default=0.25)
-    f.add_argument("--eval-every", type=int, default=250)
-    f.add_argument("--save-minutes", type=float, default=4.0)
-    f.add_argument("--threads", type=int, default=1)
-    e = commands.add_parser("export")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--name", default="vertebral-body-segmenter")
-    e.add_argument("--version", default="0.1.0")
-    e.add_argument("--card", default="")
+    add_export_command(commands, "vertebral-body-segmenter")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri), Path(args.phantoms) if args.phantoms else None, Path(args.out), args.spacing,
                 args.phantom_count)
     elif args.command == "export":
-        card = export(Path(args.checkpoint), Path(args.out), args.name, args.version,
-                      Path(args.card) if args.card else None)
-        print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "weights_bytes")}))
+        run_export(export, args)
     else:
         fit(args)
     return 0

@@ -62,17 +62,9 @@ class BodyUNet(nn.Module):
         self.head = nn.Conv2d(channels, 1, 1)
 
     def forward(self, images):
-        import torch
+        from ..unet import encode_decode
 
-        skips = []
-        x = images
-        for n, block in enumerate(self.down):
-            x = block(x if n == 0 else self.pool(x))
-            skips.append(x)
-        skips.pop()
-        for upsample, block in zip(self.upsample, self.up):
-            x = block(torch.cat([upsample(x), skips.pop()], dim=1))
-        return self.head(x)[:, 0]
+        return encode_decode(self, images)
 
 
 def build_model(config: SegmenterConfig | None = None) -> BodyUNet:

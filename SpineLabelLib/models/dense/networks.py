@@ -86,16 +86,9 @@ class _UNet(nn.Module):
         self.head = (nn.Conv3d if dims == 3 else nn.Conv2d)(channels, 1, 1)
 
     def forward(self, x):
-        import torch
+        from ..unet import encode_decode
 
-        skips = []
-        for n, block in enumerate(self.down):
-            x = block(x if n == 0 else self.pool(x))
-            skips.append(x)
-        skips.pop()
-        for upsample, block in zip(self.upsample, self.up):
-            x = block(torch.cat([upsample(x), skips.pop()], dim=1))
-        return self.head(x)[:, 0]
+        return encode_decode(self, x)
 
 
 class DenseDetector(nn.Module):
