@@ -563,6 +563,13 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
                 return False
         return True
 
+    def ensureExtra(self, extra: str) -> None:
+        """A feature's optional packages (core/optional.SLICER_ON_DEMAND), installed once the user agrees."""
+        from SpineLabelLib.core.optional import SLICER_ON_DEMAND
+
+        if hasattr(slicer, "packaging"):        # Slicer >= 5.11; RuntimeError when the user declines
+            slicer.packaging.pip_ensure(list(SLICER_ON_DEMAND[extra]), prompt_install=True, requester="SpineLabel")
+
     # --- detection -----------------------------------------------------------------------------
     def process(self, volumeNode, options: RunOptions | None = None):
         """Detect, name, segment and measure in this process (blocking; console and scripts).
@@ -755,10 +762,12 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
     def exportDicomSeg(self, folder):
         """``<folder>/<case>.seg.dcm`` referencing the DICOM series the volume was loaded from (Slicer's
         DICOM database gives its files); a one-line InputError when the volume did not come from DICOM."""
-        from SpineLabelLib.io import dicom_seg
         from SpineLabelLib.slicer_adapter import dicom, scene
 
         files = dicom.dicom_files_of(self.nodes.volume, getattr(slicer, "dicomDatabase", None))
+        self.ensureExtra("dicom")
+        from SpineLabelLib.io import dicom_seg
+
         self.result = scene.nodes_to_result(self.nodes, previous=self.result)
         return dicom_seg.export_dicom_seg(self.result, files, folder)
 

@@ -412,3 +412,16 @@ def test_export_dicom_seg_of_a_volume_not_from_dicom_says_so(module, monkeypatch
     with pytest.raises(InputError, match="not loaded from a DICOM series") as error:
         logic.exportDicomSeg(tmp_path / "seg")
     assert "\n" not in str(error.value) and not (tmp_path / "seg").exists()
+
+
+def test_what_the_module_installs_on_demand_is_the_declared_extra():
+    import re
+    import tomllib
+
+    from SpineLabelLib.core.optional import SLICER_ON_DEMAND
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra, requirements in SLICER_ON_DEMAND.items():
+        assert set(requirements) <= set(extras[extra])
+        assert all(re.match(r"^[A-Za-z0-9_.-]+>=", r) for r in requirements)        # >= , never pinned
