@@ -442,7 +442,7 @@ class SpineLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.vertebraComboBox
         current = combo.currentIndex
         combo.clear()
-        warning = qt.QApplication.style().standardIcon(qt.QStyle.SP_MessageBoxWarning)
+        warning = slicer.app.style().standardIcon(qt.QStyle.SP_MessageBoxWarning)
         for index, row in enumerate(panel.vertebra_rows(self.logic.result)):
             if row.low:
                 combo.addItem(warning, row.text)
