@@ -17,7 +17,7 @@ MODULE = ROOT / "SpineLabel" / "SpineLabel.py"
 BATCH = ROOT / "SpineLabel" / "Scripts" / "batch.py"
 
 STDLIB_OK = {"__future__", "enum", "os", "sys", "pathlib", "typing", "copy", "tempfile", "argparse", "unittest"}
-SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils"}
+SLICER_OK = {"qt", "ctk", "vtk", "slicer", "PyTorchUtils", "SampleData"}   # SampleData: a Slicer core module
 ENGINE_FACADE = {"app", "slicer_adapter", "correction", "dataset", "core", "io", "phantom"}
 #: engine modules the panel imports at load for its lists of choices; they must stay stdlib-only
 CHOICE_MODULES = {"SpineLabelLib.core.options", "SpineLabelLib.core.anatomy"}

@@ -270,3 +270,31 @@ def test_the_check_fails_when_a_used_widget_changes_to_an_incompatible_class(app
     element.set("class", "QWidget")
     found = problems(load_panel(ET.tostring(tree, encoding="unicode")), uses)
     assert found and all(line.startswith(f"{name} (QWidget): no ") for line in found)
+
+
+#: the widgets issue 17's panel added (models, batch, confidence banner, DICOM SEG)
+NEW_WIDGETS = ("modelChoicesWidget", "addModelFolderButton", "applyAllButton", "applyFolderButton",
+               "batchCancelButton", "batchProgressBar", "batchSummaryLabel", "openReportButton", "namingBanner",
+               "namingBannerLabel", "bannerSetLevelButton", "exportDicomSegButton")
+
+
+@pytest.mark.parametrize("name", NEW_WIDGETS)
+def test_each_new_widget_is_used_by_the_code_and_missing_it_fails_the_check(app, name):
+    uses = widget_usage(MODULE.read_text(encoding="utf-8"))
+    assert name in uses
+    text = UI_FILE.read_text(encoding="utf-8")
+    renamed = text.replace(f'name="{name}"', f'name="{name}Gone"')
+    assert f"{name}: used by the module, missing from the .ui" in problems(load_panel(renamed), uses)
+
+
+def test_new_path_fields_bind_to_parameters():
+    """The batch and DICOM SEG folders are parameter-node bound ctkPathLineEdits (Path parameters)."""
+    tree = ET.fromstring(UI_FILE.read_text(encoding="utf-8"))
+    bound = {w.get("name"): w.find("property[@name='SlicerParameterName']/string").text
+             for w in tree.iter("widget") if w.find("property[@name='SlicerParameterName']") is not None}
+    assert {bound[n] for n in ("batchInputFolderPathLineEdit", "batchOutputFolderPathLineEdit",
+                               "dicomSegFolderPathLineEdit")} == {"batchInputFolder", "batchOutputFolder",
+                                                                  "dicomSegFolder"}
+    source = MODULE.read_text(encoding="utf-8")
+    for parameter in ("batchInputFolder", "batchOutputFolder", "dicomSegFolder"):
+        assert f"    {parameter}: Path\n" in source

@@ -41,12 +41,21 @@ class Status:
 
 
 class BackgroundRun:
-    """One detection job in a child process: `start()`, then `poll()` until not running, then `result()`."""
+    """One detection job in a child process: `start()`, then `poll()` until not running, then `result()`.
 
-    def __init__(self, volume, case_id: str, options: RunOptions | None = None, python: str | None = None):
+    Either an in-memory ``volume`` (a Slicer volume node's image; the result comes back), or a file or
+    DICOM folder ``input_path`` whose outputs the child writes into ``out`` (`pipeline.run_case`, the
+    output contract of `spinelabel run`); the panel's folder batch runs one of these per input."""
+
+    def __init__(self, volume, case_id: str, options: RunOptions | None = None, python: str | None = None, *,
+                 input_path: str | os.PathLike | None = None, out: str | os.PathLike | None = None):
         from SpineLabelLib.core.options import RunOptions   # absolute: this file also runs as the worker script
 
+        if (volume is None) == (input_path is None) or (input_path is not None and out is None):
+            raise ValueError("BackgroundRun needs a volume, or an input path and an output folder")
         self.volume, self.case_id = volume, case_id
+        self.input_path = None if input_path is None else str(input_path)
+        self.out = None if out is None else str(out)
         self.options = (options or RunOptions()).validated()
         self.python = python or sys.executable       # PythonSlicer inside Slicer
         self.folder: Path | None = None
@@ -55,9 +64,10 @@ class BackgroundRun:
 
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="spinelabel-"))
-        np.savez(self.folder / "input.npz", array=self.volume.array, ijk_to_ras=self.volume.ijk_to_ras)
+        if self.volume is not None:
+            np.savez(self.folder / "input.npz", array=self.volume.array, ijk_to_ras=self.volume.ijk_to_ras)
         job = {"case_id": self.case_id, "options": self.options.to_dict(), "engine_root": str(Path(__file__).resolve().parents[2]),
-               "sys_path": [p for p in sys.path if p]}
+               "sys_path": [p for p in sys.path if p], "input_path": self.input_path, "out": self.out}
         (self.folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
         options = {"start_new_session": True} if os.name == "posix" else \
             {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
@@ -101,6 +111,8 @@ class BackgroundRun:
         """The finished `SpineResult` (written by our own worker into our private folder)."""
         if self.poll().state != DONE:
             raise RuntimeError("the background run has not finished successfully")
+        if self.input_path is not None:
+            raise RuntimeError("a file job writes its outputs into its output folder; it returns no result")
         from ..core.result import load_snapshot
 
         return load_snapshot(self.folder / "result.npz")
@@ -141,10 +153,15 @@ def _worker(folder: Path) -> int:
         atomic_write_text(folder / "progress.json", json.dumps({"fraction": fraction, "message": message}))
 
     try:
+        progress(0.0, "detecting vertebrae")
+        options = RunOptions.from_dict(job["options"])
+        if job.get("input_path"):           # a file or DICOM folder: the output contract into `out`
+            pipeline.run_case(job["input_path"], job["out"], options, progress=progress)
+            atomic_write_text(folder / "status.json", json.dumps({"state": DONE}))
+            return 0
         data = np.load(folder / "input.npz")
         result = pipeline.case_from_volume(validate(Volume(data["array"], data["ijk_to_ras"])), job["case_id"])
-        progress(0.0, "detecting vertebrae")
-        pipeline.analyse(result, RunOptions.from_dict(job["options"]), progress=progress)
+        pipeline.analyse(result, options, progress=progress)
         with atomic_path(folder / "result.npz") as tmp:
             save_snapshot(result, tmp)
         atomic_write_text(folder / "status.json", json.dumps({"state": DONE}))

@@ -35,3 +35,10 @@ def explain_missing(error: ModuleNotFoundError) -> str | None:
     if extra is None:
         return None
     return f"this needs the optional package {top!r}, which is not installed: {INSTALL_HINT[extra]}"
+
+
+#: what the Slicer module pip-installs (after asking) the first time a feature needs an extra; Slicer's
+#: Python already has pydicom (its DICOM module uses it). Same versions as pyproject's extras.
+SLICER_ON_DEMAND: dict[str, tuple[str, ...]] = {
+    "dicom": ("highdicom>=0.22",),
+}

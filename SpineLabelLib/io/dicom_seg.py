@@ -134,3 +134,34 @@ def write_dicom_seg(result: SpineResult, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         segmentation.save_as(str(tmp))
     return path
+
+
+def files_in_slice_order(files, volume) -> list[str]:
+    """The series' files ordered along the volume's k axis (a SEG's frame k must be slice k).
+
+    A viewer such as Slicer lists a loaded series' instances in its own order; each file's position
+    (ImagePositionPatient, LPS) is mapped into the volume's grid and the files sorted by k. An
+    InputError when the files are not one per slice of this volume."""
+    import pydicom
+
+    files = [str(f) for f in files]
+    if len(files) != volume.array.shape[0]:
+        raise InputError(f"the DICOM series has {len(files)} files but the volume {volume.array.shape[0]} slices")
+    positions = []
+    for path in files:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        if "ImagePositionPatient" not in dataset:
+            raise InputError(f"{path}: no ImagePositionPatient; cannot place the slice")
+        lps = np.asarray([float(x) for x in dataset.ImagePositionPatient])
+        positions.append(lps * np.array([-1.0, -1.0, 1.0]))              # LPS -> RAS
+    k = volume.ras_to_kji(np.asarray(positions))[:, 0]
+    if np.max(np.abs(k - np.round(k))) > 0.1 or len(set(np.round(k).astype(int))) != len(files):
+        raise InputError("the DICOM files do not lie one per slice on the volume's grid")
+    return [files[i] for i in np.argsort(k)]
+
+
+def export_dicom_seg(result: SpineResult, files, out_folder: str | os.PathLike) -> Path:
+    """`<out>/<case>.seg.dcm` for a result whose image came from the DICOM files ``files`` (any order):
+    the panel's "Export DICOM SEG" (the case's files are found in Slicer's DICOM database)."""
+    result.image.metadata[DICOM_FILES_KEY] = files_in_slice_order(files, result.image)
+    return write_dicom_seg(result, Path(out_folder) / f"{result.case_id}.seg.dcm")

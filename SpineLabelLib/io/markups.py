@@ -30,13 +30,13 @@ SCHEMA_DIRS = [Path(__file__).resolve().parents[1] / "resources" / "schemas"]
 
 
 # --- writing ------------------------------------------------------------------------------
-def markups_dict(vertebrae: Iterable[Vertebra], name: str = "Vertebrae") -> dict:
+def markups_dict(vertebrae: Iterable[Vertebra], name: str = "Vertebrae", naming: dict | None = None) -> dict:
     points = []
     for n, v in enumerate(vertebrae, start=1):
         if not np.all(np.isfinite(v.centroid_ras)):
             continue                                   # undefined points would break the schema
         points.append({
-            "id": str(n), "label": v.level or "", "description": point_description.encode(v, with_instance=False),
+            "id": str(n), "label": v.level or "", "description": point_description.encode(v, with_instance=False, naming=naming),
             "associatedNodeID": "",
             "position": [float(x) for x in v.centroid_ras * _FLIP],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],   # identity in RAS, as LPS
@@ -53,7 +53,8 @@ def write_markups(result_or_vertebrae: SpineResult | Iterable[Vertebra], path: s
                   name: str = "Vertebrae") -> Path:
     """Write the vertebra centroids as one Slicer point list (LPS), through a temporary file."""
     vertebrae = getattr(result_or_vertebrae, "vertebrae", result_or_vertebrae)
-    text = json.dumps(markups_dict(vertebrae, name), indent=2)
+    naming = getattr(result_or_vertebrae, "naming", None)        # a whole result: its naming warning too
+    text = json.dumps(markups_dict(vertebrae, name, naming), indent=2)
     return atomic_write_text(path, text + "\n")
 
 

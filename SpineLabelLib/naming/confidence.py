@@ -43,6 +43,22 @@ class NamingPolicy:
 
 DEFAULT_POLICY = NamingPolicy()
 
+#: A vertebra whose detection confidence (`Vertebra.score`, the detector's 0..1 score of the body) is below
+#: this is marked for a look: a warning icon in the panel's vertebra list, "check=low confidence" in its
+#: point description. The detectors keep bodies from 0.5 (Mask R-CNN's `min_score`), so 0.5..0.7 is the
+#: band of kept-but-doubtful bodies; the value is a chosen review point, not calibrated on a bench.
+#: Vertebrae a person placed score 1 and are never marked.
+LOW_VERTEBRA_CONFIDENCE = 0.7
+
+
+def vertebra_confidence(vertebra) -> float:
+    """How sure the detector was of this body (0..1)."""
+    return float(vertebra.score)
+
+
+def is_low_confidence(vertebra, threshold: float = LOW_VERTEBRA_CONFIDENCE) -> bool:
+    return vertebra_confidence(vertebra) < threshold
+
 
 def shift_names(names: list[str], by: int, ladder: list[str] | None = None) -> list[str] | None:
     """Every name moved `by` levels (+1 = one level caudal); None when a name would leave C1..S1.

@@ -181,7 +181,7 @@ def _fill_points(points_node, result: SpineResult, associated_id: str) -> None:
     points_node.RemoveAllControlPoints()
     for v in result.vertebrae:
         index = points_node.AddControlPoint(*[float(c) for c in v.centroid_ras], v.level or "")
-        points_node.SetNthControlPointDescription(index, point_description.encode(v))
+        points_node.SetNthControlPointDescription(index, point_description.encode(v, naming=result.naming))
         points_node.SetNthControlPointLocked(index, bool(v.locked))
         if associated_id:
             points_node.SetNthControlPointAssociatedNodeID(index, associated_id)
