@@ -200,7 +200,8 @@ def test_cervical_lordosis_uses_the_inferior_endplates_of_c2_and_c7():
     truth, result = _phantom(["C2", "C3", "C4", "C5", "C6", "C7"], lordosis_deg=25.0, seed=5)
     row = rows_by_name(result)["cervical_lordosis:C2-C7"]
     assert row["endplates"] == "C2:inferior C7:inferior"
-    assert row["value"] == pytest.approx(truth["regional_deg"]["cervical_lordosis:C2-C7"], abs=1.5)
+    # cervical bodies are 15 mm deep: a quarter-millimetre of sub-voxel surface error tilts a plate 1 degree
+    assert row["value"] == pytest.approx(truth["regional_deg"]["cervical_lordosis:C2-C7"], abs=2.0)
     assert not any(p["level"] == "C2" and p["side"] == "superior" for p in result.alignment["endplates"])
 
 

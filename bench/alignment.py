@@ -179,6 +179,7 @@ def _lordosis(result) -> tuple[str, float | None]:
 
 def bench_mri(limit: int | None, model: str | None) -> dict:
     from SpineLabelLib.app import pipeline
+    from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.models.maskrcnn.data import split_real_cases
     from SpineLabelLib.core.result import SpineResult
     from SpineLabelLib.core.volume import load_volume
@@ -191,7 +192,7 @@ def bench_mri(limit: int | None, model: str | None) -> dict:
         manual = SpineResult.from_level_map(name, image, load_volume(MRI / f"{name}_seg.nii.gz").array)
         measure_alignment(manual)
         predicted = pipeline.case_from_volume(image, name)
-        pipeline.detect(predicted, model=model, modality="mr")
+        pipeline.detect(predicted, RunOptions(model=model or RunOptions().model, modality="mr"))
         start, cpu = time.perf_counter(), time.process_time()
         measure_alignment(predicted)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..measurement.heights import BodyFrame, MaskSampler, edges, line_extent, principal_frame
 from ..core.volume import Volume
+from . import image_edges
 
 COLUMN_STEP_MM = 1.0            # final fit; the first (frame-finding) fit uses twice this
 PROFILE_STEP_MM = 0.5           # along a column; the crossing is interpolated between samples
@@ -152,9 +153,17 @@ def on_image_border(grid: Volume, ras: np.ndarray) -> np.ndarray:
     return np.any((kji <= 0.0) | (kji >= size), axis=1)
 
 
-def _surfaces(sampler: MaskSampler, frame: BodyFrame, t, w, s_coords):
+def _surfaces(sampler: MaskSampler, frame: BodyFrame, t, w, s_coords, image: Volume | None = None):
+    """(inferior, superior) surface positions along each column: the mask's, moved onto the image's
+    edge when the image is given and resolves the plate finer than its slices (`image_edges`); across
+    thick slices the image's edge is as terraced as the mask's and the quantised fit handles it."""
     occupancy = sampler.local(frame, s_coords[None, :], t[:, None], w[:, None])
     low, high = edges(occupancy, s_coords)
+    if image is not None and quantisation_mm(image, frame.superior) <= image_edges.MAX_QUANTISATION_MM:
+        profile = image_edges.profiles(image, frame, t, w, s_coords)
+        scale = image_edges.image_range(image)
+        low = image_edges.refine_surface(profile, s_coords, low, "inferior", scale)
+        high = image_edges.refine_surface(profile, s_coords, high, "superior", scale)
     return low, high
 
 
@@ -314,11 +323,12 @@ def _add_corners(plate: Endplate, frame: BodyFrame, sampler: MaskSampler) -> Non
 
 
 def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray | None = None,
-             on_border=None) -> BodyEndplates:
+             on_border=None, image: Volume | None = None) -> BodyEndplates:
     """Both endplates of one body mask (see the module docstring).
 
     `mask` and `grid` may be a crop of the image around the body; `on_border(ras) -> bool array` then
-    tells which points lie on the whole image's outermost voxel layer (default: the grid's own)."""
+    tells which points lie on the whole image's outermost voxel layer (default: the grid's own).
+    `image` (intensities around the body, any grid) moves the surface points onto its edges."""
     on_border = on_border or (lambda ras: on_image_border(grid, ras))
     points = grid.kji_to_ras(np.argwhere(mask))
     frame = principal_frame(points, spine_axis)
@@ -327,7 +337,7 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
     true_sides = [side for side in SIDES if (level, side) not in NO_ENDPLATE]
     for attempt in range(2):
         step = 2.0 * COLUMN_STEP_MM if attempt == 0 else COLUMN_STEP_MM
-        plates, data = _fit_both(level, frame, sampler, points, on_border, step)
+        plates, data = _fit_both(level, frame, sampler, points, on_border, step, image)
         fitted = [plates[side] for side in true_sides if "not_fitted" not in plates[side].flags]
         if attempt == 0 and fitted and len(fitted) == len(true_sides):
             frame = _refined(frame, fitted)
@@ -349,11 +359,11 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
     return BodyEndplates(level, frame, plates["superior"], plates["inferior"])
 
 
-def _fit_both(level, frame, sampler, points, on_border, step=COLUMN_STEP_MM):
+def _fit_both(level, frame, sampler, points, on_border, step=COLUMN_STEP_MM, image=None):
     t, w, s_coords = _columns(points, frame, step)
     _, tl, _ = _local(points, frame)
     span = tuple(np.percentile(tl, [0, 100]) + np.array([-3.0, 3.0]))
-    inferior, superior = _surfaces(sampler, frame, t, w, s_coords)
+    inferior, superior = _surfaces(sampler, frame, t, w, s_coords, image)
     plates, data = {}, {}
     for side, surface in (("superior", superior), ("inferior", inferior)):
         plates[side], data[side] = _fit_side(level, side, frame, sampler, on_border, t, w, surface, span)

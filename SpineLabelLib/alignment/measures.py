@@ -10,6 +10,7 @@ from ..measurement.bodies import adjacent          # no level between them (a mi
 from ..core.result import SpineResult
 from ..core.volume import Volume
 from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
+from . import image_edges
 from .endplates import BodyEndplates, Endplate, fit_body, on_image_border
 from .listhesis import slip
 
@@ -23,8 +24,18 @@ def _crop(image: Volume, box: tuple[slice, ...], mask: np.ndarray) -> Volume:
     return Volume(mask.astype(np.uint8), affine)
 
 
+def _image_crop(image: Volume, box: tuple[slice, ...]) -> Volume:
+    """The image around a body's box, wide enough for the endplate edge search (`image_edges`)."""
+    extra = np.ceil(image_edges.MARGIN_MM / image.spacing[::-1]).astype(int)      # k, j, i voxels
+    wide = tuple(slice(max(0, b.start - e), min(n, b.stop + e)) for b, e, n in zip(box, extra, image.array.shape))
+    affine = image.ijk_to_ras.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array([wide[2].start, wide[1].start, wide[0].start], float)
+    return Volume(np.asarray(image.array[wide], np.float32), affine)
+
+
 def _bodies(result: SpineResult) -> tuple[list[str], dict[str, tuple], dict[str, np.ndarray]]:
-    """Labelled bodies with a mask, head to feet: (levels, {level: (mask crop, crop grid)}, centroids RAS);
+    """Labelled bodies with a mask, head to feet: (levels, {level: (mask crop, crop grid, image around
+    it)}, centroids RAS);
     a repeated level keeps its first body (the others are left to the person correcting the labels).
     Work happens in each body's bounding box: whole-volume masks cost more than the fits."""
     from scipy import ndimage
@@ -42,7 +53,7 @@ def _bodies(result: SpineResult) -> tuple[list[str], dict[str, tuple], dict[str,
             continue
         grid = _crop(result.image, box, mask)
         levels.append(v.level)
-        crops[v.level] = (mask, grid)
+        crops[v.level] = (mask, grid, _image_crop(result.image, box))
         centroids[v.level] = grid.kji_to_ras(np.argwhere(mask).mean(axis=0))[0]
     return levels, crops, centroids
 
@@ -142,8 +153,8 @@ def measure_alignment(result: SpineResult) -> dict[str, list]:
         return result.alignment
     levels, crops, centroids = _bodies(result)
     image = result.image
-    plates = {level: fit_body(level, *crops[level], _spine_axis(levels, centroids, n),
-                              on_border=lambda ras: on_image_border(image, ras))
+    plates = {level: fit_body(level, crops[level][0], crops[level][1], _spine_axis(levels, centroids, n),
+                              on_border=lambda ras: on_image_border(image, ras), image=crops[level][2])
               for n, level in enumerate(levels)}
     result.alignment["endplates"] = [plate.record() for level in levels for plate in
                                      (plates[level].superior, plates[level].inferior) if plate is not None]
