@@ -84,16 +84,19 @@ def detection_stages(options: RunOptions | None = None) -> list:
 
 
 def measurement_stages() -> list:
-    """Body measurements, then the spine's alignment."""
+    """Body and disc measurements, then the spine's alignment."""
     from ..stages.align import MeasureAlignment
-    from ..stages.measure import MeasureBodies
+    from ..stages.measure import MeasureBodies, MeasureDiscs
 
-    return [MeasureBodies(), MeasureAlignment()]
+    return [MeasureBodies(), MeasureDiscs(), MeasureAlignment()]
 
 
 def analysis_stages(options: RunOptions | None = None) -> list:
-    """The detection stages, then measurement: everything up to writing the files."""
-    return [*detection_stages(options), *measurement_stages()]
+    """The detection stages, the discs between the named bodies, then measurement: everything up to
+    writing the files."""
+    from ..stages.discs import SegmentDiscs
+
+    return [*detection_stages(options), SegmentDiscs(), *measurement_stages()]
 
 
 def load_case(path: str | Path) -> SpineResult:

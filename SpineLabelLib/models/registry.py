@@ -17,6 +17,8 @@ from ..core.errors import ModelError
 DEFAULT_MODEL = "vertebra-detector"
 #: Redraws the detector's body masks at 1 mm when installed (`segmenter="auto"`).
 DEFAULT_SEGMENTER = "vertebral-body-segmenter"
+#: Draws the intervertebral discs on MRI when installed (CT and a missing model: the geometric method).
+DEFAULT_DISC_SEGMENTER = "intervertebral-disc-segmenter"
 
 #: SHA-256 of the weights shipped with this release. A model card can be edited together with its
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
@@ -129,6 +131,20 @@ def segmenter_for(choice) -> LoadedModel | None:
         if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
             return None
         choice = DEFAULT_SEGMENTER
+    return load_model(choice)
+
+
+def disc_segmenter_for(choice="auto") -> LoadedModel | None:
+    """The disc segmenter: "auto" (the bundled one when installed, else None), "none"/None, a
+    `LoadedModel`, or a model name or folder."""
+    if choice is None or choice == "none":
+        return None
+    if isinstance(choice, LoadedModel):
+        return choice
+    if choice == "auto":
+        if DEFAULT_DISC_SEGMENTER not in {card["name"] for card in list_models()}:
+            return None
+        choice = DEFAULT_DISC_SEGMENTER
     return load_model(choice)
 
 

@@ -1,0 +1,61 @@
+"""Stage, discs: the intervertebral disc between every two neighbouring named bodies (after naming,
+before measurement), as the disc layer (`core.disc_layer`: valued by the vertebra above).
+
+MRI with the disc model installed: the disc U-Net (`models/disc_unet/infer`). CT, or no model: the
+geometric disc between the facing end plates (`models/disc_unet/geometric`), CT's disc being soft
+tissue that a threshold cannot tell from the surroundings.
+
+needs: image, vertebrae, layers.bodies. gives: layers.discs, models, notes["discs"].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.result import DISCS, SpineResult
+from .base import RunContext
+
+#: a learned disc this much smaller than the geometric one means the model did not see the disc
+KEEP_GEOMETRIC_BELOW = 0.25
+
+
+class SegmentDiscs:
+    name = "discs"
+    needs = ("image", "vertebrae", "layers.bodies")
+    gives = ("layers.discs", "models", "notes")
+    share = 0.03
+
+    def run(self, result: SpineResult, context: RunContext) -> None:
+        from ..core.disc_layer import adjacent_pairs
+        from ..models.registry import disc_segmenter_for
+        from .locate import record_models
+
+        pairs = adjacent_pairs(result)
+        model = disc_segmenter_for(getattr(context, "disc_segmenter", "auto")) if result.modality == "mr" else None
+        method = "geometric"
+        layer = np.zeros(result.instances.shape, np.uint16)
+        if pairs and model is not None:
+            from ..models.families import family_of_card
+
+            layer = family_of_card(model.card).run(result.canonical_view(), result, model.network, context.cancel)
+            record_models(result, model)
+            method = "model"
+        fallbacks = fill_geometric(result, layer, pairs, everywhere=model is None)
+        result.layers[DISCS] = layer
+        result.notes[self.name] = {"method": method, "discs": len(pairs), "geometric": fallbacks}
+        context.report(1.0, f"{len(pairs)} discs")
+
+
+def fill_geometric(result: SpineResult, layer: np.ndarray, pairs, everywhere: bool) -> list[str]:
+    """Geometric discs for every pair (``everywhere``) or where the model drew (almost) nothing."""
+    from ..models.disc_unet.geometric import geometric_disc
+
+    counts = np.bincount(layer.ravel(), minlength=result.next_instance())
+    used = []
+    for upper, lower in pairs:
+        if not everywhere and counts[upper.instance] > 0:
+            continue
+        disc = geometric_disc(result.mask(upper), result.mask(lower), result.image) & (layer == 0)
+        if everywhere or disc.sum() * KEEP_GEOMETRIC_BELOW > counts[upper.instance]:
+            layer[disc] = upper.instance
+            used.append(f"{upper.level}-{lower.level}")
+    return used
