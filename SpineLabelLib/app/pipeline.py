@@ -182,13 +182,14 @@ def check_dicom_seg_inputs(inputs: Iterable[str | Path], options: RunOptions) ->
 
 def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
                   centroids: str | Path | None = None) -> SpineResult:
-    """Measure an existing segmentation (`spinelabel measure`): the measurement, distance and alignment tables.
+    """Measure an existing segmentation (`spinelabel measure`): the measurement, distance, alignment and disc
+    tables (discs are the file's disc segments, "L4-L5" or label 100 + code above; none, no rows).
 
     A centroid point list, when given, carries each vertebra's confidence and lock state.
     """
     from ..alignment.table import write_alignment_csv
     from ..io.segfile import read_segmentation_as_result
-    from ..io.tables import write_distances_csv, write_measurements_csv
+    from ..io.tables import write_discs_csv, write_distances_csv, write_measurements_csv
 
     image = load_volume(image_path)
     result = read_segmentation_as_result(segmentation_path, image, case_id_of(image_path))
@@ -204,6 +205,7 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
     write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
     write_distances_csv(result, out / f"{result.case_id}.distances.csv")
     write_alignment_csv(result, out / f"{result.case_id}.alignment.csv")
+    write_discs_csv(result, out / f"{result.case_id}.discs.csv")
     return result
 
 
