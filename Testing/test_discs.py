@@ -1,6 +1,7 @@
 """Intervertebral discs: naming from neighbours, label values, terminology."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from SpineLabelLib.core import discs
@@ -47,3 +48,61 @@ def test_terminology_level_code_or_local_code_never_a_vertebra_code():
 def test_disc_colours_fixed_and_apart_from_neighbours():
     assert discs.colour("L4-L5") == discs.colour("L4-L5")
     assert discs.colour("L4-L5") != discs.colour("L5-S1")
+
+
+# --- the disc layer follows its vertebrae ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lumbar_phantom():
+    from SpineLabelLib.phantom.generate import generate_phantom
+
+    return generate_phantom(["L1", "L2", "L3", "L4", "L5", "S1"], "t2", crop_to_spine=True, seed=2)
+
+
+def _names(result):
+    from SpineLabelLib.core.disc_layer import result_discs
+
+    return [d.name for d in result_discs(result)]
+
+
+def test_phantom_discs_are_labelled_between_their_bodies(lumbar_phantom):
+    values = sorted(int(v) for v in set(lumbar_phantom.discs.array.ravel().tolist()) - {0})
+    assert values == [120, 121, 122, 123, 124]
+    assert not ((lumbar_phantom.discs.array > 0) & (lumbar_phantom.labels.array > 0)).any()
+    assert [d["name"] for d in lumbar_phantom.truth["discs"]] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+
+
+def test_relabelling_a_vertebra_renames_the_discs_next_to_it(lumbar_phantom):
+    from SpineLabelLib.correction import edits
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    assert _names(result) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    voxels = result.layers["discs"].copy()
+    edits.set_level(result, "L1", "T12")            # the others follow anatomical order
+    assert _names(result) == ["T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    assert np.array_equal(result.layers["discs"], voxels)     # renaming never touches voxels
+
+
+def test_deleting_a_spurious_vertebra_merges_its_discs(lumbar_phantom):
+    from SpineLabelLib.correction import edits
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    l2_l3 = result.layers["discs"] == result.by_level("L2").instance
+    l3_l4 = result.layers["discs"] == result.by_level("L3").instance
+    edits.delete_vertebra(result, "L3")
+    merged = result.layers["discs"] == result.by_level("L2").instance
+    assert np.array_equal(merged, l2_l3 | l3_l4)
+    assert _names(result) == ["L1-L2", "L4-L5", "L5-S1"]      # L2 and L4 are no neighbours: not written
+    for v, level in zip(sorted(result.vertebrae, key=lambda v: -v.centroid_ras[2]), ["L1", "L2", "L3", "L4", "L5"]):
+        v.level = level                                        # the spurious body was the extra one
+    assert _names(result) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    from SpineLabelLib.core.disc_layer import result_discs
+    assert np.array_equal(result.layers["discs"] == result_discs(result)[1].value, l2_l3 | l3_l4)
+
+
+def test_deleting_the_lowest_vertebra_removes_its_disc(lumbar_phantom):
+    from SpineLabelLib.correction import edits
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    edits.delete_vertebra(result, "S1")
+    assert _names(result) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    assert not (result.layers["discs"] == result.by_level("L5").instance).any()

@@ -56,11 +56,14 @@ def result_discs(result: SpineResult) -> list[DiscInfo]:
 
 
 def drop_orphans(result: SpineResult) -> list[int]:
-    """Clear disc voxels whose value names no vertebra with a lower neighbour; returns the values cleared."""
+    """Clear disc voxels whose value is no vertebra with a body below it (head to feet by centroid);
+    returns the values cleared. Levels are not asked: a relabelling may follow (a disc whose
+    neighbours' names are not adjacent is kept, and written only once they are)."""
     layer = result.layers.get(DISCS)
     if layer is None:
         return []
-    valid = {d.value for d in result_discs(result)}
+    masked = sorted((v for v in result.vertebrae if v.instance), key=lambda v: -v.centroid_ras[2])
+    valid = {v.instance for v in masked[:-1]}
     stale = [int(v) for v in np.unique(layer) if v and int(v) not in valid]
     if stale:
         layer[np.isin(layer, stale)] = 0
