@@ -26,6 +26,7 @@ BUNDLED_SHA256 = {
     "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
     "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
     "vertebra-dense-detector": "71efdca087160a3b389075de9495ff210b8b742414508dbdffe1d334ea31aec2",
+    "intervertebral-disc-segmenter": "08e7ac5c3ad294a9e4424594575b5af8a687e55379c56e4e298d11cea8fd8457",
 }
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
 

@@ -30,7 +30,7 @@ class SegmentDiscs:
         from .locate import record_models
 
         pairs = adjacent_pairs(result)
-        model = disc_segmenter_for(getattr(context, "disc_segmenter", "auto")) if result.modality == "mr" else None
+        model = disc_segmenter_for(context.disc_segmenter) if result.modality == "mr" else None
         method = "geometric"
         layer = np.zeros(result.instances.shape, np.uint16)
         if pairs and model is not None:

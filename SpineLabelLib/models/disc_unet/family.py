@@ -17,7 +17,13 @@ def run(view, result, network, cancel=None):
     return segment_discs(view, result, network, cancel=cancel)
 
 
+def channels_last(network):
+    from ..body_unet.family import channels_last as body_channels_last
+
+    return body_channels_last(network)
+
+
 FAMILY = register_family(ModelFamily(
-    name=NAME, role="disc-segmenter", build_network=build_network, run=run,
+    name=NAME, role="disc-segmenter", build_network=build_network, run=run, prepare_network=channels_last,
     description="2-D U-Net: the intervertebral disc between two found bodies, sagittal slices at 1 mm",
     training_recipe="SpineLabelLib.training.discs:DiscRecipe"))
