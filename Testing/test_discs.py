@@ -106,3 +106,100 @@ def test_deleting_the_lowest_vertebra_removes_its_disc(lumbar_phantom):
     edits.delete_vertebra(result, "S1")
     assert _names(result) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5"]
     assert not (result.layers["discs"] == result.by_level("L5").instance).any()
+
+
+# --- measurement: a shape whose answer is known, on an oblique anisotropic grid ------------------------
+@pytest.fixture(scope="module")
+def oblique_phantom():
+    from SpineLabelLib.phantom.generate import generate_phantom
+
+    return generate_phantom(["L3", "L4", "L5"], "t2", spacing=(0.9, 1.1, 1.3), rotation_deg=(12.0, -8.0, 20.0),
+                            lordosis_deg=12.0, crop_to_spine=True, seed=4)
+
+
+def test_disc_heights_and_dhi_match_the_analytic_disc(oblique_phantom):
+    from SpineLabelLib.measurement.bodies import measure_result
+    from SpineLabelLib.measurement.discs import measure_discs
+
+    assert not np.allclose(oblique_phantom.image.ijk_to_ras[:3, :3] / oblique_phantom.image.spacing, np.diag([-1, -1, 1]))
+    result = oblique_phantom.to_result("p", with_discs=True)
+    measure_result(result)
+    rows = {row["name"]: row for row in measure_discs(result)}
+    truth = {d["name"]: d for d in oblique_phantom.truth["discs"]}
+    assert set(rows) == set(truth) == {"L3-L4", "L4-L5"}
+    for name, row in rows.items():
+        for line in ("anterior", "middle", "posterior"):
+            assert row[f"height_{line}_mm"] == pytest.approx(truth[name][f"height_{line}_mm"], abs=0.6)
+        assert row["dhi"] == pytest.approx(truth[name]["dhi"], abs=0.02)
+        assert row["volume_mm3"] == pytest.approx((result.layers["discs"] == result.by_level(row["upper"]).instance).sum()
+                                                  * np.prod(result.image.spacing), rel=1e-3)
+        assert row["disc_csf_ratio"] is not None and 0 < row["disc_csf_ratio"] < 1    # T2: CSF behind the disc
+
+
+def test_anterior_wedge_disc_is_higher_in_front(oblique_phantom):
+    """Lordosis opens the disc anteriorly: the measured heights must say so, as the truth does."""
+    from SpineLabelLib.measurement.bodies import measure_result
+    from SpineLabelLib.measurement.discs import measure_discs
+
+    result = oblique_phantom.to_result("p", with_discs=True)
+    measure_result(result)
+    for row, truth in zip(measure_discs(result), oblique_phantom.truth["discs"]):
+        assert truth["height_anterior_mm"] > truth["height_posterior_mm"] + 0.5
+        assert row["height_anterior_mm"] > row["height_posterior_mm"] + 0.5
+
+
+def test_geometric_disc_fills_the_space_between_the_end_plates():
+    from SpineLabelLib.core.disc_layer import adjacent_pairs
+    from SpineLabelLib.phantom.generate import generate_phantom
+    from SpineLabelLib.stages.discs import fill_geometric
+
+    phantom = generate_phantom(["L4", "L5", "S1"], "ct", spacing=(1.0, 0.9, 1.2), rotation_deg=(5, 10, 0),
+                               crop_to_spine=True)
+    result = phantom.to_result("p")
+    layer = np.zeros(result.instances.shape, np.uint16)
+    assert fill_geometric(result, layer, adjacent_pairs(result), everywhere=True) == ["L4-L5", "L5-S1"]
+    for name, upper in (("L4-L5", "L4"), ("L5-S1", "L5")):
+        mine = layer == result.by_level(upper).instance
+        truth = phantom.discs.array == __import__("SpineLabelLib.core.discs", fromlist=["x"]).label_of(name)
+        assert 2 * (mine & truth).sum() / (mine.sum() + truth.sum()) > 0.9
+        assert not (mine & (result.instances > 0)).any()
+
+
+# --- files ------------------------------------------------------------------------------------------
+def test_disc_segments_in_seg_nrrd_read_by_slicer_with_terminology(lumbar_phantom, tmp_path):
+    pytest.importorskip("slicer")
+    from SpineLabelLib.io.segfile import read_segmentation_as_result, write_label_nifti, write_seg_nrrd
+    from SpineLabelLib.core.volume import load_volume
+    from SpineLabelLib.slicer_adapter import scene
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    write_seg_nrrd(result, tmp_path / "p.seg.nrrd")
+    write_label_nifti(result, tmp_path / "p_seg.nii.gz")
+    node = scene.read_segmentation_file(scene.new_scene(), tmp_path / "p.seg.nrrd")
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    assert {"L1-L2", "L4-L5", "L5-S1"} <= set(names)
+    l4_l5 = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("L4-L5"))
+    assert "84020006" in l4_l5.GetTerminology() and l4_l5.GetLabelValue() == 123
+    assert tuple(round(c, 4) for c in l4_l5.GetColor()) == discs.colour("L4-L5")
+    nifti = load_volume(tmp_path / "p_seg.nii.gz", check_values=False).array
+    assert sorted(int(v) for v in np.unique(nifti) if v >= 100) == [120, 121, 122, 123, 124]
+    back = read_segmentation_as_result(tmp_path / "p.seg.nrrd", result.image, "p")
+    assert _names(back) == _names(result)
+    from SpineLabelLib.core.disc_layer import disc_label_map
+    assert np.array_equal(disc_label_map(back), disc_label_map(result))
+
+
+def test_export_carries_disc_labels(lumbar_phantom, tmp_path):
+    import json
+
+    from SpineLabelLib import dataset as ds
+    from SpineLabelLib.core.volume import load_volume
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    record = ds.export_result(tmp_path / "set", result)
+    labels = load_volume(record.paths["label"], check_values=False).array
+    assert sorted(int(v) for v in np.unique(labels) if v >= 100) == [120, 121, 122, 123, 124]
+    dataset_json = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert dataset_json["labels"]["L4-L5"] == 123 and dataset_json["labels"]["L5-S1"] == 124
+    assert record.manifest_entry["disc_labels"] == [120, 121, 122, 123, 124]

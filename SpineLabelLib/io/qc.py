@@ -167,9 +167,9 @@ def write_qc_png(result: SpineResult, path: str | os.PathLike) -> Path:
     canonical = view.at(spacing)
     labels = None
     if result.instances is not None:
-        from .segfile import _level_map
+        from .segfile import label_map_with_discs
 
-        labels = resample_to_canonical(result.image.with_array(_level_map(result)), spacing, label=True).array
+        labels = resample_to_canonical(result.image.with_array(label_map_with_discs(result)), spacing, label=True).array
     figure = _draw(result, canonical, labels, _slice_index(result, canonical, labels))
     with atomic_path(path) as tmp:
         figure.savefig(str(tmp), format="png", dpi=100, metadata={"Software": None})

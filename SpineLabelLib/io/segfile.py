@@ -24,7 +24,7 @@ _LEVEL_PATTERN = re.compile(r"^(?:vertebrae?[ _-]*)?([CTLS][0-9]{1,2})(?:[ _-]*v
 
 
 # --- writing ------------------------------------------------------------------------------
-def _level_map(result: SpineResult) -> np.ndarray:
+def label_map_with_discs(result: SpineResult) -> np.ndarray:
     """Level codes and disc label values (100 + code of the vertebra above) on the image grid; all
     zero when the result has no masks yet. Bodies were found first: where a disc mask overlaps a
     body mask, the body keeps the voxel."""
@@ -70,7 +70,7 @@ def segmentation_dict(result: SpineResult) -> dict:
     """slicerio's segmentation dict for a result (voxels in I, J, K order, LPS geometry)."""
     from scipy import ndimage
 
-    level_map = _level_map(result).astype(np.uint8)
+    level_map = label_map_with_discs(result).astype(np.uint8)
     grid = result.image
     boxes = ndimage.find_objects(level_map)                  # one pass: bounding box per code
     segments = []
@@ -112,7 +112,7 @@ def write_seg_nrrd(result: SpineResult, path: str | os.PathLike) -> Path:
 
 def write_label_nifti(result: SpineResult, path: str | os.PathLike) -> Path:
     """Write the level-code label map (uint8) on the image grid: NIfTI (RAS affine) or NRRD (LPS)."""
-    volume = result.image.with_array(_level_map(result).astype(np.uint8))
+    volume = result.image.with_array(label_map_with_discs(result).astype(np.uint8))
     return save_volume(volume, path)
 
 

@@ -30,8 +30,8 @@ from ..core.volume import Volume
 from .heights import BodyFrame, MaskSampler, extent, principal_frame, _slab_offsets, _unit
 
 STEP_MM = 0.25
-SLAB_HALF_WIDTH_MM = 1.5
-LINE_HALF_WINDOW_MM = 0.5
+SLAB_HALF_WIDTH_MM = 3.0
+LINE_HALF_WINDOW_MM = 2.0
 LINE_FRACTIONS = {"anterior": 0.1, "middle": 0.5, "posterior": 0.9}
 CSF_STRIP_MM = (1.0, 20.0)
 CSF_HALF_WIDTH_MM = 3.0
