@@ -21,7 +21,7 @@ from SpineLabelLib.models import families
 from SpineLabelLib.models.registry import load_model
 
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".alignment.csv", ".json",
-            ".qc.png")
+            ".qc.png", ".discs.csv")
 
 
 def test_a_new_family_is_one_registration_and_runs_end_to_end(tmp_path, blob_model_dir):

@@ -22,7 +22,7 @@ from SpineLabelLib.core.volume import save_volume  # noqa: E402
 
 BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.py"
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png",
-            ".alignment.csv")
+            ".alignment.csv", ".discs.csv")
 
 
 @pytest.fixture

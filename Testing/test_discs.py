@@ -203,3 +203,31 @@ def test_export_carries_disc_labels(lumbar_phantom, tmp_path):
     dataset_json = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert dataset_json["labels"]["L4-L5"] == 123 and dataset_json["labels"]["L5-S1"] == 124
     assert record.manifest_entry["disc_labels"] == [120, 121, 122, 123, 124]
+
+
+def test_discs_follow_their_vertebrae_through_the_slicer_scene(lumbar_phantom):
+    """Shown in Slicer (segments + disc table), a vertebra relabelled in the point list renames its discs."""
+    pytest.importorskip("slicer")
+    from SpineLabelLib.measurement.bodies import measure_result
+    from SpineLabelLib.measurement.discs import measure_discs
+    from SpineLabelLib.slicer_adapter import scene
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    measure_result(result)
+    measure_discs(result)
+    nodes = scene.result_to_nodes(scene.new_scene(), result)
+    assert nodes.disc_table.GetNumberOfRows() == 5
+    assert nodes.disc_table.GetCellText(0, 0) == "L1-L2"
+    points = nodes.points
+    labels = [points.GetNthControlPointLabel(n) for n in range(points.GetNumberOfControlPoints())]
+    for n, label in enumerate(labels):          # a person renames every point one level up
+        points.SetNthControlPointLabel(n, {"L1": "T12", "L2": "L1", "L3": "L2", "L4": "L3", "L5": "L4",
+                                           "S1": "L5"}[label])
+    reread = scene.nodes_to_result(nodes, previous=result)
+    assert _names(reread) == ["T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    from SpineLabelLib.core.disc_layer import disc_label_map
+    assert np.array_equal(disc_label_map(reread) > 0, disc_label_map(result) > 0)
+    scene.result_to_nodes(nodes.volume.GetScene(), reread, nodes=nodes, segments=False)
+    segmentation = nodes.segmentation.GetSegmentation()
+    names = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
+    assert {"T12-L1", "L4-L5"} <= names and "L5-S1" not in names      # the scene's disc segments renamed

@@ -30,7 +30,7 @@ def largest_piece(mask: np.ndarray) -> np.ndarray:
 
 
 #: the U-Net sees every third sagittal slice (interpolated between): on held-out ivd-11 the same Dice as
-#: every second within 0.01, 40 % less time
+#: every second within 0.01 (median 0.8916 vs 0.8922), 35 % less time (5.4 -> 3.5 s on the loaded bench machine)
 def segment_discs(view, result: SpineResult, model, cancel: Cancel | None = None, slice_step: int = 3) -> np.ndarray:
     from ..body_unet.infer import predict_probability
     from ..maskrcnn.infer import _check, to_input_grid, torch_threads
