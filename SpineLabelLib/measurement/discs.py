@@ -38,21 +38,20 @@ CSF_HALF_WIDTH_MM = 3.0
 CSF_BRIGHTEST_SHARE = 0.2
 
 
-def disc_frame(disc: np.ndarray, upper: np.ndarray, lower: np.ndarray, grid: Volume,
+def disc_frame(centre: np.ndarray, upper: np.ndarray | None, lower: np.ndarray | None, grid: Volume,
                body_frames: list[dict] | None = None) -> BodyFrame:
-    """Mean frame of the two bodies (their measured end-plate frames when given, else their
-    principal frames), centred on the disc's centroid."""
+    """Mean frame of the two bodies (their measured end-plate frames when given, else the principal
+    frames of their masks on ``grid``), centred on ``centre`` (RAS, the disc's centroid)."""
     if body_frames and all(body_frames):
         frames = [BodyFrame(np.zeros(3), np.asarray(f["superior"]), np.asarray(f["anterior"])) for f in body_frames]
     else:
-        up, low = grid.kji_to_ras(np.argwhere(upper)), grid.kji_to_ras(np.argwhere(lower))
+        up, low = grid.kji_to_ras(np.argwhere(upper)[::2]), grid.kji_to_ras(np.argwhere(lower)[::2])
         between = up.mean(axis=0) - low.mean(axis=0)
         frames = [principal_frame(points, between) for points in (up, low)]
     superior = _unit(frames[0].superior + frames[1].superior)
     anterior = frames[0].anterior + frames[1].anterior
     anterior = _unit(anterior - (anterior @ superior) * superior)
-    centre = grid.kji_to_ras(np.argwhere(disc).mean(axis=0)[None])[0]
-    return BodyFrame(centre, superior, anterior)
+    return BodyFrame(np.asarray(centre, float), superior, anterior)
 
 
 def disc_heights(disc: np.ndarray, frame: BodyFrame, grid: Volume) -> dict[str, Any]:
@@ -83,14 +82,16 @@ def disc_heights(disc: np.ndarray, frame: BodyFrame, grid: Volume) -> dict[str, 
     return out
 
 
-def csf_mean(image: Volume, frame: BodyFrame, posterior_t: float, height: float, disc_mean: float) -> float | None:
+def csf_mean(image: Volume, frame: BodyFrame, posterior_t: float, height: float, disc_mean: float,
+             values32: np.ndarray | None = None) -> float | None:
     """Mean of the CSF behind the disc (see module docstring), or None when no bright canal is found."""
     t = np.arange(posterior_t + CSF_STRIP_MM[0], posterior_t + CSF_STRIP_MM[1], 0.5)
     s = np.arange(-height / 2, height / 2 + 0.25, 0.5)
     w = np.arange(-CSF_HALF_WIDTH_MM, CSF_HALF_WIDTH_MM + 0.25, 0.5)
     ras = frame.to_ras(s[:, None, None], t[None, :, None], w[None, None, :]).reshape(-1, 3)
     kji = image.ras_to_kji(ras).T
-    values = ndimage.map_coordinates(image.array.astype(np.float32), kji, order=1, mode="constant", cval=np.nan)
+    array = values32 if values32 is not None else image.array.astype(np.float32)
+    values = ndimage.map_coordinates(array, kji, order=1, mode="constant", cval=np.nan)
     values = values[np.isfinite(values)]
     if values.size < 20:
         return None
@@ -104,14 +105,28 @@ def _round(value, digits=2):
     return None if value is None else round(float(value), digits)
 
 
+def _crop(grid: Volume, box: tuple[slice, ...], margin: int = 3) -> tuple[tuple[slice, ...], Volume]:
+    """The box grown by ``margin`` voxels, and the sub-grid it spans (same directions and spacing)."""
+    box = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, grid.array.shape))
+    matrix = grid.ijk_to_ras.copy()
+    matrix[:3, 3] = grid.kji_to_ras(np.array([[b.start for b in box]], float))[0]
+    return box, Volume(np.zeros(tuple(b.stop - b.start for b in box), np.uint8), matrix)
+
+
 def measure_disc(result: SpineResult, disc: DiscInfo, body_depth: float | None,
-                 body_frames: list[dict] | None = None) -> dict[str, Any]:
-    grid = result.image
-    mask = result.layers[DISCS] == disc.value
+                 body_frames: list[dict] | None = None, box: tuple[slice, ...] | None = None,
+                 values32: np.ndarray | None = None) -> dict[str, Any]:
+    """One disc's row; ``box`` (its voxels' bounding box) keeps the work on a small sub-grid."""
+    full = result.layers[DISCS]
+    box, grid = _crop(result.image, box or tuple(slice(0, n) for n in full.shape))
+    mask = full[box] == disc.value
     voxels = int(mask.sum())
     row: dict[str, Any] = {"name": disc.name, "label": disc.label, "upper": disc.upper.level,
                            "lower": disc.lower.level, "volume_mm3": _round(voxels * float(np.prod(grid.spacing)), 1)}
-    frame = disc_frame(mask, result.mask(disc.upper), result.mask(disc.lower), grid, body_frames)
+    centre = grid.kji_to_ras(np.argwhere(mask).mean(axis=0)[None])[0]
+    known = bool(body_frames and all(body_frames))        # the bodies' own frames: no need to look at their voxels
+    frame = disc_frame(centre, None if known else result.mask(disc.upper), None if known else result.mask(disc.lower),
+                       result.image, body_frames)
     measured = disc_heights(mask, frame, grid)
     heights = measured["heights"]
     for name in LINE_FRACTIONS:
@@ -121,8 +136,8 @@ def measure_disc(result: SpineResult, disc: DiscInfo, body_depth: float | None,
     row["dhi"] = _round(np.mean(known) / body_depth, 4) if known and body_depth else None
     row["disc_csf_ratio"] = None
     if result.modality == "mr" and measured["posterior_t"] is not None and heights["middle"]:
-        disc_mean = float(result.image.array[mask].mean())
-        csf = csf_mean(grid, frame, measured["posterior_t"], heights["middle"], disc_mean)
+        disc_mean = float(result.image.array[box][mask].mean())
+        csf = csf_mean(result.image, frame, measured["posterior_t"], heights["middle"], disc_mean, values32)
         if csf:
             row["disc_csf_ratio"] = _round(disc_mean / csf, 3)
     row["centre_ras"] = frame.centre.round(3).tolist()
@@ -133,11 +148,15 @@ def measure_disc(result: SpineResult, disc: DiscInfo, body_depth: float | None,
 def measure_discs(result: SpineResult) -> list[dict[str, Any]]:
     """One row per disc in the disc layer (`SpineResult.disc_measurements`)."""
     by_level = {m.get("level"): m for m in result.measurements}
+    boxes = ndimage.find_objects(result.layers[DISCS]) if DISCS in result.layers else []
+    values32 = result.image.array.astype(np.float32) if result.modality == "mr" else None
     rows = []
     for disc in result_discs(result):
-        if not (result.layers[DISCS] == disc.value).any():
+        box = boxes[disc.value - 1] if disc.value <= len(boxes) else None
+        if box is None:
             continue
         frames = [by_level.get(v.level, {}).get("frame_ras") for v in (disc.upper, disc.lower)]
-        rows.append(measure_disc(result, disc, by_level.get(disc.upper.level, {}).get("depth_mm"), frames))
+        rows.append(measure_disc(result, disc, by_level.get(disc.upper.level, {}).get("depth_mm"), frames, box,
+                                 values32))
     result.disc_measurements = rows
     return rows

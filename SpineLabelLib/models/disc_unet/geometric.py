@@ -30,7 +30,7 @@ def mean_axis(upper_points: np.ndarray, lower_points: np.ndarray) -> np.ndarray:
 
 def disc_frame(upper: np.ndarray, lower: np.ndarray, grid: Volume) -> tuple[BodyFrame, float, float]:
     """Frame at the midpoint of the centroids (superior = mean axis), lateral radius and half length."""
-    up, low = grid.kji_to_ras(np.argwhere(upper)), grid.kji_to_ras(np.argwhere(lower))
+    up, low = grid.kji_to_ras(np.argwhere(upper)[::2]), grid.kji_to_ras(np.argwhere(lower)[::2])  # every 2nd voxel: the same axes
     superior = mean_axis(up, low)
     centre = (up.mean(axis=0) + low.mean(axis=0)) / 2.0
     anterior = np.array([0.0, 1.0, 0.0]) - superior[1] * superior
@@ -68,6 +68,24 @@ def column_edges(upper, lower, grid, frame, radius, half):
     return np.where(valid, top_of_lower, np.nan), np.where(valid, bottom_of_upper, np.nan), tw
 
 
+def _box(mask: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))
+    lo = np.maximum(np.array([b.start for b in box]) - margin, 0)
+    return lo, np.minimum(np.array([b.stop for b in box]) + margin, mask.shape)
+
+
+def _affine_axis(grid: Volume, lo, hi, centre: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """(RAS(k, j, i) - centre) . axis over the box lo..hi, by broadcasting."""
+    matrix = grid.ijk_to_ras[:3, :3][:, ::-1]            # columns: RAS per k, j, i step
+    steps = axis @ matrix
+    offset = axis @ (grid.ijk_to_ras[:3, 3] - centre)
+    k, j, i = (np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi))
+    return (np.float32(steps[0]) * k[:, None, None] + np.float32(steps[1]) * j[None, :, None]
+            + np.float32(steps[2]) * i[None, None, :] + np.float32(offset))
+
+
 def geometric_disc(upper: np.ndarray, lower: np.ndarray, grid: Volume) -> np.ndarray:
     """Boolean disc mask on ``grid`` between two boolean body masks (empty when they do not face)."""
     out = np.zeros(upper.shape, bool)
@@ -78,22 +96,17 @@ def geometric_disc(upper: np.ndarray, lower: np.ndarray, grid: Volume) -> np.nda
     if not np.isfinite(low_edge).any():
         return out
     both = upper | lower
-    voxels = np.argwhere(both)
-    lo = np.maximum(voxels.min(axis=0) - 2, 0)
-    hi = np.minimum(voxels.max(axis=0) + 3, upper.shape)
-    kji = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
-    local = grid.kji_to_ras(kji) - frame.centre
-    s = local @ frame.superior
-    t = -(local @ frame.anterior)
-    w = local @ frame.lateral
+    lo, hi = _box(both)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    # local coordinates are affine in (k, j, i): evaluated by broadcasting, no list of voxels
+    s, t, w = (_affine_axis(grid, lo, hi, frame.centre, axis) for axis in
+               (frame.superior, -frame.anterior, frame.lateral))
     ti = np.rint((t + radius) / COLUMN_MM).astype(int)
     wi = np.rint((w + radius) / COLUMN_MM).astype(int)
     inside = (ti >= 0) & (ti < tw.size) & (wi >= 0) & (wi < tw.size)
-    low = np.full(s.shape, np.nan)
-    high = np.full(s.shape, np.nan)
-    low[inside], high[inside] = low_edge[ti[inside], wi[inside]], high_edge[ti[inside], wi[inside]]
+    ti, wi = np.clip(ti, 0, tw.size - 1), np.clip(wi, 0, tw.size - 1)
+    low, high = low_edge[ti, wi], high_edge[ti, wi]
     with np.errstate(invalid="ignore"):
-        disc = (s > low) & (s < high)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    out[box] = disc.reshape(tuple(hi - lo)) & ~both[box]
+        disc = inside & (s > low) & (s < high)
+    out[box] = disc & ~both[box]
     return out
