@@ -106,6 +106,7 @@ def phantoms() -> dict:
     errors = {"true_disc_mask": [], "disc_stage": []}
     per_modality: dict[str, list] = {"ct": [], "t2": []}
     seconds, dice, dhi = [], [], []
+    dice_by_modality: dict[str, list] = {"ct": [], "t2": []}
     for modality, options in PHANTOMS:
         phantom = generate_phantom(["T12", "L1", "L2", "L3", "L4", "L5", "S1"], modality, spacing=(1.0, 1.0, 1.0),
                                    crop_to_spine=True, **options)
@@ -120,6 +121,7 @@ def phantoms() -> dict:
                     upper = result.by_level(d["upper"])
                     mask, manual = result.layers["discs"] == upper.instance, phantom.discs.array == d["label"]
                     dice.append(2 * float((mask & manual).sum()) / float(mask.sum() + manual.sum()))
+                    dice_by_modality[modality].append(dice[-1])
             else:
                 measure_discs(result)
             for row in result.disc_measurements:
@@ -138,6 +140,8 @@ def phantoms() -> dict:
             "disc_stage_height_mae_mm_by_modality": {k: round(float(np.mean(v)), 3) for k, v in per_modality.items()},
             "dhi_mae_true_disc_mask": round(float(np.mean(dhi)), 4),
             "disc_stage_dice_median": round(float(np.median(dice)), 4),
+            "disc_stage_dice_by_modality": {k: {"median": round(float(np.median(v)), 4), "min": round(float(np.min(v)), 4)}
+                                            for k, v in dice_by_modality.items()},
             "seconds_per_case": round(float(np.mean(seconds)), 3)}
 
 

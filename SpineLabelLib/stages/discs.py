@@ -14,10 +14,6 @@ import numpy as np
 from ..core.result import DISCS, SpineResult
 from .base import RunContext
 
-#: a learned disc this much smaller than the geometric one means the model did not see the disc
-KEEP_GEOMETRIC_BELOW = 0.25
-
-
 class SegmentDiscs:
     name = "discs"
     needs = ("image", "vertebrae", "layers.bodies")
@@ -46,7 +42,7 @@ class SegmentDiscs:
 
 
 def fill_geometric(result: SpineResult, layer: np.ndarray, pairs, everywhere: bool) -> list[str]:
-    """Geometric discs for every pair (``everywhere``) or where the model drew (almost) nothing."""
+    """Geometric discs for every pair (``everywhere``) or for the pairs the model drew nothing for."""
     from ..models.disc_unet.geometric import geometric_disc
 
     counts = np.bincount(layer.ravel(), minlength=result.next_instance())
@@ -55,7 +51,6 @@ def fill_geometric(result: SpineResult, layer: np.ndarray, pairs, everywhere: bo
         if not everywhere and counts[upper.instance] > 0:
             continue
         disc = geometric_disc(result.mask(upper), result.mask(lower), result.image) & (layer == 0)
-        if everywhere or disc.sum() * KEEP_GEOMETRIC_BELOW > counts[upper.instance]:
-            layer[disc] = upper.instance
-            used.append(f"{upper.level}-{lower.level}")
+        layer[disc] = upper.instance
+        used.append(f"{upper.level}-{lower.level}")
     return used
