@@ -231,3 +231,22 @@ def test_discs_follow_their_vertebrae_through_the_slicer_scene(lumbar_phantom):
     segmentation = nodes.segmentation.GetSegmentation()
     names = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
     assert {"T12-L1", "L4-L5"} <= names and "L5-S1" not in names      # the scene's disc segments renamed
+
+
+def test_spinelabel_measure_writes_the_disc_table_from_disc_segments(lumbar_phantom, tmp_path):
+    from SpineLabelLib.app.pipeline import measure_files
+    from SpineLabelLib.core.volume import save_volume
+    from SpineLabelLib.io.segfile import write_seg_nrrd
+    from SpineLabelLib.io.tables import read_csv_rows
+
+    result = lumbar_phantom.to_result("p", with_discs=True)
+    image = save_volume(lumbar_phantom.image, tmp_path / "p.nii.gz")
+    write_seg_nrrd(result, tmp_path / "p.seg.nrrd")
+    measure_files(image, tmp_path / "p.seg.nrrd", tmp_path / "tables")
+    rows = read_csv_rows(tmp_path / "tables" / "p.discs.csv")
+    truth = {d["name"]: d for d in lumbar_phantom.truth["discs"]}
+    assert [r["name"] for r in rows] == list(truth)
+    assert list(rows[0])[:4] == ["name", "upper", "lower", "label"]
+    for row in rows:
+        assert row["height_middle_mm"] == pytest.approx(truth[row["name"]]["height_middle_mm"], abs=0.6)
+        assert row["dhi"] == pytest.approx(truth[row["name"]]["dhi"], abs=0.03)
