@@ -1,8 +1,9 @@
 """`SpineResult`: the one type that carries a case through every stage.
 
-Voxel results are named layers on the image grid (`LAYERS`): the vertebral bodies today, as one
-instance map (value = `Vertebra.instance`), so renaming a vertebra never touches voxels; the
-level-code label map is derived on demand. What a stage reports about its own work (the detector's
+Voxel results are named layers on the image grid (`LAYERS`): the vertebral bodies, as one
+instance map (value = `Vertebra.instance`), so renaming a vertebra never touches voxels, and the
+intervertebral discs, valued by the instance of the vertebra above each (`core.disc_layer`); the
+level-code and disc label maps are derived on demand. What a stage reports about its own work (the detector's
 slab, say) goes into `notes` under the stage's name; a phantom's analytic answer into `truth`.
 """
 from __future__ import annotations

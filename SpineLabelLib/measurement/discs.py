@@ -105,7 +105,7 @@ def _round(value, digits=2):
     return None if value is None else round(float(value), digits)
 
 
-def _crop(grid: Volume, box: tuple[slice, ...], margin: int = 3) -> tuple[tuple[slice, ...], Volume]:
+def crop_grid(grid: Volume, box: tuple[slice, ...], margin: int = 3) -> tuple[tuple[slice, ...], Volume]:
     """The box grown by ``margin`` voxels, and the sub-grid it spans (same directions and spacing)."""
     box = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, grid.array.shape))
     matrix = grid.ijk_to_ras.copy()
@@ -118,7 +118,7 @@ def measure_disc(result: SpineResult, disc: DiscInfo, body_depth: float | None,
                  values32: np.ndarray | None = None) -> dict[str, Any]:
     """One disc's row; ``box`` (its voxels' bounding box) keeps the work on a small sub-grid."""
     full = result.layers[DISCS]
-    box, grid = _crop(result.image, box or tuple(slice(0, n) for n in full.shape))
+    box, grid = crop_grid(result.image, box or tuple(slice(0, n) for n in full.shape))
     mask = full[box] == disc.value
     voxels = int(mask.sum())
     row: dict[str, Any] = {"name": disc.name, "label": disc.label, "upper": disc.upper.level,
