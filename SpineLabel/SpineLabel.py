@@ -579,8 +579,7 @@ class SpineLabelLogic(ScriptedLoadableModuleLogic):
         from SpineLabelLib.slicer_adapter import scene
 
         result = pipeline.case_from_volume(scene.node_to_volume(volumeNode), volumeNode.GetName())
-        pipeline.detect(result, options)
-        pipeline.measure(result)
+        pipeline.analyse(result, options)
         return self.show(result, volumeNode)
 
     def startProcess(self, volumeNode, options: RunOptions | None = None):

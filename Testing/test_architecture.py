@@ -21,7 +21,7 @@ from SpineLabelLib.models import families
 from SpineLabelLib.models.registry import load_model
 
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".alignment.csv", ".json",
-            ".qc.png")
+            ".qc.png", ".discs.csv")
 
 
 def test_a_new_family_is_one_registration_and_runs_end_to_end(tmp_path, blob_model_dir):
@@ -32,7 +32,8 @@ def test_a_new_family_is_one_registration_and_runs_end_to_end(tmp_path, blob_mod
     path = save_volume(lumbar_result().image, tmp_path / "five boxes.nrrd")
     result = pipeline.run_case(path, tmp_path / "out", RunOptions(model=str(blob_model_dir), segmenter="none"))
     assert result.levels == ["L1", "L2", "L3", "L4", "L5"]
-    assert [m["name"] for m in result.models] == ["blob-detector"]
+    discs = ["intervertebral-disc-segmenter"] if result.modality == "mr" else []   # the disc stage's model on MRI
+    assert [m["name"] for m in result.models] == ["blob-detector", *discs]
     folder = tmp_path / "out" / "five_boxes"
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"five_boxes{s}" for s in CONTRACT)
 

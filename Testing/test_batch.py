@@ -22,7 +22,7 @@ from SpineLabelLib.core.volume import save_volume  # noqa: E402
 
 BATCH = Path(__file__).resolve().parents[1] / "SpineLabel" / "Scripts" / "batch.py"
 CONTRACT = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png",
-            ".alignment.csv")
+            ".alignment.csv", ".discs.csv")
 
 
 @pytest.fixture
@@ -57,11 +57,18 @@ def test_batch_writes_the_contract_with_slicer_storage_nodes(monkeypatch, spine_
     segmentation = slicerio.read_segmentation(str(case / "spine_case.seg.nrrd"))
     from SpineLabelLib.core import anatomy
 
-    assert [s["name"] for s in segmentation["segments"]] == labels
-    assert [s["labelValue"] for s in segmentation["segments"]] == [anatomy.code_of(n) for n in labels]
-    # Voxels are on the input grid: the label map equals the blob detector's boxes.
-    voxels = segmentation["voxels"].transpose(2, 1, 0)
-    assert np.array_equal(voxels > 0, lumbar_result().instances > 0)
+    from SpineLabelLib.core import discs
+
+    bodies = [s for s in segmentation["segments"] if not discs.is_disc_name(s["name"])]
+    assert [s["name"] for s in bodies] == labels
+    assert [s["labelValue"] for s in bodies] == [anatomy.code_of(n) for n in labels]
+    disc_segments = [s for s in segmentation["segments"] if discs.is_disc_name(s["name"])]
+    assert [s["name"] for s in disc_segments] == discs.discs_between(labels)      # the gaps between the boxes
+    # Voxels are on the input grid: the body layer equals the blob detector's boxes.
+    voxels = segmentation["voxels"]
+    body_layer = voxels[bodies[0]["layer"]] if voxels.ndim == 4 else voxels
+    body_voxels = np.isin(body_layer, [s["labelValue"] for s in bodies])
+    assert np.array_equal(body_voxels.transpose(2, 1, 0), lumbar_result().instances > 0)
     assert len((case / "spine_case.measurements.csv").read_text().strip().splitlines()) == 6
     summary = json.loads((case / "spine_case.json").read_text())
     from SpineLabelLib.io.summary import sha256_file

@@ -80,7 +80,7 @@ def test_export_reads_back_equal(tmp_path):
     dataset_json = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert dataset_json["numTraining"] == 1 and dataset_json["file_ending"] == ".nii.gz"
     assert dataset_json["labels"]["L1"] == 20 and dataset_json["labels"]["T13"] == 28
-    assert sorted(dataset_json["labels"].values()) == list(range(29))              # consecutive, as nnU-Net requires
+    assert sorted(dataset_json["labels"].values()) == list(range(129))             # consecutive, as nnU-Net requires (discs: 102-128)
     assert dataset_json["spinelabel"]["levels_present"] == {"L1": 1, "L2": 1}
     entry = record.manifest_entry
     assert entry["source_sha256"] == sha256_file(image_path) and entry["source_hashed"] == "file"

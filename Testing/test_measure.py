@@ -155,7 +155,7 @@ def test_measurement_keys_in_contract_order():
         "height_posterior_mm", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss_pct",
         "genant_grade", "genant_type", "mean_positive", "skewness", "kurtosis", "entropy",
         "mean_positive_midsagittal", "skewness_midsagittal", "kurtosis_midsagittal",
-        "entropy_midsagittal", "confidence", "flags", "lines_ras"]
+        "entropy_midsagittal", "confidence", "flags", "lines_ras", "depth_mm", "frame_ras"]
 
 
 @pytest.mark.parametrize("loss, grade", [(0, 0), (19.999, 0), (20, 1), (24.999, 1), (25, 2), (40, 2),

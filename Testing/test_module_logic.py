@@ -101,6 +101,11 @@ def test_logic_records_scene_edits_before_a_correction(module):
     assert scene.segment_id_of(nodes.segmentation, logic.result.vertebrae[2]) == "L3"
 
 
+def _segment_names(nodes) -> list[str]:
+    segmentation = nodes.segmentation.GetSegmentation()
+    return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+
+
 def test_blocking_process_and_background_finish_show_results(module, blob_model_dir, blob_plugin_path):
     from test_correction import lumbar_result
 
@@ -111,8 +116,8 @@ def test_blocking_process_and_background_finish_show_results(module, blob_model_
     first = scene.volume_to_node(slicer.mrmlScene, image, "first")
     logic = module.SpineLabelLogic()
     nodes = logic.process(first, options)
-    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
-    assert nodes.table.GetNumberOfRows() == 5
+    assert _segment_names(nodes) == ["L1", "L2", "L3", "L4", "L5", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]  # bodies, then discs
+    assert nodes.table.GetNumberOfRows() == 5 and nodes.disc_table.GetNumberOfRows() == 4
 
     second = scene.volume_to_node(slicer.mrmlScene, image, "second")
     job = BackgroundRun(image, "second", options)
@@ -123,6 +128,6 @@ def test_blocking_process_and_background_finish_show_results(module, blob_model_
     shown = logic.finishProcess(job, scene.SceneNodes(None, None, None, chosen_table))
     assert shown.volume is second and shown.table is chosen_table
     assert shown.segmentation is not nodes.segmentation                  # the first case keeps its nodes
-    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
+    assert len(_segment_names(nodes)) == 9
     assert chosen_table.GetNumberOfRows() == 5
     assert not job.folder.exists()

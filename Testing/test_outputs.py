@@ -10,7 +10,7 @@ from SpineLabelLib.io import outputs, qc, summary, tables
 from SpineLabelLib.core.result import Vertebra
 
 CONTRACT_SUFFIXES = (".seg.nrrd", "_seg.nii.gz", ".mrk.json", ".measurements.csv", ".distances.csv", ".json", ".qc.png",
-                     ".alignment.csv")
+                     ".alignment.csv", ".discs.csv")
 
 
 def add_measurements(result) -> None:

@@ -88,10 +88,11 @@ def run_case(mrml, path: Path, options, out: Path) -> Path:
             from SpineLabelLib.core.volume import dicom_series_files
 
             result.image.metadata["dicom_files"] = list(dicom_series_files(path))
-        pipeline.detect(result, options)
-        pipeline.measure(result)
+        pipeline.analyse(result, options)           # bodies, names, discs, measurements
         nodes = adapter.result_to_nodes(mrml, result, volume_node)
         created += [nodes.segmentation, nodes.points, nodes.table]
+        if nodes.disc_table is not None:
+            created.append(nodes.disc_table)
         if nodes.alignment is not None:      # endplate lines and the alignment table
             created += [nodes.alignment.table, *nodes.alignment.lines.values()]
         slicer_writers = {"segmentation": lambda target: adapter.write_segmentation_file(nodes.segmentation, target),

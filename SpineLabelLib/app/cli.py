@@ -129,7 +129,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .pipeline import measure_files
 
     result = measure_files(args.image, args.seg, args.out, centroids=args.centroids)
-    print(f"measured {len(result.measurements)} vertebrae; tables in {Path(args.out).resolve()}")
+    print(f"measured {len(result.measurements)} vertebrae and {len(result.disc_measurements)} discs; "
+          f"tables in {Path(args.out).resolve()}")
     return 0
 
 

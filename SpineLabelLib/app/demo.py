@@ -29,6 +29,8 @@ def run_demo(out: Path) -> int:
     folder = (out / result.case_id).resolve()
     print(f"sample input: {sample.resolve()}")
     print(f"found {len(result.vertebrae)} vertebrae: {' '.join(v.level or '?' for v in result.vertebrae)}")
+    print(f"found {len(result.disc_measurements)} intervertebral discs: "
+          f"{' '.join(m['name'] for m in result.disc_measurements)}")
     graded = [m for m in result.measurements if m.get("genant_grade")]
     for row in graded:
         print(f"  {row['level']}: Genant grade {row['genant_grade']} ({row.get('genant_type', '')})")

@@ -84,16 +84,19 @@ def detection_stages(options: RunOptions | None = None) -> list:
 
 
 def measurement_stages() -> list:
-    """Body measurements, then the spine's alignment."""
+    """Body and disc measurements, then the spine's alignment."""
     from ..stages.align import MeasureAlignment
-    from ..stages.measure import MeasureBodies
+    from ..stages.measure import MeasureBodies, MeasureDiscs
 
-    return [MeasureBodies(), MeasureAlignment()]
+    return [MeasureBodies(), MeasureDiscs(), MeasureAlignment()]
 
 
 def analysis_stages(options: RunOptions | None = None) -> list:
-    """The detection stages, then measurement: everything up to writing the files."""
-    return [*detection_stages(options), *measurement_stages()]
+    """The detection stages, the discs between the named bodies, then measurement: everything up to
+    writing the files."""
+    from ..stages.discs import SegmentDiscs
+
+    return [*detection_stages(options), SegmentDiscs(), *measurement_stages()]
 
 
 def load_case(path: str | Path) -> SpineResult:
@@ -179,13 +182,14 @@ def check_dicom_seg_inputs(inputs: Iterable[str | Path], options: RunOptions) ->
 
 def measure_files(image_path: str | Path, segmentation_path: str | Path, out: str | Path,
                   centroids: str | Path | None = None) -> SpineResult:
-    """Measure an existing segmentation (`spinelabel measure`): the measurement, distance and alignment tables.
+    """Measure an existing segmentation (`spinelabel measure`): the measurement, distance, alignment and disc
+    tables (discs are the file's disc segments, "L4-L5" or label 100 + code above; none, no rows).
 
     A centroid point list, when given, carries each vertebra's confidence and lock state.
     """
     from ..alignment.table import write_alignment_csv
     from ..io.segfile import read_segmentation_as_result
-    from ..io.tables import write_distances_csv, write_measurements_csv
+    from ..io.tables import write_discs_csv, write_distances_csv, write_measurements_csv
 
     image = load_volume(image_path)
     result = read_segmentation_as_result(segmentation_path, image, case_id_of(image_path))
@@ -201,6 +205,7 @@ def measure_files(image_path: str | Path, segmentation_path: str | Path, out: st
     write_measurements_csv(result, out / f"{result.case_id}.measurements.csv")
     write_distances_csv(result, out / f"{result.case_id}.distances.csv")
     write_alignment_csv(result, out / f"{result.case_id}.alignment.csv")
+    write_discs_csv(result, out / f"{result.case_id}.discs.csv")
     return result
 
 

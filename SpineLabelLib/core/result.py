@@ -1,8 +1,9 @@
 """`SpineResult`: the one type that carries a case through every stage.
 
-Voxel results are named layers on the image grid (`LAYERS`): the vertebral bodies today, as one
-instance map (value = `Vertebra.instance`), so renaming a vertebra never touches voxels; the
-level-code label map is derived on demand. What a stage reports about its own work (the detector's
+Voxel results are named layers on the image grid (`LAYERS`): the vertebral bodies, as one
+instance map (value = `Vertebra.instance`), so renaming a vertebra never touches voxels, and the
+intervertebral discs, valued by the instance of the vertebra above each (`core.disc_layer`); the
+level-code and disc label maps are derived on demand. What a stage reports about its own work (the detector's
 slab, say) goes into `notes` under the stage's name; a phantom's analytic answer into `truth`.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from .volume import Volume
 SOURCES = ("detector", "manual", "phantom", "truth", "file")
 #: voxel layers a result can hold, each an instance map on the image grid
 BODIES = "bodies"
-LAYERS = (BODIES,)
+DISCS = "discs"        # valued by the instance of the vertebra above each disc (core.disc_layer)
+LAYERS = (BODIES, DISCS)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class SpineResult:
     warnings: list[str] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
     distances: list[dict[str, Any]] = field(default_factory=list)
+    disc_measurements: list[dict[str, Any]] = field(default_factory=list)   # measurement.discs, one row per disc
     corrections: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)            # stage name -> what it reports
     naming: dict[str, Any] = field(default_factory=dict)           # confidence, uncertain, reason (naming.confidence)
@@ -174,7 +177,7 @@ class SpineResult:
 
 # --- a pickle-free snapshot, for handing a result between processes --------------------------
 _JSON_FIELDS = ("case_id", "modality", "input_path", "input_sha256", "models", "timings", "warnings",
-                "measurements", "distances", "corrections", "notes", "truth", "naming", "alignment")
+                "measurements", "distances", "disc_measurements", "corrections", "notes", "truth", "naming", "alignment")
 
 
 def _jsonable(value: Any) -> Any:

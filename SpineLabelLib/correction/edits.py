@@ -71,8 +71,17 @@ def add_vertebra(result: SpineResult, ras, level: str | None = None) -> Vertebra
 
 
 def delete_vertebra(result: SpineResult, which: str | Vertebra) -> None:
-    """Remove a false detection (its point and its mask)."""
+    """Remove a false detection (its point and its mask). Its disc (the one below it) goes to the
+    vertebra above, merging the discs around a spurious body; a disc left without neighbours goes."""
+    from ..core.disc_layer import drop_orphans
+    from ..core.result import DISCS
+
     v = _vertebra(result, which)
+    if DISCS in result.layers and v.instance:
+        ordered = sorted(result.vertebrae, key=lambda w: -w.centroid_ras[2])
+        above = [w for w in ordered[:ordered.index(v)] if w.instance]
+        layer = result.layers[DISCS]
+        layer[layer == v.instance] = above[-1].instance if above else 0
     voxels = 0
     if v.instance and result.instances is not None:
         mask = result.instances == v.instance
@@ -81,6 +90,29 @@ def delete_vertebra(result: SpineResult, which: str | Vertebra) -> None:
     result.vertebrae = [w for w in result.vertebrae if w is not v]
     result.record("delete", level=v.level, instance=v.instance, centroid_ras=_ras_list(v.centroid_ras),
                   voxels=voxels)
+    if DISCS in result.layers:
+        drop_orphans(result)
+
+
+def replace_disc_mask(result: SpineResult, name: str, mask: np.ndarray) -> None:
+    """Set the voxels of the disc "L4-L5" (painted or erased by a person); its row follows at the next
+    measurement. Both neighbours must be there: a disc is named and valued by them."""
+    from ..core import discs
+    from ..core.result import DISCS
+
+    upper_level, lower_level = discs.split_name(name)
+    upper, lower = result.by_level(upper_level), result.by_level(lower_level)
+    mask = np.asarray(mask, dtype=bool)
+    if upper is None or lower is None or not upper.instance:
+        raise InputError(f"disc {name}: {upper_level} and {lower_level} must both be there (with a mask)")
+    if result.image is None or mask.shape != result.image.array.shape:
+        raise InputError(f"mask shape {mask.shape} is not the image grid")
+    layer = result.layers.setdefault(DISCS, np.zeros(mask.shape, np.uint16))
+    old = layer == upper.instance
+    layer[old & ~mask] = 0
+    layer[mask] = upper.instance
+    result.record("edit_disc", disc=name, voxels_added=int((mask & ~old).sum()),
+                  voxels_removed=int((old & ~mask).sum()))
 
 
 def draw_mask(result: SpineResult, which: str | Vertebra, segmenter="auto") -> Vertebra:

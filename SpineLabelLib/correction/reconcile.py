@@ -11,6 +11,12 @@ instance tag, and the adapter writes those tags back. Rules:
 - Instance numbers are kept from the segment tags when free, so a relabelled point keeps its mask and
   the correction record can pair bodies; new bodies get numbers never used by the previous result.
 - The difference to the previous result (`edits.diff_results`) goes into the new result's record.
+- Discs follow their vertebrae (`core.disc_layer`: a disc's voxels carry the instance of the vertebra
+  above). A disc segment (named "L4-L5", or tagged with its upper vertebra's instance) becomes disc
+  voxels of that vertebra, so painting a disc changes its row at the next measurement; without disc
+  segments in the scene the previous disc layer is carried. Relabelling a vertebra renames the discs
+  next to it; deleting one hands its disc to the vertebra above it (the two discs around a spurious
+  body merge), and a disc left without a neighbour below or above is removed.
 """
 from __future__ import annotations
 
@@ -20,15 +26,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import anatomy
-from ..core.result import SpineResult, Vertebra
+from ..core import anatomy, discs
+from ..core.disc_layer import drop_orphans
+from ..core.result import DISCS, SpineResult, Vertebra
 from ..core.volume import Volume
 from ..io import point_description
 from .edits import diff_results
 
 #: fields of the result rebuilt from the scene (or, for the per-run canonical view, left to be rebuilt);
 #: every other field, other voxel layers included, is carried over from the previous result
-_FROM_SCENE = ("case_id", "image", "vertebrae", "layers", "measurements", "distances", "view")
+_FROM_SCENE = ("case_id", "image", "vertebrae", "layers", "measurements", "distances", "disc_measurements", "view")
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,15 @@ class SegmentRecord:
     name: str
     label_value: int = 0
     instance: int = 0
+    disc_upper: int = 0        # ``SpineLabel.DiscUpper`` tag: instance of the vertebra above a disc
 
     @property
     def level(self) -> str:
         return self.name if self.name in anatomy.CODE_BY_NAME else ""
+
+    @property
+    def is_disc(self) -> bool:
+        return bool(self.disc_upper) or discs.is_disc_name(self.name)
 
 
 @dataclass
@@ -89,25 +101,29 @@ def reconcile(records: SceneRecords, previous: SpineResult | None = None) -> Rec
     segment_map = records.segment_map
     if segment_map is None:
         segment_map = np.zeros(records.image.array.shape, np.uint16)
-    drafts, claimed = link_points(records.points, records.segments)
-    drafts += unlinked_segments(records.segments, claimed, drafts)
+    disc_segments = {n for n, s in enumerate(records.segments) if s.is_disc}
+    drafts, claimed = link_points(records.points, records.segments, disc_segments)
+    drafts += unlinked_segments(records.segments, claimed | disc_segments, drafts)
     instances = renumber(segment_map, records.segments, drafts, previous)
     tags = {records.segments[d.segment].id: d.vertebra.instance for d in drafts
             if d.segment is not None and d.vertebra.instance
             and records.segments[d.segment].instance != d.vertebra.instance}
     result = _new_result(previous, records.image, _finished(drafts, instances, records.image), instances)
     carry_detector_facts(result, previous)
+    reconcile_discs(result, previous, records, segment_map, sorted(disc_segments))
     if previous is not None:
         for change in diff_results(previous, result):
             result.record(change.pop("action"), **change, origin="scene")
     return Reconciled(result, tags)
 
 
-def link_points(points: list[PointRecord], segments: list[SegmentRecord]) -> tuple[list[_Draft], set[int]]:
-    """A vertebra per point, each with the segment it names by instance tag, else by level name."""
+def link_points(points: list[PointRecord], segments: list[SegmentRecord],
+                skip: set[int] = frozenset()) -> tuple[list[_Draft], set[int]]:
+    """A vertebra per point, each with the segment it names by instance tag, else by level name
+    (segments in ``skip``, the discs, belong to no point)."""
     by_instance: dict[int, int] = {}
     for n, segment in enumerate(segments):      # a copied segment keeps the tag: the first one is the original
-        if segment.instance:
+        if segment.instance and n not in skip:
             by_instance.setdefault(segment.instance, n)
     claimed: set[int] = set()
     drafts = []
@@ -116,7 +132,7 @@ def link_points(points: list[PointRecord], segments: list[SegmentRecord]) -> tup
         segment = by_instance.get(described.instance) if described.instance else None
         if segment is None or segment in claimed:
             segment = next((n for n, s in enumerate(segments)
-                            if n not in claimed and point.label and s.level == point.label), None)
+                            if n not in claimed and n not in skip and point.label and s.level == point.label), None)
         level = point.label if point.label in anatomy.CODE_BY_NAME else ""
         vertebra = Vertebra(level, point.ras, instance=0,
                             score=1.0 if described.score is None else described.score,
@@ -184,6 +200,44 @@ def _finished(drafts: list[_Draft], instances: np.ndarray, image: Volume) -> lis
     return out
 
 
+def reconcile_discs(result: SpineResult, previous: SpineResult | None, records: SceneRecords,
+                    segment_map: np.ndarray, disc_segments: list[int]) -> None:
+    """The disc layer of the new result (see the module docstring for the rules)."""
+    if disc_segments:
+        layer = np.zeros(segment_map.shape, np.uint16)
+        present = {v.instance for v in result.vertebrae if v.instance}
+        for n in disc_segments:
+            segment = records.segments[n]
+            upper = segment.disc_upper if segment.disc_upper in present else 0
+            if not upper and discs.is_disc_name(segment.name):
+                named = result.by_level(discs.split_name(segment.name)[0])
+                upper = named.instance if named is not None else 0
+            if upper:
+                layer[segment_map == n + 1] = upper
+        result.layers[DISCS] = layer
+    elif previous is not None and DISCS in previous.layers and previous.layers[DISCS].shape == segment_map.shape:
+        result.layers[DISCS] = previous.layers[DISCS].copy()
+    else:
+        return
+    hand_up_discs_of_deleted(result, previous)
+    drop_orphans(result)
+
+
+def hand_up_discs_of_deleted(result: SpineResult, previous: SpineResult | None) -> None:
+    """A disc whose upper vertebra is gone goes to the nearest previous vertebra above that is still
+    there (merging with that vertebra's own disc), or is removed when there is none."""
+    layer = result.layers[DISCS]
+    present = {v.instance for v in result.vertebrae if v.instance}
+    gone = [int(v) for v in np.unique(layer) if v and int(v) not in present]
+    if not gone:
+        return
+    order = [v.instance for v in sorted(previous.vertebrae, key=lambda v: -v.centroid_ras[2])] if previous else []
+    for value in gone:
+        above = order[:order.index(value)] if value in order else []
+        heir = next((i for i in reversed(above) if i in present), 0)
+        layer[layer == value] = heir
+
+
 def carry_detector_facts(result: SpineResult, previous: SpineResult | None) -> None:
     """Level scores and anchor evidence are not in the scene: keep them from the previous result for
     the vertebrae that are still the same body (same instance), so a relabelling after a person's
@@ -202,7 +256,8 @@ def _new_result(previous: SpineResult | None, image: Volume, vertebrae: list[Ver
                 instances: np.ndarray) -> SpineResult:
     """A result with the scene's content and the previous one's case facts (id, input, models, record).
 
-    Measurements and distances start empty: the edits may have changed every body they describe."""
+    Measurements, distances and disc measurements start empty: the edits may have changed every body
+    and disc they describe."""
     if previous is None:
         from ..core.paths import safe_name
 

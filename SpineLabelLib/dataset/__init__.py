@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core import anatomy
+from ..core.discs import DISC_LABEL_OFFSET
 from ..core.errors import InputError, SpineLabelError
 from ..core.volume import Volume
 from .corrections import _sanitised_actions, _sanitised_models, corrections_from_maps, corrections_from_record
@@ -95,6 +96,7 @@ def _manifest_entry(case_id: str, prepared: _Prepared, info: dict, model, correc
         "modality": modality if modality in ("ct", "mr") else "unknown",
         "models": _sanitised_models(model),
         "levels": [name for name in anatomy.ORDER if anatomy.code_of(name) in present],
+        "disc_labels": sorted(int(v) for v in present if v >= DISC_LABEL_OFFSET),
         "corrections": summary, "centroids_from": prepared.points_from, "files": info,
         "image_geometry": {"shape_ijk": [int(n) for n in prepared.image.shape_ijk],
                            "spacing_mm": [round(float(s), 6) for s in prepared.image.spacing]},
@@ -170,9 +172,12 @@ def export_result(dataset_dir: PathLike, result, original=None, replace: bool = 
     if result.input_sha256:   # the pipeline hashed the input file: use it, so duplicates are found
         image = Volume(image.array, image.ijk_to_ras)
         image.metadata["source_sha256"] = result.input_sha256
+    from ..io.segfile import label_map_with_discs
+
     before = None
     if original is not None and original.instances is not None:
-        before = original.level_volume() if original.image is not None else result.image.with_array(original.level_map())
-    return export_case(dataset_dir, image, result.level_volume(), centroids=result.vertebrae, original=before,
+        before = result.image.with_array(label_map_with_discs(original))
+    return export_case(dataset_dir, image, result.image.with_array(label_map_with_discs(result)),
+                       centroids=result.vertebrae, original=before,
                        model=result.models, corrections=result.corrections, replace=replace,
                        modality=result.modality, **options)

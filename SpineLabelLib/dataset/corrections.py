@@ -14,7 +14,12 @@ def corrections_from_maps(original: np.ndarray, corrected: np.ndarray) -> dict:
     """Levels relabelled (most of a level's voxels now carry another level), added, deleted; voxels changed.
 
     ``voxels_changed[L]`` counts voxels whose membership in level L differs between the two maps.
+    Disc labels (100 + code above) follow the bodies' names and are left out here.
     """
+    from ..core.discs import DISC_LABEL_OFFSET
+
+    original = np.where(original >= DISC_LABEL_OFFSET, 0, original)
+    corrected = np.where(corrected >= DISC_LABEL_OFFSET, 0, corrected)
     original_codes = {int(c) for c in np.unique(original) if c}
     corrected_codes = {int(c) for c in np.unique(corrected) if c}
     relabelled = []

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core import anatomy
+from ..core import anatomy, discs
 from ..core.errors import InputError
 from ..io.markups import markups_dict, read_markups
 from ..core.result import Vertebra
@@ -55,12 +55,13 @@ def _as_level_codes(array: np.ndarray, what: str, allow_empty: bool) -> np.ndarr
                 or np.any(array != np.round(array)):
             raise InputError(f"{what}: voxel values must be whole-number level codes, got {array.dtype} values")
     values = np.unique(array)
-    invalid = [v for v in values.tolist() if v != 0 and int(v) not in anatomy.NAME_BY_CODE]
+    invalid = [v for v in values.tolist() if v != 0 and int(v) not in anatomy.NAME_BY_CODE
+               and not (float(v).is_integer() and discs.is_disc_label(int(v)))]
     if invalid:
         shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in invalid[:6])
-        raise InputError(f"{what}: values {shown} are not vertebral level codes (VerSe: C1=1 ... L5=24, L6=25, "
-                         "S1=26, T13=28)")
-    if not allow_empty and not np.any(values != 0):
+        raise InputError(f"{what}: values {shown} are neither vertebral level codes (VerSe: C1=1 ... L5=24, L6=25, "
+                         "S1=26, T13=28) nor disc labels (100 + code of the vertebra above)")
+    if not allow_empty and not np.any((values != 0) & (values < discs.DISC_LABEL_OFFSET)):
         raise InputError(f"{what}: holds no vertebra (every voxel is 0)")
     return array.astype(np.uint8)
 
@@ -115,7 +116,7 @@ def _read_markups_points(path: PathLike) -> list[tuple[str, np.ndarray]]:
 def _centroids_from_label_map(image: Volume, codes: np.ndarray) -> list[tuple[str, np.ndarray]]:
     from scipy import ndimage
 
-    present = [int(c) for c in np.unique(codes) if c]
+    present = [int(c) for c in np.unique(codes) if c and c < discs.DISC_LABEL_OFFSET]
     centres = ndimage.center_of_mass(np.ones(codes.shape, np.uint8), codes, present)
     return [(anatomy.name_of(c), image.kji_to_ras(np.array(centre))[0]) for c, centre in zip(present, centres)]
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..core import anatomy
+from ..core import anatomy, discs
 from ..core.paths import atomic_write_text
 from .layout import CENTROIDS, DATASET_JSON, FILE_ENDING, FORMAT_VERSION, HISTORY, IMAGES, LABELS, MANIFEST, ORIGINAL, PathLike, cases_on_disk
 
@@ -60,8 +60,19 @@ def _repair_manifest_tail(dataset: Path) -> bool:
 
 # --- dataset.json -------------------------------------------------------------------------
 def nnunet_labels() -> dict[str, int]:
-    """All levels with their VerSe codes; 27 (coccyx) fills the gap nnU-Net does not allow."""
+    """All levels with their VerSe codes, 27 (coccyx) filling the gap nnU-Net does not allow; then the
+    discs at 100 + the code of the vertebra above ("L4-L5" 123; where two discs share a value, L5-L6
+    and L5-S1, the usual one names it), the values between listed as unused so labels stay consecutive."""
     labels = {"background": 0, **{name: anatomy.code_of(name) for name in anatomy.ORDER}, "Co": 27}
+    by_value: dict[int, str] = {}
+    for upper in anatomy.ORDER:
+        for below in [n for n in anatomy.ORDER if discs.is_adjacent(upper, n)]:
+            value = discs.label_of(f"{upper}-{below}")
+            if value not in by_value or below not in anatomy.TRANSITIONAL:
+                by_value[value] = f"{upper}-{below}"
+    top = max(by_value)
+    for value in range(max(labels.values()) + 1, top + 1):
+        labels[by_value.get(value, f"unused_{value}")] = value
     return dict(sorted(labels.items(), key=lambda item: item[1]))
 
 
@@ -87,7 +98,9 @@ def build_dataset_json(dataset_dir: PathLike) -> dict:
             "format_version": FORMAT_VERSION, "spinelabel_version": __version__,
             "level_codes": "VerSe: C1-C7 = 1-7, T1-T12 = 8-19, L1-L5 = 20-24, L6 = 25, S1 = 26, T13 = 28; "
                            "27 (Co) listed only to keep labels consecutive",
-            "labels_policy": "all levels, whether present or not",
+            "labels_policy": "all levels and discs, whether present or not",
+            "disc_labels": "100 + the VerSe code of the vertebra above (L4-L5 = 123, L5-S1 = 124); values 29-100 "
+                           "and 101 (no disc below C1) are unused, listed only to keep labels consecutive",
             "levels_present": {n: present[n] for n in anatomy.ORDER if n in present},
             "modalities": modalities,
             "cases": cases,

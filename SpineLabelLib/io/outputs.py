@@ -19,7 +19,7 @@ from .qc import write_qc_png
 from ..core.result import SpineResult
 from .segfile import write_label_nifti, write_seg_nrrd
 from .summary import write_summary_json
-from .tables import write_distances_csv, write_measurements_csv
+from .tables import write_discs_csv, write_distances_csv, write_measurements_csv
 
 
 def case_files(case: str, dicom_seg: bool = False) -> dict[str, str]:
@@ -34,6 +34,7 @@ def case_files(case: str, dicom_seg: bool = False) -> dict[str, str]:
         "summary": f"{case}.json",
         "qc": f"{case}.qc.png",
         "alignment": f"{case}.alignment.csv",
+        "discs": f"{case}.discs.csv",
     }
     if dicom_seg:
         files["dicom_seg"] = f"{case}.seg.dcm"     # asked for (`RunOptions.dicom_seg`), DICOM inputs only
@@ -48,6 +49,7 @@ WRITERS: dict[str, Callable[[SpineResult, Path], object]] = {
     "measurements": write_measurements_csv,
     "distances": write_distances_csv,
     "alignment": write_alignment_csv,
+    "discs": write_discs_csv,
     "summary": write_summary_json,
     "qc": write_qc_png,
     "dicom_seg": write_dicom_seg,

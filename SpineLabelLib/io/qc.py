@@ -1,5 +1,6 @@
 """The QC image `<case>.qc.png`: one sagittal slice of the whole field of view with body outlines, level
-names, measurement lines and the naming verdict (orange when the levels are uncertain).
+names, measurement lines, disc outlines with their names and heights, and the naming verdict
+(orange when the levels are uncertain).
 
 The image is resampled to the canonical orientation (head up, anterior left) on an isotropic grid,
 so oblique acquisitions still give a true sagittal view. Drawn with matplotlib's Agg canvas (no
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import anatomy
+from ..core import anatomy, discs
 from ..core.paths import atomic_path
 from ..core.result import SpineResult
 from ..core.volume import Volume, resample_to_canonical
@@ -69,7 +70,7 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
     low, high = _window(image, result.modality)
     axes.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
     if labels is not None:
-        for code in sorted(int(c) for c in np.unique(labels[x]) if c):
+        for code in sorted(int(c) for c in np.unique(labels[x]) if c and c < discs.DISC_LABEL_OFFSET):
             mask = labels[x] == code
             name = anatomy.name_of(code)
             colour = anatomy.COLOUR_BY_NAME[name]
@@ -84,6 +85,7 @@ def _draw(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: 
         if v.level and (labels is None or not np.any(labels[x] == v.code)):
             axes.text(col - 4, row, v.level, color=colour, fontsize=9, ha="right", va="center")
     _draw_lines(result, canonical, axes)
+    _draw_discs(result, canonical, labels, x, axes)
     axes.set_xlim(col0 - 0.5, col1 - 0.5)
     axes.set_ylim(row1 - 0.5, row0 - 0.5)
     right_mm = canonical.kji_to_ras([x, 0, 0])[0][0]
@@ -139,6 +141,24 @@ def _draw_lines(result: SpineResult, canonical: Volume, axes) -> None:
             axes.plot([c0, c1], [r0, r1], color=colour, linewidth=1.0)
 
 
+def _draw_discs(result: SpineResult, canonical: Volume, labels: np.ndarray | None, x: int, axes) -> None:
+    """Disc outlines (from the label map), their height lines, and name + middle height beside them."""
+    for row in result.disc_measurements:
+        colour = discs.colour(row["name"])
+        if labels is not None and row.get("label"):
+            mask = labels[x] == row["label"]
+            if mask.any():
+                axes.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=0.8)
+        for start, end in (row.get("lines_ras") or {}).values():
+            (r0, c0), (r1, c1) = _to_row_col(canonical, start), _to_row_col(canonical, end)
+            axes.plot([c0, c1], [r0, r1], color=colour, linewidth=0.8)
+        if row.get("centre_ras") is not None:
+            r, c = _to_row_col(canonical, row["centre_ras"])
+            height = row.get("height_middle_mm")
+            text = row["name"] + (f" {height:.1f} mm" if height is not None else "")
+            axes.text(c, r, text, color=colour, fontsize=7, ha="center", va="center")
+
+
 def write_qc_png(result: SpineResult, path: str | os.PathLike) -> Path:
     """Write the sagittal QC overlay as PNG (through a temporary file)."""
     path = Path(path)
@@ -147,7 +167,9 @@ def write_qc_png(result: SpineResult, path: str | os.PathLike) -> Path:
     canonical = view.at(spacing)
     labels = None
     if result.instances is not None:
-        labels = resample_to_canonical(result.level_volume(), spacing, label=True).array
+        from .segfile import label_map_with_discs
+
+        labels = resample_to_canonical(result.image.with_array(label_map_with_discs(result)), spacing, label=True).array
     figure = _draw(result, canonical, labels, _slice_index(result, canonical, labels))
     with atomic_path(path) as tmp:
         figure.savefig(str(tmp), format="png", dpi=100, metadata={"Software": None})

@@ -27,6 +27,8 @@ from ..core.result import SpineResult
 MEASUREMENT_COLUMNS = ("level", "code", "r_mm", "a_mm", "s_mm", "volume_mm3",
                        "height_anterior_mm", "height_middle_mm", "height_posterior_mm")
 DISTANCE_COLUMNS = ("upper", "lower", "anterior_distance_mm", "middle_distance_mm", "posterior_distance_mm")
+DISC_COLUMNS = ("name", "upper", "lower", "label", "volume_mm3", "height_anterior_mm", "height_middle_mm",
+                "height_posterior_mm", "depth_mm", "dhi", "disc_csf_ratio")
 UNIT_SUFFIXES = (("_mm3", "mm3"), ("_mm2", "mm2"), ("_mm", "mm"), ("_deg", "deg"), ("_pct", "%"), ("_s", "s"))
 COLUMN_TYPES = ("string", "int", "double", "bit")      # the type names of Slicer's table schema
 
@@ -151,6 +153,11 @@ def distance_table(result: SpineResult) -> Table:
     return encode_table(result.distances, DISTANCE_COLUMNS)
 
 
+def disc_table(result: SpineResult) -> Table:
+    """One row per intervertebral disc (`measurement.discs`): the .discs.csv and the Slicer disc table."""
+    return encode_table(result.disc_measurements, DISC_COLUMNS)
+
+
 # --- text files ---------------------------------------------------------------------------
 def _render(header: list[str], rows: Iterable[Iterable[Any]], delimiter: str) -> str:
     buffer = io.StringIO()
@@ -175,6 +182,10 @@ def write_measurements_csv(result: SpineResult, path: str | os.PathLike) -> Path
 
 def write_distances_csv(result: SpineResult, path: str | os.PathLike) -> Path:
     return write_table_csv(distance_table(result), path)
+
+
+def write_discs_csv(result: SpineResult, path: str | os.PathLike) -> Path:
+    return write_table_csv(disc_table(result), path)
 
 
 def write_table_tsv(rows: list[dict], path: str | os.PathLike, leading: Iterable[str] = (),

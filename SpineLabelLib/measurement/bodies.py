@@ -201,6 +201,9 @@ def _row(body: dict, neighbour_hp: float | None, crush_reference: float | None) 
     row["confidence"] = _round(v.score, 4)
     row["flags"] = ";".join(body["flags"])
     row["lines_ras"] = body["lines_ras"]
+    row["depth_mm"] = _round(body.get("depth_mm"), 2)
+    frame = body.get("frame")     # the end-plate frame; the disc between two bodies uses their mean
+    row["frame_ras"] = None if frame is None else {"superior": frame.superior.tolist(), "anterior": frame.anterior.tolist()}
     return row
 
 

@@ -16,12 +16,12 @@ from typing import Any, Callable
 from ..core.errors import ModelError
 
 #: what a family's models do in a run
-ROLES = ("detector", "segmenter")
+ROLES = ("detector", "segmenter", "disc-segmenter")
 #: the family a card means when its architecture names none (the first bundled detector's cards)
 DEFAULT_FAMILY = "mask-rcnn-slices"
 ENTRY_POINT_GROUP = "spinelabel.families"
 _BUILTIN_MODULES = ("SpineLabelLib.models.maskrcnn.family", "SpineLabelLib.models.body_unet.family",
-                    "SpineLabelLib.models.dense.family")
+                    "SpineLabelLib.models.dense.family", "SpineLabelLib.models.disc_unet.family")
 
 
 @dataclass(frozen=True)

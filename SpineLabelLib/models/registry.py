@@ -17,6 +17,8 @@ from ..core.errors import ModelError
 DEFAULT_MODEL = "vertebra-detector"
 #: Redraws the detector's body masks at 1 mm when installed (`segmenter="auto"`).
 DEFAULT_SEGMENTER = "vertebral-body-segmenter"
+#: Draws the intervertebral discs on MRI when installed (CT and a missing model: the geometric method).
+DEFAULT_DISC_SEGMENTER = "intervertebral-disc-segmenter"
 
 #: SHA-256 of the weights shipped with this release. A model card can be edited together with its
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
@@ -24,6 +26,7 @@ BUNDLED_SHA256 = {
     "vertebra-detector": "27780a7586056d603de0566671fcbde965aa69f3a0bff3359a1406ba047a8a1c",
     "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
     "vertebra-dense-detector": "71efdca087160a3b389075de9495ff210b8b742414508dbdffe1d334ea31aec2",
+    "intervertebral-disc-segmenter": "08e7ac5c3ad294a9e4424594575b5af8a687e55379c56e4e298d11cea8fd8457",
 }
 ENVIRONMENT_VARIABLE = "SPINELABEL_MODELS"
 
@@ -129,6 +132,20 @@ def segmenter_for(choice) -> LoadedModel | None:
         if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
             return None
         choice = DEFAULT_SEGMENTER
+    return load_model(choice)
+
+
+def disc_segmenter_for(choice="auto") -> LoadedModel | None:
+    """The disc segmenter: "auto" (the bundled one when installed, else None), "none"/None, a
+    `LoadedModel`, or a model name or folder."""
+    if choice is None or choice == "none":
+        return None
+    if isinstance(choice, LoadedModel):
+        return choice
+    if choice == "auto":
+        if DEFAULT_DISC_SEGMENTER not in {card["name"] for card in list_models()}:
+            return None
+        choice = DEFAULT_DISC_SEGMENTER
     return load_model(choice)
 
 

@@ -16,6 +16,7 @@ class _Canvas:
         self.affine = np.asarray(ijk_to_ras, dtype=float)
         self.tissues = np.zeros(self.shape, dtype=np.uint8)
         self.labels = np.zeros(self.shape, dtype=np.uint8)
+        self.discs = np.zeros(self.shape, dtype=np.uint8)     # disc label values (core.discs), before overpainting
 
     def block(self, origin, axes, low, high, clip: bool = True):
         """Index ranges covering a local box, and local (x, y, z) coordinates of their voxel centres.

@@ -11,6 +11,7 @@ from ..core.errors import InputError
 from ..core.volume import Volume
 from .alignment_truth import alignment_truth, apply_listhesis, check_listhesis
 from .canvas import _Canvas
+from .disc_truth import discs_truth
 from .grid import _content_box, _crop_superior_inferior, _directions, _grid
 from .intensities import MODALITIES, render
 from .level import DENS_LENGTH, DENS_RADIUS, _Level
@@ -38,6 +39,7 @@ class Phantom:
     labels: Volume         # uint8 VerSe codes of the vertebral bodies (C1: anterior arch + lateral masses)
     truth: dict
     tissues: Volume | None = None   # uint8 tissue classes (TISSUE_NAMES), for re-rendering
+    discs: Volume | None = None     # uint8 disc label values (core.discs: 100 + code of the vertebra above)
 
     def vertebra(self, level: str) -> dict:
         for entry in self.truth["vertebrae"]:
@@ -45,12 +47,18 @@ class Phantom:
                 return entry
         raise KeyError(level)
 
-    def to_result(self, case_id: str = "phantom"):
+    def to_result(self, case_id: str = "phantom", with_discs: bool = False):
+        """The phantom as a result with its true body masks (and, ``with_discs``, its true disc layer)."""
         from ..core.result import SpineResult
 
         modality = {"ct": "ct", "t1": "mr", "t2": "mr"}.get(self.truth["modality"], "unknown")
-        return SpineResult.from_level_map(case_id, self.image, self.labels.array, source="phantom",
-                                          modality=modality, truth=self.truth)
+        result = SpineResult.from_level_map(case_id, self.image, self.labels.array, source="phantom",
+                                            modality=modality, truth=self.truth)
+        if with_discs and self.discs is not None:
+            from ..core.disc_layer import layer_from_labels
+
+            layer_from_labels(result, self.discs.array)
+        return result
 
 
 def _truth_entry(level: _Level, inside: int, total: int, centroid) -> dict:
@@ -157,9 +165,10 @@ def generate_phantom(levels: list[str], modality: str = "ct", spacing=(1.0, 1.0,
                                   "of the body depth from the anterior edge",
              "tissues": list(TISSUE_NAMES)}
     truth["alignment"] = alignment_truth(built, [v["level"] for v in truth["vertebrae"]], slips)
+    truth["discs"] = discs_truth(built, {v["level"] for v in truth["vertebrae"]})
     meta = {"phantom": True, "modality": modality}
     return Phantom(Volume(image, affine, dict(meta)), Volume(canvas.labels, affine.copy(), dict(meta)), truth,
-                   Volume(canvas.tissues, affine.copy(), dict(meta)))
+                   Volume(canvas.tissues, affine.copy(), dict(meta)), Volume(canvas.discs, affine.copy(), dict(meta)))
 
 
 def _check_inputs(levels, modality, spacing, fractures):

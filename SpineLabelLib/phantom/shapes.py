@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..core import anatomy
+from ..core import anatomy, discs
 from .canvas import CORTEX_MM, _Canvas
 from .level import DENS_LENGTH, DENS_RADIUS, DENS_Y, _Level, _posterior_params
 from .outline import _paint_outline
@@ -180,6 +180,8 @@ def _paint_disc(canvas: _Canvas, upper: _Level, lower: _Level) -> None:
     below_upper, above_lower = upper.bottom(xu, yu) - zu, zl - lower.top(xl, yl)
     disc = ((x / half_x) ** 2 + (y / half_y) ** 2 <= 1.0) & (below_upper >= 0) & (above_lower >= 0)
     canvas.paint(ranges, disc, ANNULUS)
+    view = tuple(slice(a, b) for a, b in ranges)
+    canvas.discs[view][disc] = discs.label_of(discs.disc_name(upper.name, lower.name))
     nucleus = (((x / (0.55 * half_x)) ** 2 + ((y + 0.1 * half_y) / (0.5 * half_y)) ** 2 <= 1.0)
                & (below_upper >= 1.0) & (above_lower >= 1.0))
     canvas.paint(ranges, nucleus, NUCLEUS)
@@ -213,6 +215,7 @@ def _paint_all(canvas: _Canvas, levels: list[_Level], ribs: bool = True) -> dict
         counts[level.name] = _paint_body(canvas, level)
         if level.name == "C2":
             _paint_dens(canvas, level)
+    canvas.discs[(canvas.tissues != ANNULUS) & (canvas.tissues != NUCLEUS)] = 0   # what later structures took
     return counts
 
 

@@ -10,7 +10,11 @@ How nodes map to a result:
   ``SpineLabel.Instance`` (the body's value in ``result.instances``) so a relabelled point keeps its mask.
 - point list: one control point per vertebra, label = level, ``locked`` kept, description
   ``score=...; source=...; instance=...`` (`io.point_description`), associated node = the segmentation.
-- table: the measurement table of `io.tables` (the CSV's columns, units and values).
+- table: the measurement table of `io.tables` (the CSV's columns, units and values); a second table
+  holds the discs (`io.tables.disc_table`, the .discs.csv).
+- discs: one segment per disc in the same segmentation (name "L4-L5", disc label value, terminology,
+  colour), tagged ``SpineLabel.DiscUpper`` with the instance of the vertebra above, so relabelling or
+  deleting vertebrae moves the disc with them (`correction.reconcile`).
 
 Reading back (`nodes_to_result`) takes what a person did in the views: moved, relabelled, added or
 deleted points, painted or erased masks. This module only translates nodes into plain records
@@ -31,6 +35,7 @@ from ..correction.reconcile import PointRecord, SceneRecords, SegmentRecord, rec
 from ..io import point_description, tables
 
 INSTANCE_TAG = "SpineLabel.Instance"
+DISC_UPPER_TAG = "SpineLabel.DiscUpper"
 SEGMENTATION_ROLE_TAG = "SpineLabel.Role"
 UNLABELLED = "unlabelled"
 _UNLABELLED_CODE_BASE = 100      # label values of unlabelled bodies (level codes stop at 28)
@@ -45,6 +50,7 @@ class SceneNodes:
     points: Any = None
     table: Any = None
     alignment: Any = None      # alignment_nodes.AlignmentNodes: endplate lines and the measure table
+    disc_table: Any = None     # the disc table (one row per disc)
 
 
 # --- scene set-up (slicer-core needs the logics registered) -----------------------------------
@@ -167,6 +173,61 @@ def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> Non
             segment.SetColor(*anatomy.COLOUR_BY_NAME[v.level])
             segment.SetTag(segment.GetTerminologyEntryTagName(), anatomy.terminology_entry(v.level))
     _anatomical_segment_order(seg_node, vertebrae)
+    _add_disc_segments(scene, seg_node, result)
+
+
+def _add_disc_segments(scene, seg_node, result: SpineResult) -> None:
+    """One segment per disc of the disc layer, imported from one more label map whose voxel values are
+    the disc label values (a segment's label value is its voxel value in its layer: label n <-> ids[n-1])."""
+    import slicer
+    import vtk
+
+    from ..core import discs as disc_names
+    from ..core.disc_layer import result_discs
+
+    found = result_discs(result)
+    if not found:
+        return
+    lookup = np.zeros(int(result.layers["discs"].max()) + 1, dtype=np.uint16)
+    for disc in found:
+        lookup[disc.value] = disc.label
+    labelmap_node = volume_to_node(scene, result.image.with_array(lookup[result.layers["discs"]]),
+                                   "SpineLabel temporary disc labelmap", labelmap=True)
+    ids = vtk.vtkStringArray()
+    ids.SetNumberOfValues(max(d.label for d in found))
+    for n in range(ids.GetNumberOfValues()):
+        ids.SetValue(n, "")
+    for disc in found:
+        ids.SetValue(disc.label - 1, disc.name)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, seg_node, ids):
+            raise RuntimeError("Slicer could not import the disc label map into the segmentation")
+    finally:
+        scene.RemoveNode(labelmap_node)
+    for disc in found:
+        segment = seg_node.GetSegmentation().GetSegment(disc.name)
+        segment.SetName(disc.name)
+        segment.SetLabelValue(disc.label)
+        segment.SetColor(*disc_names.colour(disc.name))
+        segment.SetTag(segment.GetTerminologyEntryTagName(), disc_names.terminology_entry(disc.name))
+        segment.SetTag(DISC_UPPER_TAG, str(disc.value))
+
+
+def rename_disc_segments(seg_node, result: SpineResult) -> None:
+    """Disc segments take their current names (their vertebrae may have been relabelled); the label
+    value stays, it is the segment's voxel value in its layer."""
+    from ..core import discs as disc_names
+    from ..core.disc_layer import result_discs
+
+    by_value = {d.value: d.name for d in result_discs(result)}
+    segmentation = seg_node.GetSegmentation()
+    for segment_id in list(segmentation.GetSegmentIDs()):
+        segment = segmentation.GetSegment(segment_id)
+        name = by_value.get(_int_tag(segment, DISC_UPPER_TAG))
+        if name and segment.GetName() != name:
+            segment.SetName(name)
+            segment.SetColor(*disc_names.colour(name))
+            segment.SetTag(segment.GetTerminologyEntryTagName(), disc_names.terminology_entry(name))
 
 
 def _anatomical_segment_order(seg_node, vertebrae: list[Vertebra]) -> None:
@@ -210,6 +271,8 @@ def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNo
         # Also a node reference: Slicer's DICOM SEG export looks for it.
         seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
         _fill_segmentation(scene, seg, volume_node, result)
+    else:
+        rename_disc_segments(seg, result)
     if nodes.points is None:
         nodes.points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{name} centroids")
         nodes.points.CreateDefaultDisplayNodes()
@@ -217,6 +280,10 @@ def result_to_nodes(scene, result: SpineResult, volume_node=None, nodes: SceneNo
     if nodes.table is None:
         nodes.table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} measurements")
     update_table(nodes.table, result)
+    if result.disc_measurements or nodes.disc_table is not None:
+        if nodes.disc_table is None:
+            nodes.disc_table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} discs")
+        update_table(nodes.disc_table, result, tables.disc_table(result))
     from .alignment_nodes import alignment_to_nodes
 
     nodes.alignment = alignment_to_nodes(scene, result, nodes.alignment, name)
@@ -245,9 +312,10 @@ def _vtk_column(column, cells: list) -> Any:
     return array
 
 
-def update_table(table_node, result: SpineResult) -> None:
-    """Fill the table with the measurements exactly as the CSV holds them (`io.tables.measurement_table`)."""
-    table = tables.measurement_table(result)
+def update_table(table_node, result: SpineResult, table=None) -> None:
+    """Fill the table exactly as the CSV holds it: the measurements (`io.tables.measurement_table`), or
+    ``table`` (the discs' `io.tables.disc_table`)."""
+    table = table if table is not None else tables.measurement_table(result)
     table_node.RemoveAllColumns()
     for index, column in enumerate(table.columns):
         table_node.AddColumn(_vtk_column(column, [row[index] for row in table.rows]))
@@ -274,11 +342,24 @@ def read_points(points_node) -> list[PointRecord]:
 
 
 def _export_segments(scene, seg_node, volume_node) -> tuple[list[str], np.ndarray]:
-    """(segment IDs, (k, j, i) map of 1-based positions in that list) on the volume's grid, voxel for voxel."""
+    """(segment IDs, (k, j, i) map of 1-based positions in that list) on the volume's grid, voxel for voxel.
+    Disc segments (tagged, in a layer of their own) are exported on their own and fill what no body holds."""
+    segmentation = seg_node.GetSegmentation()
+    ids = list(segmentation.GetSegmentIDs())
+    disc_ids = [i for i in ids if _int_tag(segmentation.GetSegment(i), DISC_UPPER_TAG)]
+    body_ids = [i for i in ids if i not in disc_ids]
+    body_ids, labels = _export_some(scene, seg_node, volume_node, body_ids)
+    if disc_ids:
+        disc_ids, disc_labels = _export_some(scene, seg_node, volume_node, disc_ids)
+        fill = (labels == 0) & (disc_labels > 0)
+        labels[fill] = disc_labels[fill] + len(body_ids)
+    return body_ids + disc_ids, labels
+
+
+def _export_some(scene, seg_node, volume_node, ids: list[str]) -> tuple[list[str], np.ndarray]:
     import slicer
     import vtk
 
-    ids = list(seg_node.GetSegmentation().GetSegmentIDs())
     shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
     if not ids:
         return ids, np.zeros(shape, dtype=np.uint16)
@@ -301,7 +382,7 @@ def _export_segments(scene, seg_node, volume_node) -> tuple[list[str], np.ndarra
 
 def _segment_record(segment, segment_id: str) -> SegmentRecord:
     return SegmentRecord(segment_id, segment.GetName().strip(), int(segment.GetLabelValue()),
-                         _int_tag(segment, INSTANCE_TAG))
+                         _int_tag(segment, INSTANCE_TAG), _int_tag(segment, DISC_UPPER_TAG))
 
 
 def _int_tag(segment, name: str) -> int:

@@ -18,3 +18,18 @@ class MeasureBodies:
         from ..measurement.bodies import measure_result
 
         measure_result(result)
+
+
+class MeasureDiscs:
+    """Volume, heights, disc height index and disc/CSF ratio of every disc in the disc layer
+    (nothing without one). needs: image, vertebrae. gives: disc_measurements."""
+
+    name = "measure_discs"
+    needs = ("image", "vertebrae")
+    gives = ("disc_measurements",)
+    share = 0.01
+
+    def run(self, result: SpineResult, context: RunContext) -> None:
+        from ..measurement.discs import measure_discs
+
+        measure_discs(result)
