@@ -250,3 +250,27 @@ def test_spinelabel_measure_writes_the_disc_table_from_disc_segments(lumbar_phan
     for row in rows:
         assert row["height_middle_mm"] == pytest.approx(truth[row["name"]]["height_middle_mm"], abs=0.6)
         assert row["dhi"] == pytest.approx(truth[row["name"]]["dhi"], abs=0.03)
+
+
+@pytest.mark.parametrize("choice, method", [("none", "geometric"), ("auto", "model")])
+def test_the_disc_segmenter_option_reaches_the_disc_stage(lumbar_phantom, choice, method):
+    from SpineLabelLib.core.options import RunOptions
+    from SpineLabelLib.stages.base import RunContext
+    from SpineLabelLib.stages.discs import SegmentDiscs
+
+    result = lumbar_phantom.to_result("options")
+    result.modality = "mr"
+    SegmentDiscs().run(result, RunContext(RunOptions(disc_segmenter=choice)))
+    assert result.notes["discs"]["method"] == method
+    assert result.layers["discs"].any()
+
+
+def test_disc_segmenter_is_a_run_argument():
+    import argparse
+
+    from SpineLabelLib.core.options import RunOptions, add_run_arguments
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    assert RunOptions.from_args(parser.parse_args(["--disc-segmenter", "none"])).disc_segmenter == "none"
+    assert RunOptions.from_args(parser.parse_args([])).disc_segmenter == "auto"

@@ -21,6 +21,7 @@ from test_module_logic import MODULE, _stub_modules
 from SpineLabelLib.app import panel
 from SpineLabelLib.app.background import CANCELLED, DONE, FAILED
 from SpineLabelLib.core.errors import ModelError
+from SpineLabelLib.core.discs import is_disc_name
 from SpineLabelLib.core.options import ENSEMBLE, RunOptions
 from SpineLabelLib.models import families
 from SpineLabelLib.models.registry import DEFAULT_SEGMENTER, ENVIRONMENT_VARIABLE
@@ -169,6 +170,7 @@ def test_a_new_model_role_appears_as_its_own_combo(module, tmp_path, monkeypatch
     assert combo.items == ["none", "disc-model 0"] and not combo.enabled
     assert "disc-model 0" not in widget._modelCombos["detector"].items
     assert panel.option_field("disc") is None and panel.option_field("detector") == "model"
+    assert panel.option_field("disc-segmenter") == "disc_segmenter"          # the bundled disc role is wired
 
 
 def test_add_model_folder_is_remembered_and_refuses_a_plain_folder(module, blob_model_dir, tmp_path):
@@ -203,7 +205,11 @@ def test_batch_over_three_scene_volumes_with_one_failing(module, blob_model_dir,
     assert lines[1].startswith("  flat: ") and "empty" in lines[1] and len(lines) == 2
     segmentations = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     shown = [segmentations.GetItemAsObject(i) for i in range(segmentations.GetNumberOfItems())]
-    assert len(shown) == 2 and all(s.GetSegmentation().GetNumberOfSegments() == 5 for s in shown)
+    names = [[s.GetSegmentation().GetNthSegment(n).GetName() for n in range(s.GetSegmentation().GetNumberOfSegments())]
+             for s in shown]
+    assert len(shown) == 2
+    for case in names:             # five bodies and the four discs between them, for each good case
+        assert len([n for n in case if not is_disc_name(n)]) == 5 and len([n for n in case if is_disc_name(n)]) == 4
     assert logic.nodes.volume is nodes[2]                             # the last good case is the current one
     assert batch.report_path() is None
 

@@ -14,8 +14,8 @@ from ..core.options import ENSEMBLE, RunOptions
 
 #: the RunOptions field each role's choice goes to; a role not listed uses ``<role>_model`` when
 #: RunOptions has that field (so a new role needs no panel code, only its options field)
-ROLE_OPTIONS = {"detector": "model", "segmenter": "segmenter"}
-ROLE_TITLES = {"detector": "Detector", "segmenter": "Segmenter"}
+ROLE_OPTIONS = {"detector": "model", "segmenter": "segmenter", "disc-segmenter": "disc_segmenter"}
+ROLE_TITLES = {"detector": "Detector", "segmenter": "Segmenter", "disc-segmenter": "Disc segmenter"}
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,16 @@ def option_field(role: str) -> str | None:
 
 
 def _keyword_choices(role: str) -> list[ModelChoice]:
-    from ..models.registry import DEFAULT_MODEL, DEFAULT_SEGMENTER
+    from ..models.registry import DEFAULT_DISC_SEGMENTER, DEFAULT_MODEL, DEFAULT_SEGMENTER
 
     if role == "detector":
         return [ModelChoice(f"default ({DEFAULT_MODEL})", "", "the bundled default detector")]
     if role == "segmenter":
         return [ModelChoice(f"auto ({DEFAULT_SEGMENTER} when installed)", "auto"),
                 ModelChoice("none (the detector's own masks)", "none")]
+    if role == "disc-segmenter":
+        return [ModelChoice(f"auto ({DEFAULT_DISC_SEGMENTER} on MRI when installed)", "auto"),
+                ModelChoice("none (the geometric disc between the endplates)", "none")]
     return [ModelChoice("none", "", f"no {role} model")]
 
 

@@ -27,6 +27,8 @@ HELP = {
     "modality": "input modality: auto (from the intensities), ct or mr",
     "segmenter": "body-mask segmenter: auto (the bundled one when installed), none (the detector's own masks), "
                  "or a model name or folder",
+    "disc_segmenter": "disc segmenter on MRI: auto (the bundled one when installed), none (the geometric disc "
+                      "between the facing endplates, as on CT), or a model name or folder",
     "dicom_seg": "also write <case>.seg.dcm, a DICOM Segmentation object referencing the source series "
                  "(DICOM series folder inputs only; needs the optional 'dicom' extra: highdicom)",
     "input_mode": "what the detector sees: sagittal slices linked in 3-D (default), or for CT the sagittal "
@@ -43,6 +45,7 @@ class RunOptions:
     segmenter: str = "auto"
     input_mode: str = "slices"
     dicom_seg: bool = False           # also write <case>.seg.dcm (DICOM series inputs only)
+    disc_segmenter: str = "auto"      # MRI discs: auto | none (geometric) | a model name or folder
 
     def validated(self) -> "RunOptions":
         if self.modality not in MODALITIES:
@@ -51,6 +54,8 @@ class RunOptions:
             raise InputError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}")
         if not self.segmenter:
             raise InputError(f"segmenter must be {' or '.join(SEGMENTER_KEYWORDS)} or a model name or folder")
+        if not self.disc_segmenter:
+            raise InputError(f"disc segmenter must be {' or '.join(SEGMENTER_KEYWORDS)} or a model name or folder")
         return self
 
     def replace(self, **changes: Any) -> "RunOptions":
@@ -67,7 +72,8 @@ class RunOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
         return cls(model=args.model, modality=args.modality, segmenter=args.segmenter,
-                   input_mode=args.input_mode, dicom_seg=bool(getattr(args, "dicom_seg", False))).validated()
+                   input_mode=args.input_mode, dicom_seg=bool(getattr(args, "dicom_seg", False)),
+                   disc_segmenter=getattr(args, "disc_segmenter", cls.disc_segmenter)).validated()
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,4 +83,5 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=MODALITIES, default=defaults.modality, help=HELP["modality"])
     parser.add_argument("--segmenter", default=defaults.segmenter, help=HELP["segmenter"])
     parser.add_argument("--input-mode", choices=INPUT_MODES, default=defaults.input_mode, help=HELP["input_mode"])
+    parser.add_argument("--disc-segmenter", default=defaults.disc_segmenter, help=HELP["disc_segmenter"])
     parser.add_argument("--dicom-seg", action="store_true", default=defaults.dicom_seg, help=HELP["dicom_seg"])

@@ -27,7 +27,7 @@ class RunContext:
     cancel: Cancel | None = None
     detector: Any = None             # a models.registry.LoadedModel, or None: load options.model
     segmenter: Any = "options"       # a LoadedModel, None (keep the detector's masks), or "options"
-    disc_segmenter: Any = "auto"     # a LoadedModel, None (geometric discs), or "auto" (the bundled one on MRI)
+    disc_segmenter: Any = "options"  # a LoadedModel, None (geometric discs), or "options" (options.disc_segmenter)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():

@@ -26,7 +26,8 @@ class SegmentDiscs:
         from .locate import record_models
 
         pairs = adjacent_pairs(result)
-        model = disc_segmenter_for(context.disc_segmenter) if result.modality == "mr" else None
+        choice = context.options.disc_segmenter if context.disc_segmenter == "options" else context.disc_segmenter
+        model = disc_segmenter_for(choice) if result.modality == "mr" else None
         method = "geometric"
         layer = np.zeros(result.instances.shape, np.uint16)
         if pairs and model is not None:
