@@ -105,26 +105,29 @@ def receptive_radius(levels: int) -> int:
     return sum(2 * 2 ** l for l in range(levels)) + sum(4 * 2 ** l for l in range(levels - 1))
 
 
-def content_box(small: np.ndarray, margin: int, level: float = CONTENT_LEVEL):
+def content_box(small: np.ndarray, margin: int, divisor: int = 1, level: float = CONTENT_LEVEL):
     """The box (slices) of voxels brighter than ``level`` plus ``margin`` voxels each side, or
     None when nothing is. Stage 1 runs only there: with a margin of the network's receptive radius
     every content voxel's probability is what the whole volume gives it (its view never reaches
-    the box's edge); outside is air, where there is no column."""
+    the box's edge; the box starts on a multiple of ``divisor`` so that the poolings pair the same
+    voxels as on the whole volume); outside is air, where there is no column."""
     bright = small > level
     if not bright.any():
         return None
     box = []
     for axis, size in enumerate(small.shape):
         present = np.flatnonzero(bright.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, int(present[0]) - margin), min(size, int(present[-1]) + margin + 1)))
+        low = max(0, int(present[0]) - margin) // divisor * divisor
+        box.append(slice(low, min(size, int(present[-1]) + margin + 1)))
     return tuple(box)
 
 
-def tile_starts(rows: int, plane_voxels: int, context: int = TILE_CONTEXT, voxels: int = TILE_VOXELS,
-                least: int = TILE_ROWS) -> tuple[int, list[int]]:
+def tile_starts(rows: int, plane_voxels: int, divisor: int = 4, context: int = TILE_CONTEXT,
+                voxels: int = TILE_VOXELS, least: int = TILE_ROWS) -> tuple[int, list[int]]:
     """Rows each tile keeps and the tiles' first kept rows: as few tiles as ``voxels`` allows
-    (a tile holds its kept rows plus ``context`` rows either side)."""
-    kept = max(least, voxels // max(1, plane_voxels) - 2 * context)
+    (a tile holds its kept rows plus ``context`` rows either side); tiles start on multiples of
+    ``divisor`` (the network's poolings)."""
+    kept = max(least, (voxels // max(1, plane_voxels) - 2 * context) // divisor * divisor)
     return kept, list(range(0, rows, kept))
 
 
@@ -134,14 +137,14 @@ def column_probability(network, image: np.ndarray, cancel: Cancel | None = None)
 
     config = network.config
     small = downsample_mean(image)
-    box = content_box(small, receptive_radius(len(config.detect_widths)))
+    box = content_box(small, receptive_radius(len(config.detect_widths)), config.detect_divisor)
     probability = np.zeros(small.shape, np.float32)
     if box is None:
         return upsample_probability(probability, box, image.shape)
     padded, shape = _pad_to(small[box], config.detect_divisor, (0, 2))
     rows = shape[1]
     out = np.zeros(padded.shape, np.float32)
-    kept, starts = tile_starts(rows, padded.shape[0] * padded.shape[2])
+    kept, starts = tile_starts(rows, padded.shape[0] * padded.shape[2], config.detect_divisor)
     with torch.inference_mode():
         for start in starts:
             _check(cancel)
