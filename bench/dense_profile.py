@@ -1,10 +1,11 @@
 """Where a detector's time goes on one phantom case (one torch thread, as the benches); prints JSON.
 
     python bench/dense_profile.py [--model vertebra-dense-detector|vertebra-detector|ensemble]
-        [--levels C3-L5] [--modality ct] [--out bench/out/dense_profile.json]
+        [--levels C3-L5] [--modality ct] [--real vb2-06] [--out bench/out/dense_profile.json]
 
 The case is the one of bench/detect_eval.py's phantom suites with these levels (same seed, spacing,
-rotation, lordosis), so the numbers are those of the bench's slowest CT case. The whole of
+rotation, lordosis), so the numbers are those of the bench's slowest CT case; with --real, a case
+of the real lumbar MRI validation split instead. The whole of
 `find_bodies` (locate, refine, and for the ensemble fuse) runs under cProfile with CPU time as its
 clock; the report gives, per part, the CPU seconds spent inside it (cumulative, so parts nest:
 `level_index` is inside `detect_dense`), the total CPU and wall seconds and the load average (the
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="vertebra-dense-detector")
     parser.add_argument("--levels", default="C3-L5")
     parser.add_argument("--modality", default="ct")
+    parser.add_argument("--real", default=None, help="a real MRI validation case (e.g. vb2-06) instead of a phantom")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "dense_profile.json"))
     args = parser.parse_args(argv)
 
@@ -76,7 +78,10 @@ def main(argv=None) -> int:
     from SpineLabelLib.core.result import SpineResult
     from SpineLabelLib.models.registry import load_model
 
-    case_id, image, _ = phantom_case(args.levels, args.modality)
+    if args.real:
+        case_id, image, _ = next(c for c in detect_eval.real_cases(None) if c[0] == args.real)
+    else:
+        case_id, image, _ = phantom_case(args.levels, args.modality)
     options = RunOptions(model=args.model)
     for name in ("vertebra-detector", "vertebra-dense-detector", "vertebral-body-segmenter"):
         load_model(name)                                 # loading is not part of a case's time
