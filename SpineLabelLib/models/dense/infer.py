@@ -10,10 +10,11 @@
    rows are discarded (the paper's patch-wise application with borders discarded, done with whole
    slabs because the network is fully convolutional). Its probability is brought back to 2 mm by
    trilinear interpolation.
-3. Stage 2 on the band of sagittal slices through the column (`column_band`: the run of slices
-   holding the most column voxels; column voxels on slices elsewhere, an arm or the skin, get no
-   level index and so do not vote): 8-slice stacks, the whole superior-inferior extent for
-   long-range context, the column's antero-posterior extent within the band plus a margin.
+3. Stage 2 on the sagittal slices that hold column voxels (slices between them without votes are
+   skipped: nothing there uses an index): 8-slice stacks, the whole superior-inferior extent for
+   long-range context, the column's antero-posterior extent plus a margin. (Only the slices of
+   the column's main band would be faster still, but dropping the other slices' votes lost bodies
+   on the MRI and fracture phantoms of bench/families.py.)
 4. `aggregate`: votes of column voxels, per-level threshold, median centroids, masks and level
    probabilities; masks go to the input grid as the Mask R-CNN detector's do.
 """
@@ -41,8 +42,6 @@ TILE_CONTEXT, TILE_ROWS, TILE_VOXELS = 8, 32, 1_000_000
 CONTENT_LEVEL = 0.05
 #: Antero-posterior margin (mm) around the detected column that stage 2 sees.
 AP_MARGIN_MM = 40.0
-#: Sagittal slices without column voxels that may interrupt the column's band (a thin spot).
-BAND_GAP_SLICES = 2
 
 
 def detect_dense(source: Volume | CanonicalView, modality: str, network, progress: Progress | None = None,
@@ -185,27 +184,15 @@ def upsample_probability(small: np.ndarray, box, shape) -> np.ndarray:
     return full
 
 
-def column_band(column: np.ndarray, gap: int = BAND_GAP_SLICES) -> tuple[int, int]:
-    """The sagittal slices (low, high) of the column: of the runs of slices holding column voxels
-    (gaps of up to ``gap`` empty slices allowed), the one with the most."""
-    counts = column.reshape(column.shape[0], -1).sum(axis=1)
-    present = np.flatnonzero(counts)
-    breaks = np.flatnonzero(np.diff(present) > gap + 1)
-    runs = np.split(present, breaks + 1)
-    best = max(runs, key=lambda run: counts[run[0]: run[-1] + 1].sum())
-    return int(best[0]), int(best[-1]) + 1
-
-
 def level_index(network, image: np.ndarray, column: np.ndarray, cancel: Cancel | None = None,
                 batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Stage-2 level index on the column's band of sagittal slices, all rows, and the columns
-    around the column; returns the index map and where it was computed."""
+    """Stage-2 level index on the sagittal slices that hold votes, all rows, and the columns
+    around the detected column; returns the index map and where it was computed."""
     import torch
 
     config = network.config
     voting = column >= 0.5
-    x_low, x_high = column_band(voting)
-    found = np.argwhere(voting[x_low:x_high])
+    found = np.argwhere(voting)
     margin = int(round(AP_MARGIN_MM / config.identify_spacing_mm))
     c_low = max(0, found[:, 2].min() - margin)
     c_high = min(image.shape[2], found[:, 2].max() + margin + 1)
@@ -214,7 +201,9 @@ def level_index(network, image: np.ndarray, column: np.ndarray, cancel: Cancel |
     count = config.identify_slices
     zeros = np.zeros((image.shape[1], c_high - c_low), np.float32)
     part = image[:, :, c_low:c_high]
-    xs = [x for x in range(x_low, x_high) if voting[x].any()]      # a slice without votes needs no index
+    # A slice without votes needs no index (each stack is made from the image alone, so skipping
+    # one changes no other slice's index).
+    xs = [int(x) for x in np.flatnonzero(voting.any(axis=(1, 2)))]
     with torch.inference_mode():
         for start in range(0, len(xs), batch):
             _check(cancel)
