@@ -274,3 +274,50 @@ def test_scattered_votes_do_not_move_a_level_centroid_or_make_a_second_body():
     assert [b.level for b in bodies] == ["T11", "T12", "L1", "L2"]
     l1 = bodies[2]
     assert np.linalg.norm(l1.centroid - column[2][1]) <= 1.0
+
+
+# --- training on the shared loop ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dense_training_data(tmp_path_factory):
+    """Two prepared 2 mm phantom cases, one of them held out (val_*), as `training.dense prepare` writes."""
+    from SpineLabelLib.phantom import generate_phantom
+    from SpineLabelLib.training.dense import prepare_case
+
+    folder = tmp_path_factory.mktemp("dense_data")
+    for seed, name in ((3, "phantom_0003.npz"), (4, "val_phantom.npz")):
+        phantom = generate_phantom(["L1", "L2", "L3"], "ct", spacing=(2.0, 2.0, 2.0), seed=seed, crop_to_spine=True)
+        centroids = {v["level"]: np.array(v["centroid_ras"]) for v in phantom.truth["vertebrae"]}
+        prepare_case(phantom.image, centroids, folder / name, "phantom", "ct", top_unlabelled=False)
+    return folder
+
+
+def test_dense_recipe_trains_both_stages_on_the_shared_loop_and_resumes(dense_training_data, tmp_path):
+    from SpineLabelLib.training.dense import DenseCase, _validation_batches, export
+    from SpineLabelLib.training.loop import LoopOptions, fit, load_checkpoint
+    from SpineLabelLib.training.recipes import DenseRecipe
+
+    config = _tiny_config()
+    cases = [DenseCase(p) for p in sorted(dense_training_data.glob("phantom_*.npz"))]
+    recipe = DenseRecipe(cases, [1.0], _validation_batches(dense_training_data, config, count=4),
+                         detect_batch=2, identify_batch=2)
+    batch = recipe.batch(recipe.sampler(config, 0), size=99)        # the stages' own batch sizes
+    assert batch[0][0].shape[0] == 2 and batch[1][0].shape[:2] == (2, config.identify_slices)
+    parts = recipe.loss(recipe.build(config), batch)
+    assert set(parts) == {"detection", "identification"} and all(torch.isfinite(v) for v in parts.values())
+
+    checkpoint = tmp_path / "last.pt"
+    options = LoopOptions(iterations=3, lr=1e-2, weight_decay=0.0, eval_every=3, log_every=1)
+    torch.manual_seed(0)
+    before = recipe.build(config).state_dict()
+    run = fit(recipe, options, checkpoint, config=config)
+    after = run.model.state_dict()
+    for stage in ("detection", "identification"):                   # one step trains both stages
+        key = next(k for k in after if k.startswith(f"{stage}.") and k.endswith("weight"))
+        assert not torch.equal(before[key], after[key]), stage
+    saved = load_checkpoint(checkpoint)
+    assert saved.state.iteration == 3 and saved.state.family == "dense-two-stage"
+    assert any("validation_level_accuracy" in h for h in saved.state.history)
+    resumed = fit(recipe, LoopOptions(iterations=5, lr=1e-2, weight_decay=0.0, eval_every=5), checkpoint)
+    assert resumed.state.iteration == 5                              # continued, not restarted
+    card = export(checkpoint, tmp_path / "model", "tiny-dense", "0", None)
+    assert card["training"]["iterations"] == 5 and list(card["architecture"]["identify_widths"]) == [2, 4, 4]

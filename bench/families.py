@@ -52,21 +52,19 @@ def cases_of(suite: str, limit):
 
 def region_identification(result: SpineResult, truth_codes: np.ndarray) -> dict:
     """Per region: ground-truth bodies and how many are identified (VerSe rule, as detect_eval)."""
-    image = result.image
+    from SpineLabelLib.training import evaluation
+
     predicted = [v for v in result.vertebrae if v.instance]
     points = np.array([v.centroid_ras for v in predicted]) if predicted else np.zeros((0, 3))
     counts = {r: [0, 0] for r in REGIONS}
-    for code in np.unique(truth_codes):
-        if not code or anatomy.name_of(int(code)) not in detect_eval.EVALUATED:
-            continue
-        name = anatomy.name_of(int(code))
-        centre = image.kji_to_ras(np.argwhere(truth_codes == code).mean(axis=0))[0]
-        region = anatomy.region(name)
+    for body in evaluation.truth_bodies(result.image, truth_codes):
+        region = anatomy.region(body.level)
         counts[region][0] += 1
         if len(points):
-            distance = np.linalg.norm(points - centre, axis=1)
+            distance = np.linalg.norm(points - body.centroid_ras, axis=1)
             nearest = int(distance.argmin())
-            counts[region][1] += bool(distance[nearest] < 20.0 and predicted[nearest].level == name)
+            counts[region][1] += bool(distance[nearest] < evaluation.IDENTIFICATION_MM
+                                      and predicted[nearest].level == body.level)
     return counts
 
 

@@ -377,6 +377,16 @@ def resample_to_canonical(volume: Volume, spacing: float, label: bool = False) -
     return resample(volume, None, reference=canonical_grid(volume, spacing), label=label)
 
 
+def sub_grid(volume: Volume, low_kji, high_kji) -> Volume:
+    """An empty grid of voxels low..high-1 (k, j, i) of ``volume``: same spacing and directions,
+    origin at voxel ``low``, so its voxels are the same physical points as the whole grid's there."""
+    low = np.asarray(low_kji, int)
+    shape = tuple(int(b) - int(a) for a, b in zip(low, high_kji))
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] = volume.kji_to_ras(low[None].astype(float))[0]
+    return Volume(np.zeros(shape, np.uint8), matrix)
+
+
 def canonical_grid(volume: Volume, spacing: float, points_kji: np.ndarray | None = None,
                    margin_mm=(0.0, 0.0, 0.0)) -> Volume:
     """An empty canonical grid at isotropic ``spacing`` covering the given input voxels (default:

@@ -12,23 +12,21 @@ labels made from its centroids (`targets.dense_labels`) and an ignore mask (real
 unlabelled vertebrae above the annotated ones). Centroids: analytic for phantoms, the body masks'
 centres for the real MRI, the VerSe centroid file for the real CT. Real MRI follows the
 detector's fixed split (`detector.data.split_real_cases`); validation cases are val_*.npz and
-never trained on. One loop alternates a stage-1 step (3-D patches at 4 mm, class-weighted
-cross-entropy 0.1/0.9 as the paper) and a stage-2 step (8-slice stacks at 2 mm, L1 on the
-column's pixels only).
+never trained on. `fit` is the shared loop (`training.loop.fit`) with `recipes.DenseRecipe`: each
+step a stage-1 batch (3-D patches at 4 mm, class-weighted cross-entropy 0.1/0.9 as the paper) and
+a stage-2 batch (8-slice stacks at 2 mm, L1 on the column's pixels only).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..core import anatomy
-from ..models.dense.networks import FAMILY, DenseConfig, build_network, downsample_mean
+from ..models.dense.networks import DenseConfig, downsample_mean
 from ..models.dense.targets import BIN_NAMES, dense_labels, nearest_bin, unlabelled_above
 
 
@@ -310,76 +308,25 @@ def _validation_batches(data: Path, config: DenseConfig, count: int = 48):
 
 
 def fit(args) -> None:
-    import torch
+    """`fit` from the command line (an argparse namespace): the dense recipe on the shared loop
+    (`training.loop.fit`: its schedule, checkpoints, resumption and non-finite guard)."""
+    from .loop import LoopOptions, fit as fit_loop, load_checkpoint
+    from .recipes import DenseRecipe
 
-    from .loop import TrainingState, learning_rate, save_checkpoint
-
-    def _save(path, model, optimiser, iteration, best, history, config, elapsed):
-        """The one checkpoint format (`training.loop`), so export and resumption read it as any other."""
-        save_checkpoint(path, model, optimiser, TrainingState(family=FAMILY, iteration=int(iteration),
-                                                              elapsed=float(elapsed), history=history,
-                                                              config=config.to_dict()))
-
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     last_path = out / "last.pt"
-    state = torch.load(last_path, weights_only=True) if last_path.exists() else None
-    config = DenseConfig.from_dict(json.loads(state["config"])) if state is not None else DenseConfig()
-    torch.manual_seed(0)
-    model = build_network(config)
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    iteration, history, elapsed = 0, [], 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        iteration, history, elapsed = int(state["iteration"]), json.loads(state["history"]), float(state["elapsed"])
-        print(f"resuming at iteration {iteration}", flush=True)
+    saved = load_checkpoint(last_path)
     cases, weights = _pool(Path(args.data), args.phantom_share, args.ct_share)
-    sampler = DenseSampler(cases, config, weights, seed=iteration)
-    val = _validation_batches(Path(args.data), config)
+    recipe = DenseRecipe(cases, weights, detect_batch=args.detect_batch, identify_batch=args.identify_batch)
+    config = recipe.config(saved.state.config) if saved is not None else recipe.config()
+    recipe.validation = _validation_batches(Path(args.data), config)
     print(f"{len(cases)} training cases, config {config}", flush=True)
-    model.train()
-    budget = args.minutes * 60 if args.minutes else math.inf
-    session_start, elapsed_before, last_save = time.time(), elapsed, time.time()
-    running = {"detection": [], "identification": []}
-    while iteration < args.iterations:
-        elapsed = elapsed_before + time.time() - session_start
-        if elapsed >= budget:
-            break
-        lr = learning_rate(max(iteration / args.iterations, elapsed / budget), args.lr)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        det = [sampler.detection_sample() for _ in range(args.detect_batch)]
-        ide = [sampler.identification_sample() for _ in range(args.identify_batch)]
-        images, targets, valid = (torch.from_numpy(np.stack([d[i] for d in det])) for i in range(3))
-        stacks, index = (torch.from_numpy(np.stack([d[i] for d in ide])) for i in range(2))
-        loss_det = detection_loss(model.detection(images), targets, valid)
-        loss_id = identification_loss(model.identification(stacks), index)
-        optimiser.zero_grad()
-        # The stages share no parameters, so one Adam step trains both as two runs would.
-        (loss_det + loss_id).backward()
-        optimiser.step()
-        running["detection"].append(loss_det.item())
-        running["identification"].append(loss_id.item())
-        iteration += 1
-        if iteration % 50 == 0:
-            entry = {"iteration": iteration, **{f"loss_{k}": round(float(np.mean(v)), 4) for k, v in running.items()}}
-            history.append(entry)
-            print(f"it {iteration} lr {lr:.2e} {entry} {elapsed / 60:.1f} min", flush=True)
-            running = {k: [] for k in running}
-        finishing = iteration >= args.iterations or elapsed_before + time.time() - session_start >= budget
-        if val is not None and (iteration % args.eval_every == 0 or finishing):
-            metrics = validate(model, *val)
-            history.append({"iteration": iteration, **metrics})
-            print(f"it {iteration} {metrics}", flush=True)
-        if time.time() - last_save > args.save_minutes * 60 or finishing:
-            elapsed = elapsed_before + time.time() - session_start
-            _save(last_path, model, optimiser, iteration, 0.0, history, config, elapsed)
-            last_save = time.time()
-    elapsed = elapsed_before + time.time() - session_start
-    _save(last_path, model, optimiser, iteration, 0.0, history, config, elapsed)
-    print("done", flush=True)
+    # Adam as the paper (AdamW without weight decay is Adam).
+    options = LoopOptions(iterations=args.iterations, minutes=args.minutes, lr=args.lr, weight_decay=0.0,
+                          threads=args.threads, eval_every=args.eval_every, save_minutes=args.save_minutes,
+                          print_log=True)
+    fit_loop(recipe, options, last_path, config=config, saved=saved, log=lambda message: print(message, flush=True))
 
 
 # --- export -----------------------------------------------------------------------------------

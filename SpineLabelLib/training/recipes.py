@@ -5,6 +5,9 @@
   share of bodies found (mask IoU >= 0.5) and identified on fixed held-out slices.
 - `SegmenterRecipe` (family "body-unet"): the body segmenter U-Net; loss = BCE + soft Dice over the
   labelled pixels; validation = foreground Dice on held-out slices.
+- `DenseRecipe` (family "dense-two-stage"): paper 002's two stages, one batch of each per step;
+  loss = stage 1's weighted cross-entropy + stage 2's L1 on column pixels (`training.dense`);
+  validation = stage-1 Dice and stage-2 index error / level accuracy on fixed held-out draws.
 
 A recipe is built with its training pool (cases + draw weights) and validation slices; the same
 recipe serves training from scratch (`training.detector` / `training.segmenter`) and fine-tuning
@@ -239,3 +242,64 @@ def loss_function(logits, targets):
     probability = torch.sigmoid(logits) * valid
     dice = 1 - (2 * (probability * truth).sum() + 1) / (probability.sum() + truth.sum() + 1)
     return bce + dice
+
+
+# --- dense detector (paper 002) -------------------------------------------------------------------
+DENSE_TASK = ("vertebral column detection (3-D) and continuous level index (2-D) -> vertebral bodies with "
+              "centroids, level probabilities and masks (paper 002)")
+
+
+class DenseRecipe(Recipe):
+    """Both stages in one step: a batch of 3-D patches for stage 1 and one of slice stacks for
+    stage 2, the two losses summed (the stages share no parameters, so one optimiser step on the
+    sum trains each as its own run would: the paper's alternating training, on one schedule)."""
+
+    family = "dense-two-stage"             # as registered in models/dense (DenseConfig.family)
+    clip_grad_norm = None                  # both losses are bounded (weighted BCE, L1 of indices)
+
+    def __init__(self, cases: Sequence = (), weights: Sequence[float] | None = None, validation=None,
+                 detect_batch: int = 16, identify_batch: int = 16) -> None:
+        self.cases, self.weights = list(cases), weights
+        self.validation = validation       # (detection batch, identification batch) or None
+        self.detect_batch, self.identify_batch = detect_batch, identify_batch
+
+    def config(self, data: dict | None = None):
+        from ..models.dense.networks import DenseConfig
+
+        return DenseConfig.from_dict(data) if data is not None else DenseConfig()
+
+    def build(self, config):
+        from ..models.dense.networks import build_network
+
+        return build_network(config)
+
+    def sampler(self, config, seed: int):
+        from .dense import DenseSampler
+
+        return DenseSampler(self.cases, config, self.weights, seed=seed)
+
+    def batch(self, sampler, size: int):
+        """The loop's batch size is not used: each stage has its own (``detect_batch``, ``identify_batch``)."""
+        import torch
+
+        detection = [sampler.detection_sample() for _ in range(self.detect_batch)]
+        identification = [sampler.identification_sample() for _ in range(self.identify_batch)]
+        return ([torch.from_numpy(np.stack([d[i] for d in detection])) for i in range(3)],
+                [torch.from_numpy(np.stack([d[i] for d in identification])) for i in range(2)])
+
+    def loss(self, model, batch) -> dict:
+        from .dense import detection_loss, identification_loss
+
+        (images, targets, valid), (stacks, index) = batch
+        return {"detection": detection_loss(model.detection(images), targets, valid),
+                "identification": identification_loss(model.identification(stacks), index)}
+
+    def validate(self, model) -> dict | None:
+        from .dense import validate
+
+        return validate(model, *self.validation) if self.validation is not None else None
+
+    def card(self, config) -> dict:
+        from ..models.dense.targets import OUTPUT_LEVELS
+
+        return {"task": DENSE_TASK, "modality": ["ct", "mr"], "levels": list(OUTPUT_LEVELS)}

@@ -1,14 +1,20 @@
 """From a volume to vertebral bodies with the dense detector (paper 002, both stages).
 
-1. Resample to canonical orientation at 2 mm, normalise intensity (as the Mask R-CNN detector);
-   2x2x2 block means give the 4 mm input of stage 1 (as in training).
-2. Stage 1 on the whole 4 mm volume in overlapping tiles along the superior-inferior axis; each
-   tile's outer rows are discarded (the paper's patch-wise application with borders discarded,
-   done with whole slabs because the network is fully convolutional). Its probability is brought
-   back to 2 mm by trilinear interpolation.
-3. Stage 2 on every sagittal slice through the detected column (8-slice stacks, the whole
-   superior-inferior extent for long-range context, the column's antero-posterior extent plus a
-   margin).
+1. The case's canonical 2 mm grid (`CanonicalView.at`, shared with any other stage at 2 mm),
+   normalised as in training (the 2 mm grid's own window); 2x2x2 block means give the 4 mm input
+   of stage 1 (as in training).
+2. Stage 1 on the box of 4 mm voxels holding anything brighter than background (`content_box`,
+   plus the network's receptive radius: air and the empty corners of an oblique grid hold no
+   column, and no content voxel's probability changes), in
+   tiles along the superior-inferior axis as large as `TILE_VOXELS` allows; each tile's outer
+   rows are discarded (the paper's patch-wise application with borders discarded, done with whole
+   slabs because the network is fully convolutional). Its probability is brought back to 2 mm by
+   trilinear interpolation.
+3. Stage 2 on the sagittal slices that hold column voxels (slices between them without votes are
+   skipped: nothing there uses an index): 8-slice stacks, the whole superior-inferior extent for
+   long-range context, the column's antero-posterior extent plus a margin. (Only the slices of
+   the column's main band would be faster still, but dropping the other slices' votes lost bodies
+   on the MRI and fracture phantoms of bench/families.py.)
 4. `aggregate`: votes of column voxels, per-level threshold, median centroids, masks and level
    probabilities; masks go to the input grid as the Mask R-CNN detector's do.
 """
@@ -21,32 +27,41 @@ import numpy as np
 
 from ..maskrcnn.data import normalise_intensity
 from ..maskrcnn.infer import DetectionOutput, _check, to_input_grid, torch_threads
-from ...core.volume import Volume, resample_to_canonical
+from ...core.canonical import CanonicalView
+from ...core.volume import Volume
 from .aggregate import aggregate
 from .networks import downsample_mean
 
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]
-#: Stage-1 tiles: rows (4 mm voxels) kept per tile, and rows of context discarded either side.
-TILE_ROWS, TILE_CONTEXT = 32, 8
+#: Stage-1 tiles: rows (4 mm voxels) of context discarded either side of a tile, the fewest rows a
+#: tile keeps, and the most voxels a tile holds (memory: ~0.4 GB of activations at 1 M voxels).
+TILE_CONTEXT, TILE_ROWS, TILE_VOXELS = 8, 32, 1_000_000
+#: A 4 mm voxel brighter than this (normalised 0..1) is content: CT air and the empty corners of an
+#: oblique grid are 0, fat (-100 HU) is 0.12, an MRI's background is below its 1st percentile.
+CONTENT_LEVEL = 0.05
 #: Antero-posterior margin (mm) around the detected column that stage 2 sees.
 AP_MARGIN_MM = 40.0
 
 
-def detect_dense(volume: Volume, modality: str, network, progress: Progress | None = None,
+def detect_dense(source: Volume | CanonicalView, modality: str, network, progress: Progress | None = None,
                  cancel: Cancel | None = None, threads: int | None = None) -> DetectionOutput:
-    """Bodies (instance, centroid_ras, score, level_probs) and their instance map on ``volume``'s grid."""
+    """Bodies (instance, centroid_ras, score, level_probs) and their instance map on the input grid
+    (``source``: the input volume or the case's canonical view)."""
+    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality)
     threads = int(os.environ.get("SPINELABEL_THREADS", "1")) if threads is None else threads
     with torch_threads(threads):
-        return _detect(volume, modality, network, progress, cancel)
+        return _detect(view, modality, network, progress, cancel)
 
 
-def _detect(volume: Volume, modality: str, network, progress, cancel) -> DetectionOutput:
+def _detect(view: CanonicalView, modality: str, network, progress, cancel) -> DetectionOutput:
     config = network.config
+    volume = view.volume
     _check(cancel)
     if progress:
         progress(0.0, "resampling to canonical orientation")
-    canonical = resample_to_canonical(volume, config.identify_spacing_mm)
+    canonical = view.at(config.identify_spacing_mm)
+    # The 2 mm grid's own window, as in training (training.dense normalises its canonical arrays).
     image = normalise_intensity(canonical.array, modality)
     if progress:
         progress(0.15, "finding the vertebral column (stage 1)")
@@ -82,59 +97,122 @@ def _pad_to(array: np.ndarray, divisor: int, axes) -> tuple[np.ndarray, tuple[in
     return np.pad(array, pad), array.shape
 
 
+def receptive_radius(levels: int) -> int:
+    """How far (voxels) a U-Net of ``levels`` levels with two 3-wide convolutions per block sees:
+    2^l per convolution at level l (two per block, encoder and decoder), and at most 2^l for each
+    pooling and each transposed convolution between levels l and l+1 (an upper bound)."""
+    return sum(2 * 2 ** l for l in range(levels)) + sum(4 * 2 ** l for l in range(levels - 1))
+
+
+def content_box(small: np.ndarray, margin: int, divisor: int = 1, level: float = CONTENT_LEVEL):
+    """The box (slices) of voxels brighter than ``level`` plus ``margin`` voxels each side, or
+    None when nothing is. Stage 1 runs only there: with a margin of the network's receptive radius
+    every content voxel's probability is what the whole volume gives it (its view never reaches
+    the box's edge; the box starts on a multiple of ``divisor`` so that the poolings pair the same
+    voxels as on the whole volume); outside is air, where there is no column."""
+    bright = small > level
+    if not bright.any():
+        return None
+    box = []
+    for axis, size in enumerate(small.shape):
+        present = np.flatnonzero(bright.any(axis=tuple(a for a in range(3) if a != axis)))
+        low = max(0, int(present[0]) - margin) // divisor * divisor
+        box.append(slice(low, min(size, int(present[-1]) + margin + 1)))
+    return tuple(box)
+
+
+def tile_starts(rows: int, plane_voxels: int, divisor: int = 4, context: int = TILE_CONTEXT,
+                voxels: int = TILE_VOXELS, least: int = TILE_ROWS) -> tuple[int, list[int]]:
+    """Rows each tile keeps and the tiles' first kept rows: as few tiles as ``voxels`` allows
+    (a tile holds its kept rows plus ``context`` rows either side); tiles start on multiples of
+    ``divisor`` (the network's poolings)."""
+    kept = max(least, (voxels // max(1, plane_voxels) - 2 * context) // divisor * divisor)
+    return kept, list(range(0, rows, kept))
+
+
 def column_probability(network, image: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
-    """Stage-1 probability on the 2 mm grid of ``image`` (x, rows, cols)."""
+    """Stage-1 probability on the 2 mm grid of ``image`` (x, rows, cols); 0 outside `content_box`."""
     import torch
-    import torch.nn.functional as F
 
     config = network.config
     small = downsample_mean(image)
-    padded, shape = _pad_to(small, config.detect_divisor, (0, 2))
+    box = content_box(small, receptive_radius(len(config.detect_widths)), config.detect_divisor)
+    probability = np.zeros(small.shape, np.float32)
+    if box is None:
+        return upsample_probability(probability, box, image.shape)
+    padded, shape = _pad_to(small[box], config.detect_divisor, (0, 2))
     rows = shape[1]
     out = np.zeros(padded.shape, np.float32)
+    kept, starts = tile_starts(rows, padded.shape[0] * padded.shape[2], config.detect_divisor)
     with torch.inference_mode():
-        for start in range(0, rows, TILE_ROWS):
+        for start in starts:
             _check(cancel)
-            stop = min(rows, start + TILE_ROWS)
+            stop = min(rows, start + kept)
             low, high = max(0, start - TILE_CONTEXT), min(rows, stop + TILE_CONTEXT)
             tile = padded[:, low:high]
             extra = (-tile.shape[1]) % config.detect_divisor
             tile = np.pad(tile, ((0, 0), (0, extra), (0, 0)))
-            logits = network.detection(torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None, None])[0]
+            batch = torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None, None]
+            logits = network.detection(batch.contiguous(memory_format=torch.channels_last_3d))[0]
             out[:, start:stop] = torch.sigmoid(logits).numpy()[:, start - low: stop - low]
-    small_probability = out[: shape[0], :, : shape[2]]
-    full = F.interpolate(torch.from_numpy(small_probability)[None, None], scale_factor=2, mode="trilinear",
-                         align_corners=False)[0, 0].numpy()
-    # 2x2x2 means padded odd sides; the upsampled map is one voxel longer there.
-    return np.ascontiguousarray(full[: image.shape[0], : image.shape[1], : image.shape[2]])
+    probability[box] = out[: shape[0], :, : shape[2]]
+    return upsample_probability(probability, box, image.shape)
+
+
+def upsample_probability(small: np.ndarray, box, shape) -> np.ndarray:
+    """4 mm -> 2 mm by trilinear interpolation (half-voxel centres), on ``box`` plus one voxel only:
+    beyond it the map is 0 and so is its interpolation; inside, the values are the whole map's."""
+    import torch
+    import torch.nn.functional as F
+
+    full = np.zeros(shape, np.float32)
+    if box is None:
+        return full
+    grown = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, small.shape))
+    part = F.interpolate(torch.from_numpy(np.ascontiguousarray(small[grown]))[None, None], scale_factor=2,
+                         mode="trilinear", align_corners=False)[0, 0].numpy()
+    # Output 2i blends inputs i-1 and i, output 2i+1 inputs i and i+1: all but the outermost
+    # output voxel of the grown box see only its inputs (at the volume's own edges both clamp alike).
+    inner, source = [], []
+    for g, b, n, size in zip(grown, box, small.shape, shape):
+        first = 2 * g.start + (0 if g.start == 0 else 1)
+        last = min(size, 2 * g.stop - (0 if g.stop == n else 1))
+        inner.append(slice(first, last))
+        source.append(slice(first - 2 * g.start, last - 2 * g.start))
+    # 2x2x2 means padded odd sides; the upsampled map is one voxel longer there (cut by ``last``).
+    full[tuple(inner)] = part[tuple(source)]
+    return full
 
 
 def level_index(network, image: np.ndarray, column: np.ndarray, cancel: Cancel | None = None,
-                batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Stage-2 level index on the slices and columns around the detected column; returns the
-    index map and where it was computed."""
+                batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-2 level index on the sagittal slices that hold votes, all rows, and the columns
+    around the detected column; returns the index map and where it was computed."""
     import torch
 
     config = network.config
-    found = np.argwhere(column >= 0.5)
-    x_low, x_high = found[:, 0].min(), found[:, 0].max() + 1
+    voting = column >= 0.5
+    found = np.argwhere(voting)
     margin = int(round(AP_MARGIN_MM / config.identify_spacing_mm))
     c_low = max(0, found[:, 2].min() - margin)
     c_high = min(image.shape[2], found[:, 2].max() + margin + 1)
     index = np.zeros(image.shape, np.float32)
     computed = np.zeros(image.shape, bool)
     count = config.identify_slices
-    zeros = np.zeros(image.shape[1:], np.float32)
-    xs = list(range(x_low, x_high))
+    zeros = np.zeros((image.shape[1], c_high - c_low), np.float32)
+    part = image[:, :, c_low:c_high]
+    # A slice without votes needs no index (each stack is made from the image alone, so skipping
+    # one changes no other slice's index).
+    xs = [int(x) for x in np.flatnonzero(voting.any(axis=(1, 2)))]
     with torch.inference_mode():
         for start in range(0, len(xs), batch):
             _check(cancel)
             chunk = xs[start: start + batch]
-            stacks = np.stack([np.stack([image[p] if 0 <= p < image.shape[0] else zeros
+            stacks = np.stack([np.stack([part[p] if 0 <= p < image.shape[0] else zeros
                                          for p in range(x - 3, x + count - 3)]) for x in chunk])
-            stacks = stacks[:, :, :, c_low:c_high]
             padded, shape = _pad_to(stacks, config.identify_divisor, (2, 3))
-            output = network.identification(torch.from_numpy(np.ascontiguousarray(padded, np.float32))).numpy()
+            inputs = torch.from_numpy(np.ascontiguousarray(padded, np.float32))
+            output = network.identification(inputs.contiguous(memory_format=torch.channels_last)).numpy()
             for x, values in zip(chunk, output):
                 index[x, :, c_low:c_high] = values[: shape[2], : shape[3]]
                 computed[x, :, c_low:c_high] = True

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...core import anatomy
 from ...core.errors import SpineLabelError
-from ...core.volume import Volume, resample
+from ...core.volume import Volume, resample, sub_grid
 from ...core.canonical import CanonicalView, apply_window
 
 Progress = Callable[[float, str], None]
@@ -298,14 +298,40 @@ def _mask_at(seen: dict[int, SliceDetection], xs: list[int], x: int) -> tuple[np
 
 def to_input_grid(instances: np.ndarray, probability: np.ndarray, slab: Volume, reference: Volume) -> np.ndarray:
     """Instance map on the input grid: nearest-neighbour labels (dilated one voxel so boundaries
-    are covered) kept where the linearly resampled mask probability is at least 0.5."""
+    are covered) kept where the linearly resampled mask probability is at least 0.5.
+
+    Only the input voxels around the bodies are resampled (a whole CT grid is tens of millions of
+    voxels): the bodies' box on ``slab`` plus `BOX_MARGIN` voxels, and the input voxels inside it.
+    A kept voxel's nearest slab voxel is at most one from a body (the dilation) and its linear
+    interpolation reaches one further, so the margin keeps every value the whole grid would give."""
     from scipy import ndimage
 
-    dilated = ndimage.grey_dilation(instances, size=(3, 3, 3))
-    dilated = np.where(instances > 0, instances, dilated)
-    labels = resample(slab.with_array(dilated), None, reference=reference, label=True).array
-    prob = resample(slab.with_array(probability), None, reference=reference, default_value=0.0).array
-    return np.where(prob >= 0.5, labels, 0).astype(np.uint16)
+    out = np.zeros(reference.array.shape, np.uint16)
+    present = np.argwhere(instances)
+    if present.size == 0:
+        return out
+    low = np.maximum(present.min(axis=0) - BOX_MARGIN, 0)
+    high = np.minimum(present.max(axis=0) + BOX_MARGIN + 1, instances.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    part = sub_grid(slab, low, high)
+    dilated = ndimage.grey_dilation(instances[box], size=(3, 3, 3))
+    dilated = np.where(instances[box] > 0, instances[box], dilated)
+    corners = np.array([[a, b, c] for a in (low[0], high[0] - 1) for b in (low[1], high[1] - 1)
+                        for c in (low[2], high[2] - 1)], float)
+    inside = reference.ras_to_kji(slab.kji_to_ras(corners))
+    ref_low = np.clip(np.floor(inside.min(axis=0)).astype(int) - 1, 0, reference.array.shape)
+    ref_high = np.clip(np.ceil(inside.max(axis=0)).astype(int) + 2, 0, reference.array.shape)
+    if np.any(ref_high <= ref_low):
+        return out
+    target = sub_grid(reference, ref_low, ref_high)
+    labels = resample(part.with_array(dilated), None, reference=target, label=True).array
+    prob = resample(part.with_array(probability[box]), None, reference=target, default_value=0.0).array
+    out[tuple(slice(int(a), int(b)) for a, b in zip(ref_low, ref_high))] = np.where(prob >= 0.5, labels, 0)
+    return out
+
+
+#: Slab voxels around the bodies that `to_input_grid` resamples (dilation 1 + interpolation 1 + 1 spare).
+BOX_MARGIN = 3
 
 
 def slab_volume(canonical: Volume, low: int, high: int) -> Volume:

@@ -1,0 +1,198 @@
+"""The crops that make detection fast keep what the whole grid gives: stage 1 of the dense detector on
+the content box, its upsampling, the column band of stage 2, masks resampled to the input grid
+around the bodies only, the segmenter's assignment on the bodies' box, centroids of labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from SpineLabelLib.core.volume import Volume, make_affine, resample, sub_grid
+
+torch = pytest.importorskip("torch")
+
+
+def _oblique(shape, spacing, angles, origin) -> Volume:
+    """A grid with a non-trivial direction matrix and anisotropic spacing."""
+    directions = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    return Volume(np.zeros(shape, np.int16), make_affine(spacing, directions, origin))
+
+
+# --- geometry -----------------------------------------------------------------------------------
+def test_sub_grid_voxels_are_the_whole_grids_voxels():
+    whole = _oblique((30, 40, 50), (0.8, 1.1, 2.5), (9, -6, 14), (-20.0, 31.0, -47.0))
+    part = sub_grid(whole, (4, 7, 11), (20, 33, 41))
+    assert part.array.shape == (16, 26, 30)
+    local = np.array([[0, 0, 0], [15, 25, 29], [3, 9, 17]], float)
+    assert np.allclose(part.kji_to_ras(local), whole.kji_to_ras(local + [4, 7, 11]))
+    assert np.allclose(part.spacing, whole.spacing)
+
+
+def _whole_grid_to_input(instances, probability, slab, reference):
+    """`to_input_grid` as it was before the crop: the whole input grid resampled."""
+    dilated = ndimage.grey_dilation(instances, size=(3, 3, 3))
+    dilated = np.where(instances > 0, instances, dilated)
+    labels = resample(slab.with_array(dilated), None, reference=reference, label=True).array
+    prob = resample(slab.with_array(probability), None, reference=reference, default_value=0.0).array
+    return np.where(prob >= 0.5, labels, 0).astype(np.uint16)
+
+
+@pytest.mark.parametrize("where", ["inside", "at the slab's edge"])
+def test_masks_resampled_around_the_bodies_equal_the_whole_grid(where):
+    from SpineLabelLib.models.maskrcnn.infer import to_input_grid
+
+    rng = np.random.default_rng(3)
+    reference = _oblique((60, 90, 80), (0.9, 0.8, 2.1), (7, -5, 11), (-30.0, -40.0, -60.0))
+    slab = Volume(np.zeros((40, 70, 60), np.uint8),
+                  make_affine((1.25, 1.25, 1.25), np.eye(3)[:, ::-1] * [1, -1, -1], (-20.0, 30.0, 40.0)))
+    instances = np.zeros(slab.array.shape, np.uint16)
+    if where == "inside":
+        instances[10:20, 20:35, 15:30] = 1
+        instances[12:25, 38:50, 18:33] = 2
+    else:
+        instances[0:9, 50:70, 0:12] = 1                # touches three of the slab's faces
+    # Probability above 0.5 also outside the bodies (Mask R-CNN's mean masks): only labels count there.
+    probability = np.where(instances > 0, rng.uniform(0.4, 1.0, instances.shape),
+                           rng.uniform(0.0, 0.7, instances.shape)).astype(np.float32)
+    expected = _whole_grid_to_input(instances, probability, slab, reference)
+    got = to_input_grid(instances, probability, slab, reference)
+    assert (expected > 0).sum() > 100
+    assert got.dtype == np.uint16 and np.array_equal(got, expected)
+
+
+def test_label_centres_are_scipys_centres_of_mass():
+    from SpineLabelLib.stages.refine import label_centres
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((50, 60, 40), np.uint16)
+    for number in range(1, 6):
+        corner = rng.integers(0, 30, 3)
+        labels[corner[0]: corner[0] + 9, corner[1]: corner[1] + 14, corner[2]: corner[2] + 7] = number
+    numbers = [1, 2, 3, 4, 5, 9]                       # 9 is absent: NaN, as scipy gives
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, numbers))
+    got = label_centres(labels, numbers)
+    assert np.isnan(got[-1]).all()
+    assert np.allclose(got[:-1], expected[:-1])
+
+
+def _whole_grid_assignment(foreground, detected, reach):
+    distance, nearest = ndimage.distance_transform_edt(detected == 0, return_indices=True)
+    labels = np.where(foreground & (distance <= reach), detected[tuple(nearest)], 0).astype(np.uint16)
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            mine = labels[box] == number
+            pieces, count = ndimage.label(mine)
+            if count > 1:
+                sizes = ndimage.sum(mine, pieces, range(1, count + 1))
+                labels[box][mine & (pieces != 1 + int(np.argmax(sizes)))] = 0
+    return labels
+
+
+def test_segmenter_assignment_on_the_bodies_box_equals_the_whole_grid():
+    from SpineLabelLib.models.body_unet.infer import assign_to_bodies
+
+    rng = np.random.default_rng(2)
+    detected = np.zeros((40, 160, 80), np.uint16)
+    for number in range(1, 5):                         # bodies 10 voxels apart: ties between neighbours
+        detected[12:30, 10 + 30 * number: 30 + 30 * number, 30:55] = number
+    foreground = (ndimage.binary_dilation(detected > 0, iterations=3) & (rng.uniform(size=detected.shape) > 0.1)) \
+        | (rng.uniform(size=detected.shape) > 0.99)    # and stray voxels far from every body
+    got = assign_to_bodies(foreground, detected, 4.0)
+    assert np.array_equal(got, _whole_grid_assignment(foreground, detected, 4.0))
+    assert not assign_to_bodies(foreground, np.zeros_like(detected), 4.0).any()
+
+
+# --- dense detector, stage 1 ---------------------------------------------------------------------
+def test_upsampling_on_the_box_equals_the_whole_map():
+    import torch.nn.functional as F
+
+    from SpineLabelLib.models.dense.infer import upsample_probability
+
+    rng = np.random.default_rng(4)
+    small = np.zeros((21, 30, 17), np.float32)
+    for box in [(slice(3, 11), slice(5, 20), slice(4, 13)), (slice(0, 21), slice(0, 9), slice(10, 17))]:
+        small[:] = 0
+        small[box] = rng.uniform(0, 1, small[box].shape)
+        shape = (41, 60, 33)                               # odd sides: the 2 mm grid is one shorter
+        whole = F.interpolate(torch.from_numpy(small)[None, None], scale_factor=2, mode="trilinear",
+                              align_corners=False)[0, 0].numpy()[: shape[0], : shape[1], : shape[2]]
+        assert np.allclose(upsample_probability(small, box, shape), whole, atol=1e-6)
+
+
+def test_receptive_radius_bounds_what_a_voxel_changes():
+    from SpineLabelLib.models.dense.infer import receptive_radius
+    from SpineLabelLib.models.dense.networks import DenseConfig, build_network
+
+    torch.manual_seed(0)
+    detection = build_network(DenseConfig()).detection.eval()
+    radius = receptive_radius(len(DenseConfig().detect_widths))
+    image = torch.rand(1, 1, 64, 64, 64)
+    changed = image.clone()
+    changed[0, 0, 32, 32, 32] += 5.0
+    with torch.inference_mode():
+        difference = (detection(changed) - detection(image))[0].abs().numpy()
+    moved = np.argwhere(difference > 1e-5)
+    assert len(moved)                                       # the voxel matters near itself ...
+    assert np.abs(moved - 32).max() <= radius               # ... and nowhere beyond the radius
+
+
+@pytest.fixture(scope="module")
+def air_padded_case():
+    """A rotated lumbar CT phantom on its canonical 2 mm grid, with 150 mm of air added on the
+    left, in front and below (as a wide field of view has): the content box must cut it."""
+    from SpineLabelLib.core.volume import resample_to_canonical
+    from SpineLabelLib.models.maskrcnn.data import normalise_intensity
+    from SpineLabelLib.models.registry import load_model
+    from SpineLabelLib.phantom import generate_phantom
+
+    phantom = generate_phantom(["T12", "L1", "L2", "L3"], "ct", spacing=(1.0, 1.0, 2.0), seed=5,
+                               rotation_deg=(5.0, -3.0, 4.0), crop_to_spine=True)
+    image = normalise_intensity(resample_to_canonical(phantom.image, 2.0).array, "ct")
+    image = np.pad(image, ((75, 0), (0, 75), (75, 0)))
+    return load_model("vertebra-dense-detector").network, image
+
+
+def test_stage_one_on_the_content_box_keeps_every_content_voxel(air_padded_case, monkeypatch):
+    from SpineLabelLib.models.dense import infer
+
+    network, image = air_padded_case
+    small = infer.downsample_mean(image)
+    box = infer.content_box(small, infer.receptive_radius(len(network.config.detect_widths)),
+                            network.config.detect_divisor)
+    assert np.prod([b.stop - b.start for b in box]) < 0.8 * small.size      # the air is skipped
+    cropped = infer.column_probability(network, image)
+    monkeypatch.setattr(infer, "content_box", lambda array, *_: tuple(slice(0, n) for n in array.shape))
+    whole = infer.column_probability(network, image)
+    content = image > 0
+    assert (whole >= 0.5).sum() > 1000
+    assert np.allclose(cropped[content], whole[content], atol=1e-4)
+    assert np.array_equal(cropped >= 0.5, whole >= 0.5)                    # every voting voxel kept
+
+
+def test_stage_one_tiles_cover_every_row_once():
+    from SpineLabelLib.models.dense.infer import TILE_CONTEXT, tile_starts
+
+    for rows, plane in [(173, 7000), (40, 100), (300, 60000)]:
+        kept, starts = tile_starts(rows, plane)
+        covered = np.concatenate([np.arange(s, min(rows, s + kept)) for s in starts])
+        assert np.array_equal(covered, np.arange(rows))
+        assert all(s % 4 == 0 and (s - TILE_CONTEXT) % 4 == 0 for s in starts)   # poolings pair alike
+        assert (kept + 2 * TILE_CONTEXT) * plane <= max(1_000_000, (32 + 2 * TILE_CONTEXT) * plane)
+
+
+# --- dense detector, stage 2 ---------------------------------------------------------------------
+def test_stage_two_computes_the_index_on_every_vote_and_skips_slices_without(air_padded_case):
+    from SpineLabelLib.models.dense import infer
+
+    network, image = air_padded_case
+    column = infer.column_probability(network, image)
+    voting = column >= 0.5
+    assert voting.sum() > 1000
+    index, computed = infer.level_index(network, image, column)
+    assert computed[voting].all()                              # every voting voxel gets an index
+    without = ~voting.any(axis=(1, 2))
+    assert without.any() and not computed[without].any()     # the air's slices are skipped
+    spine = voting & (index > 0)
+    assert np.isfinite(index[computed]).all() and (index[voting] > 10).mean() > 0.9 and spine.any()
