@@ -119,8 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..cohort.tables import case_line as cohort_case_line
     from ..core.options import RunOptions
 
-    if not args.inputs and not args.inputs_csv:
-        raise SpineLabelError("no inputs: give image files, DICOM folders, a folder with --recursive, or --inputs CSV")
+    if not args.inputs and not args.inputs_csv:       # a usage error: exit 2 with argparse's usage line
+        args.usage_error("no inputs: give image files, DICOM folders, a folder with --recursive, or --inputs CSV")
     out = Path(args.out)
 
     def report(record) -> None:
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p)
     add_cohort_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, usage_error=p.error)
 
     p = sub.add_parser("demo", help="run the pipeline on a bundled sample and say where the outputs are")
     p.add_argument("--out", default="spinelabel_demo", help="output folder (default: %(default)s)")
