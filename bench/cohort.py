@@ -33,6 +33,7 @@ from SpineLabelLib.core.options import RunOptions  # noqa: E402
 
 SPINELABEL = [sys.executable, "-m", "SpineLabelLib"]
 LEVELS = ("L1-L3", "T12-L2", "L2-L4")
+CONFIGS = ("workers_1", "workers_1_one_torch_thread", "workers_2", "scheduler_2_workers", "killed_half_way")
 
 
 def make_inputs(folder: Path, count: int) -> list[Path]:
@@ -122,7 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--work", help="working folder (default: a temporary one, removed)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: %(default)s")
     args = parser.parse_args()
+    wanted = [c for c in args.configs.split(",") if c]
+    unknown = set(wanted) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="spinelabel-cohort-bench-"))
     import distributed
 
@@ -131,16 +137,28 @@ def main() -> None:
         cases = discover(inputs)
         result = {"bench": "cohort", "phantoms": args.cases, "inputs": len(inputs), "cpu_count": os.cpu_count(),
                   "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-        result["workers_1"] = timed_run(cases, work / "w1", workers=1)
-        result["workers_2"] = timed_run(cases, work / "w2", workers=2)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
-                                      dashboard_address=None) as cluster:
-            result["scheduler_2_workers"] = timed_run(cases, work / "sched", scheduler=cluster.scheduler_address)
-        result["speedup_2_workers"] = round(result["workers_2"]["cases_per_hour"]
-                                            / result["workers_1"]["cases_per_hour"], 2)
-        result["speedup_scheduler"] = round(result["scheduler_2_workers"]["cases_per_hour"]
-                                            / result["workers_1"]["cases_per_hour"], 2)
-        result["killed_half_way"] = killed_and_resumed(inputs, work / "killed", work / "w1")
+        if "workers_1" in wanted or "killed_half_way" in wanted:     # the reference of the resumed run
+            result["workers_1"] = timed_run(cases, work / "w1", workers=1)
+        if "workers_1_one_torch_thread" in wanted:
+            # What one worker of the cluster gets: tells a busy machine (no speed-up possible) from overhead.
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            result["workers_1_one_torch_thread"] = timed_run(cases, work / "w1t1", workers=1)
+            torch.set_num_threads(threads)
+        if "workers_2" in wanted:
+            result["workers_2"] = timed_run(cases, work / "w2", workers=2)
+        if "scheduler_2_workers" in wanted:
+            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
+                                          dashboard_address=None) as cluster:
+                result["scheduler_2_workers"] = timed_run(cases, work / "sched", scheduler=cluster.scheduler_address)
+        for name in ("workers_2", "scheduler_2_workers", "workers_1_one_torch_thread"):
+            if name in result and "workers_1" in result:
+                result[f"speedup_{name}"] = round(result[name]["cases_per_hour"]
+                                                  / result["workers_1"]["cases_per_hour"], 2)
+        if "killed_half_way" in wanted:
+            result["killed_half_way"] = killed_and_resumed(inputs, work / "killed", work / "w1")
         result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
         print(json.dumps(result, indent=1))
     finally:

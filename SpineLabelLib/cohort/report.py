@@ -78,9 +78,9 @@ def _cell(key: str, row: dict, out_root: Path) -> str:
         source = thumbnail(out_root / row["case"] / f"{row['case']}.qc.png") if row["status"] != "failed" else ""
         image = f'<img src="{source}" alt="QC picture of {html.escape(row["case"])}">' if source else ""
         return f'<td data-sort="{html.escape(row["case"])}">{image}</td>'
-    if key == "attention":
-        rank = ATTENTION.index(value)
-        return f'<td data-sort="{rank}">{html.escape(value)}</td>'
+    if key == "attention":          # sorted by the first reason; a fractured case's uncertain naming shown too
+        also = "; naming uncertain" if value == "fracture" and row.get("naming_uncertain") else ""
+        return f'<td data-sort="{ATTENTION.index(value)}">{html.escape(value + also)}</td>'
     text = "" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
     if key == "case" and row["status"] != "failed":
         return f'<td data-sort="{html.escape(text)}"><a href="{html.escape(row["case"])}/">{html.escape(text)}</a></td>'
