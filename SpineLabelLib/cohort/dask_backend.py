@@ -101,6 +101,10 @@ def run_on_cluster(cases: list[CaseInput], out_root: str, options: RunOptions, o
         try:
             for future, value in as_completed(futures, with_results=True, raise_errors=False):
                 case = futures[future]
-                on_record(value if isinstance(value, CaseRecord) else _crash_record(case, value))
+                if not isinstance(value, CaseRecord):
+                    # without raise_errors, a failed future gives its exc_info (type, error, traceback)
+                    error = value[1] if isinstance(value, tuple) and len(value) == 3 else value
+                    value = _crash_record(case, error)
+                on_record(value)
         finally:
             client.cancel(list(futures))
