@@ -17,6 +17,8 @@ from SpineLabelLib.core import anatomy
 from SpineLabelLib.models.families import ModelFamily, register_family
 
 NAME = "test-blobs"
+#: an image holding this value ends the process running the family (a crashing worker, for isolation tests)
+CRASH_VALUE = 4321.0
 
 
 def build_network(architecture: dict):
@@ -37,6 +39,10 @@ def run(view, network, options, progress=None, cancel=None):
         progress(0.5, "thinking hard")
         time.sleep(network.pause_s)
     volume = view.volume
+    if abs(float(volume.array.max()) - CRASH_VALUE) < 0.5:
+        import os
+
+        os._exit(3)
     labels, count = ndimage.label(volume.array > float(network.threshold.detach()))
     numbers = list(range(1, count + 1))
     centres = ndimage.center_of_mass(np.ones_like(labels), labels, numbers) if count else []

@@ -16,6 +16,36 @@ from ..core.options import add_run_arguments
 PROG = "spinelabel"
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+    return parse
+
+
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the cases come from and where they run (`SpineLabelLib.cohort`)."""
+    parser.add_argument("--inputs", dest="inputs_csv", metavar="CASES.csv",
+                        help="CSV manifest: a 'path' column, optional 'case_id' and 'modality' columns")
+    parser.add_argument("--recursive", action="store_true",
+                        help="search folder inputs: every NIfTI/NRRD/MHA file and every DICOM series is a case")
+    parser.add_argument("--workers", type=_positive(int), default=1,
+                        help="cases in parallel on a local Dask cluster of this many worker processes "
+                             "(above 1 needs the 'cohort' extra; default: %(default)s, in this process)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run the cases on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--worker-memory", default="3GB",
+                        help="memory limit of each local worker; a worker above it is restarted and its case "
+                             "recorded as failed (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="redo cases done before with the same input and models")
+    parser.add_argument("--case-timeout", type=_positive(float), metavar="SECONDS",
+                        help="give up a case running longer than this (recorded as failed)")
+
 def _floats(text: str, count: int) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -85,21 +115,29 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..cohort import DONE, FAILED, SKIPPED, discover, run_cohort
+    from ..cohort.tables import case_line as cohort_case_line
     from ..core.options import RunOptions
-    from .pipeline import run
 
-    def report(path: str, message: str) -> None:
-        print(f"{PROG}: {message if path in message else path + ': ' + message}", file=sys.stderr)
+    if not args.inputs and not args.inputs_csv:       # a usage error: exit 2 with argparse's usage line
+        args.usage_error("no inputs: give image files, DICOM folders, a folder with --recursive, or --inputs CSV")
+    out = Path(args.out)
 
-    def done(result) -> None:
-        if not args.quiet:
-            print(case_line(result))
+    def report(record) -> None:
+        if record.status == FAILED:
+            where = record.input
+            print(f"{PROG}: {record.reason if where in record.reason else where + ': ' + record.reason}",
+                  file=sys.stderr)
+        elif not args.quiet:
+            print(cohort_case_line(out, record))
 
-    status = run(args.inputs, args.out, RunOptions.from_args(args), progress_bar=not args.quiet, on_error=report,
-                 on_case=done)
-    if status == 0 and not args.quiet:
-        print(f"outputs in {Path(args.out).resolve()}")
-    return status
+    cases = discover(args.inputs, manifest=args.inputs_csv, recursive=args.recursive, out=out)
+    run = run_cohort(cases, out, RunOptions.from_args(args), workers=args.workers, scheduler=args.scheduler,
+                     memory_limit=args.worker_memory, force=args.force, case_timeout=args.case_timeout,
+                     progress_bar=not args.quiet, on_record=report)
+    if run.count(DONE) + run.count(SKIPPED) and not args.quiet:
+        print(f"outputs in {out.resolve()}")
+    return 1 if run.count(FAILED) else 0
 
 
 def case_line(result) -> str:
@@ -195,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="detect, name, segment and measure vertebrae; write the output files",
                        description="Run the full pipeline on image files (NIfTI/NRRD/MHA) or DICOM folders. "
                                    "Each case goes to OUT/<case>/.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image file, DICOM series folder, or (--recursive) "
+                   "a folder to search")
     p.add_argument("--out", required=True, help="output folder")
     add_run_arguments(p)
+    add_cohort_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, usage_error=p.error)
 
     p = sub.add_parser("demo", help="run the pipeline on a bundled sample and say where the outputs are")
     p.add_argument("--out", default="spinelabel_demo", help="output folder (default: %(default)s)")

@@ -16,6 +16,8 @@ OPTIONAL_MODULES: dict[str, str] = {
     "vtk": "slicer",
     "highdicom": "dicom",        # writing DICOM SEG (`--dicom-seg`)
     "pydicom": "dicom",
+    "dask": "cohort",            # `spinelabel run --workers N` / `--scheduler`: cases on a Dask cluster
+    "distributed": "cohort",
 }
 
 #: what to tell a user for each extra
@@ -25,6 +27,7 @@ INSTALL_HINT: dict[str, str] = {
     "validate": "pip install 'spinelabel[validate]'",
     "slicer": "run inside 3D Slicer, or pip install 'spinelabel[slicer]'",
     "dicom": "pip install 'spinelabel[dicom]' (highdicom and pydicom)",
+    "cohort": "pip install 'spinelabel[cohort]' (Dask distributed, for --workers above 1 and --scheduler)",
 }
 
 

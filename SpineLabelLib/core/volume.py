@@ -203,8 +203,10 @@ class _QuietITK:
         return False
 
 
-def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a validated `Volume`."""
+def load_volume(path: str | os.PathLike, check_values: bool = True, series_uid: str | None = None) -> Volume:
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a validated `Volume`.
+
+    series_uid: for a folder holding several DICOM series, the one to read (default: the largest)."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -213,7 +215,7 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     metadata: dict = {"source": str(path)}
     if path.is_dir():
         with _QuietITK():
-            image, files = _read_dicom_folder(path)
+            image, files = _read_dicom_folder(path, series_uid)
         # A DICOM SEG written later must reference these very files, in the array's slice order.
         metadata["dicom_files"] = list(files)
     else:
@@ -238,8 +240,20 @@ def load_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     return validate(volume, str(path), check_values=check_values)
 
 
-def dicom_series_files(path: str | os.PathLike) -> tuple[str, ...]:
-    """The files of the folder's largest DICOM series, in slice order (what `load_volume` reads)."""
+def dicom_series_ids(path: str | os.PathLike) -> tuple[str, ...]:
+    """SeriesInstanceUIDs of the DICOM series directly in a folder (GDCM's scan), sorted; () when none."""
+    import SimpleITK as sitk
+
+    with _QuietITK():
+        try:
+            return tuple(sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))))
+        except RuntimeError:
+            return ()
+
+
+def dicom_series_files(path: str | os.PathLike, series_uid: str | None = None) -> tuple[str, ...]:
+    """The files of one DICOM series of the folder in slice order (what `load_volume` reads): the
+    series ``series_uid``, or the largest one."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -251,15 +265,19 @@ def dicom_series_files(path: str | os.PathLike) -> tuple[str, ...]:
             series = ()
         if not series:
             raise InputError(f"{path}: folder holds no DICOM series")
+        if series_uid is not None:
+            if series_uid not in series:
+                raise InputError(f"{path}: the DICOM series of this case is no longer in the folder")
+            return tuple(reader.GetGDCMSeriesFileNames(str(path), series_uid))
         # The largest series is the one a person means when pointing at a folder.
         return tuple(max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len))
 
 
-def _read_dicom_folder(path: Path):
-    """(image, its files in slice order) of the folder's largest series."""
+def _read_dicom_folder(path: Path, series_uid: str | None = None):
+    """(image, its files in slice order) of the folder's series ``series_uid`` (default: the largest)."""
     import SimpleITK as sitk
 
-    files = dicom_series_files(path)
+    files = dicom_series_files(path, series_uid)
     if len(files) < 2:
         raise InputError(f"{path}: DICOM series has a single slice; a 3-D volume is needed")
     reader = sitk.ImageSeriesReader()

@@ -92,6 +92,8 @@ def list_models() -> list[dict[str, Any]]:
 
 
 _CACHE: dict[tuple[str, str], LoadedModel] = {}
+#: networks this process has built from weights (a cohort worker loads each model once, not per case)
+NETWORK_LOADS = {"count": 0}
 
 
 def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
@@ -116,6 +118,7 @@ def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
     if key in _CACHE and key[1] == card["sha256"]:
         return _CACHE[key]
     network = load_network(directory, card)
+    NETWORK_LOADS["count"] += 1
     loaded = LoadedModel(card["name"], str(card["version"]), directory, card, network)
     _CACHE[key] = loaded
     return loaded
