@@ -400,3 +400,16 @@ def test_report_renders_in_headless_chromium_sorted_with_thumbnails(images, tmp_
     bare.write_text(text.replace('src="data:image/png;base64,', 'data-x="'), encoding="utf-8")
     with_thumbnails, without = dark_pixels(report), dark_pixels(bare)
     assert with_thumbnails > 4 * max(without, 1000), (with_thumbnails, without)     # text alone is little dark
+
+
+def _malloc_trim_setting():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_cluster_workers_keep_glibcs_dynamic_malloc_thresholds():
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ in every worker, which made a case 1.5x slower there."""
+    from SpineLabelLib.cohort.dask_backend import connect
+
+    with connect(1, None, "1GB") as client:
+        in_worker = client.submit(_malloc_trim_setting, pure=False).result(timeout=120)
+    assert in_worker is None

@@ -36,14 +36,14 @@ LEVELS = ("L1-L3", "T12-L2", "L2-L4")
 CONFIGS = ("workers_1", "workers_1_one_torch_thread", "workers_2", "scheduler_2_workers", "killed_half_way")
 
 
-def make_inputs(folder: Path, count: int) -> list[Path]:
+def make_inputs(folder: Path, count: int, spacing: str = "2,2,2.5") -> list[Path]:
     """``count`` small phantoms (every fifth with a wedge fracture), a corrupt file and an empty DICOM folder."""
     folder.mkdir(parents=True, exist_ok=True)
     inputs = []
     for n in range(count):
         levels = LEVELS[n % len(LEVELS)]
         extra = ["--fracture", f"{levels.split('-')[0]}:wedge:35"] if n % 5 == 0 else []
-        subprocess.run([*SPINELABEL, "phantom", "--out", str(folder), "--levels", levels, "--spacing", "2,2,2.5",
+        subprocess.run([*SPINELABEL, "phantom", "--out", str(folder), "--levels", levels, "--spacing", spacing,
                         "--rotation", f"{n % 7},-3,{n % 5}", "--seed", str(n), "--case", f"ph{n:02d}", *extra],
                        check=True, capture_output=True, cwd=ROOT)
         inputs.append(folder / f"ph{n:02d}.nii.gz")
@@ -54,22 +54,37 @@ def make_inputs(folder: Path, count: int) -> list[Path]:
     return [*inputs, corrupt, empty]
 
 
-def summary(run, seconds: float) -> dict:
+def steady_rate(finish_times: list[float], workers: int) -> float | None:
+    """Cases per hour once every worker has finished its first case (its start-up: importing torch, loading
+    the models, a new cluster's processes), from that moment to the last case: the rate a long cohort runs at."""
+    times = sorted(finish_times)
+    if len(times) <= workers + 1:
+        return None
+    return round((len(times) - workers) / (times[-1] - times[workers - 1]) * 3600, 1)
+
+
+def summary(run, seconds: float, finish_times: list[float] | None = None, workers_in_use: int = 1) -> dict:
     ran = [r for r in run.ordered if r.status == DONE]
     workers = {}
     for record in ran:
         workers[record.worker] = max(workers.get(record.worker, 0.0), record.peak_memory_mb)
     return {"cases_run": len(ran), "failed": run.count(FAILED), "skipped": run.count(SKIPPED),
             "seconds": round(seconds, 1), "cases_per_hour": round(len(ran) / seconds * 3600, 1),
+            "steady_cases_per_hour": steady_rate(finish_times or [], workers_in_use),
             "workers_used": len(workers), "peak_memory_mb_per_worker": sorted(workers.values()),
             "model_loads_per_worker_max": max((r.model_loads for r in ran), default=0),
             "failed_reasons": {r.case_id: r.reason for r in run.ordered if r.status == FAILED}}
 
 
-def timed_run(cases, out: Path, **settings) -> dict:
-    start = time.perf_counter()
-    run = run_cohort(cases, out, RunOptions(), progress_bar=False, **settings)
-    return summary(run, time.perf_counter() - start)
+def timed_run(cases, out: Path, workers_in_use: int = 1, **settings) -> dict:
+    start, finished = time.perf_counter(), []
+
+    def on_record(record) -> None:
+        if record.status == DONE:
+            finished.append(time.perf_counter() - start)
+
+    run = run_cohort(cases, out, RunOptions(), progress_bar=False, on_record=on_record, **settings)
+    return summary(run, time.perf_counter() - start, finished, workers_in_use)
 
 
 def comparable(folder: Path) -> dict[str, bytes]:
@@ -122,6 +137,7 @@ def killed_and_resumed(inputs: list[Path], out: Path, reference: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--spacing", default="2,2,2.5", help="phantom voxel size in mm (smaller: longer cases)")
     parser.add_argument("--work", help="working folder (default: a temporary one, removed)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: %(default)s")
     args = parser.parse_args()
@@ -130,12 +146,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="spinelabel-cohort-bench-"))
+    import dask
     import distributed
 
     try:
-        inputs = make_inputs(work / "inputs", args.cases)
+        inputs = make_inputs(work / "inputs", args.cases, args.spacing)
         cases = discover(inputs)
-        result = {"bench": "cohort", "phantoms": args.cases, "inputs": len(inputs), "cpu_count": os.cpu_count(),
+        result = {"bench": "cohort", "phantoms": args.cases, "phantom_spacing_mm": args.spacing, "inputs": len(inputs), "cpu_count": os.cpu_count(),
                   "load_average_before": [round(v, 2) for v in os.getloadavg()]}
         if "workers_1" in wanted or "killed_half_way" in wanted:     # the reference of the resumed run
             result["workers_1"] = timed_run(cases, work / "w1", workers=1)
@@ -148,15 +165,21 @@ def main() -> None:
             result["workers_1_one_torch_thread"] = timed_run(cases, work / "w1t1", workers=1)
             torch.set_num_threads(threads)
         if "workers_2" in wanted:
-            result["workers_2"] = timed_run(cases, work / "w2", workers=2)
+            result["workers_2"] = timed_run(cases, work / "w2", workers_in_use=2, workers=2)
         if "scheduler_2_workers" in wanted:
-            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
+            from SpineLabelLib.cohort.dask_backend import WORKER_CONFIG   # what the README tells cluster owners
+
+            with dask.config.set(WORKER_CONFIG), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
                                           dashboard_address=None) as cluster:
-                result["scheduler_2_workers"] = timed_run(cases, work / "sched", scheduler=cluster.scheduler_address)
+                result["scheduler_2_workers"] = timed_run(cases, work / "sched", workers_in_use=2,
+                                                          scheduler=cluster.scheduler_address)
         for name in ("workers_2", "scheduler_2_workers", "workers_1_one_torch_thread"):
             if name in result and "workers_1" in result:
                 result[f"speedup_{name}"] = round(result[name]["cases_per_hour"]
                                                   / result["workers_1"]["cases_per_hour"], 2)
+                steady, reference = result[name]["steady_cases_per_hour"], result["workers_1"]["steady_cases_per_hour"]
+                if steady and reference:
+                    result[f"steady_speedup_{name}"] = round(steady / reference, 2)
         if "killed_half_way" in wanted:
             result["killed_half_way"] = killed_and_resumed(inputs, work / "killed", work / "w1")
         result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -24,6 +24,10 @@ from .inputs import CaseInput
 #: a case whose worker died this many times more than once is given up (its reason: the worker died)
 ALLOWED_FAILURES = 1
 DEFAULT_MEMORY_LIMIT = "3GB"
+#: Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers; setting it switches off glibc's dynamic mmap
+#: threshold, so every large array is mmapped and unmapped again, and a case ran 1.5-1.7x slower in a worker
+#: than in a plain process (bench/cohort.py). None unsets it (Dask's rule); the thread limits stay.
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 class SpineLabelWorker(WorkerPlugin):
@@ -72,7 +76,7 @@ def connect(workers: int, scheduler: str | None, memory_limit: str | None) -> It
         return
     # A task that killed its worker is retried once, not three times; one case at a time per worker.
     settings = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                "distributed.scheduler.worker-saturation": 1.0}
+                "distributed.scheduler.worker-saturation": 1.0, **WORKER_CONFIG}
     with dask.config.set(settings), _quiet_dask_logs():
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT, dashboard_address=None,
