@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+
+from dicom_series import write_dicom_series
 
 from SpineLabelLib.app.cli import main
 from SpineLabelLib.cohort import DONE, FAILED, SKIPPED, CaseInput, discover, run_cohort
@@ -27,7 +28,7 @@ from SpineLabelLib.cohort.inputs import read_manifest
 from SpineLabelLib.cohort.tables import CASE_COLUMNS, COHORT_FILE, CASES_FILE
 from SpineLabelLib.core.errors import InputError
 from SpineLabelLib.core.options import RunOptions
-from SpineLabelLib.core.volume import LPS_TO_RAS, Volume, load_volume, save_volume
+from SpineLabelLib.core.volume import Volume, load_volume, save_volume
 from SpineLabelLib.phantom import generate_phantom
 
 PATIENT_NAME = "DOE^JANE"
@@ -45,28 +46,9 @@ def bright_phantom(levels=("L1", "L2"), seed: int = 0, fracture=None) -> Volume:
 
 def write_series(image: Volume, folder: Path, series_uid: str, prefix: str = "im") -> None:
     """One DICOM file per k slice of ``image`` (LPS geometry tags) in series ``series_uid``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ijk_to_lps = LPS_TO_RAS @ image.ijk_to_ras
-    direction = ijk_to_lps[:3, :3] / image.spacing
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.array.shape[0]):
-        slice_ = sitk.GetImageFromArray(image.array[k][np.newaxis])
-        position = (ijk_to_lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
-        slice_.SetSpacing([float(s) for s in image.spacing])
-        slice_.SetOrigin([float(v) for v in position])
-        slice_.SetDirection([float(v) for v in direction.ravel()])
-        tags = {"0010|0010": PATIENT_NAME, "0010|0020": "PID-4711", "0008|0060": "CT",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{series_uid}.{k + 1}",
-                "0020|000d": "1.2.826.0.1.3680043.2.1125.16.1", "0020|000e": series_uid, "0020|0013": str(k + 1),
-                "0020|0032": "\\".join(f"{v:.10f}" for v in position),
-                "0020|0037": "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1])),
-                "0028|0030": f"{image.spacing[1]:.10f}\\{image.spacing[0]:.10f}",
-                "0018|0050": f"{image.spacing[2]:.10f}", "0028|1052": "0", "0028|1053": "1"}
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
-        writer.Execute(slice_)
+    write_dicom_series(image, folder, series_uid=series_uid, study_uid="1.2.826.0.1.3680043.2.1125.16.1",
+                       tags={"0010|0010": PATIENT_NAME, "0010|0020": "PID-4711"},
+                       file_name=lambda k: f"{prefix}{k:03d}.dcm")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("highdicom")
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+from dicom_series import write_dicom_series as series_files  # noqa: E402
 
 from SpineLabelLib.app import pipeline  # noqa: E402
 from SpineLabelLib.app.cli import main  # noqa: E402
@@ -42,35 +42,12 @@ def phantom_image() -> Volume:
 
 def write_dicom_series(image: Volume, folder: Path) -> list[Path]:
     """One CT slice per file (k order) with the patient, study and geometry tags in LPS."""
-    folder.mkdir(parents=True)
-    ijk_to_lps = LPS_TO_RAS @ image.ijk_to_ras
-    direction = ijk_to_lps[:3, :3] / image.spacing
-    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    files = []
-    for k in range(image.array.shape[0]):
-        slice_ = sitk.GetImageFromArray(image.array[k][np.newaxis])
-        position = (ijk_to_lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
-        slice_.SetSpacing([float(s) for s in image.spacing])
-        slice_.SetOrigin([float(v) for v in position])
-        slice_.SetDirection([float(v) for v in direction.ravel()])
-        tags = {
-            "0010|0010": PATIENT["PatientName"], "0010|0020": PATIENT["PatientID"], "0008|0020": PATIENT["StudyDate"],
-            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{SERIES_UID}.{k + 1}",
-            "0020|000d": STUDY_UID, "0020|000e": SERIES_UID, "0020|0052": FRAME_OF_REFERENCE_UID,
-            "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.10f}" for v in position),
-            "0020|0037": orientation,
-            "0028|0030": f"{image.spacing[1]:.10f}\\{image.spacing[0]:.10f}",   # row spacing (j), column spacing (i)
-            "0018|0050": f"{image.spacing[2]:.10f}", "0028|1052": "0", "0028|1053": "1",
-        }
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        # Shuffled file names: the SEG must follow the series' geometry, not the directory listing.
-        files.append(folder / f"im{(k * 7919) % 10007:05d}.dcm")   # 10007 is prime: no clashes
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(slice_)
-    return files
+    assert not folder.exists()
+    patient = {"0010|0010": PATIENT["PatientName"], "0010|0020": PATIENT["PatientID"],
+               "0008|0020": PATIENT["StudyDate"], "0020|0052": FRAME_OF_REFERENCE_UID}
+    # Shuffled file names: the SEG must follow the series' geometry, not the directory listing.
+    return series_files(image, folder, series_uid=SERIES_UID, study_uid=STUDY_UID, tags=patient,
+                        file_name=lambda k: f"im{(k * 7919) % 10007:05d}.dcm")   # 10007 is prime: no clashes
 
 
 @pytest.fixture(scope="module")

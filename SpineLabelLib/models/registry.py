@@ -124,32 +124,28 @@ def load_model(name_or_dir: str | os.PathLike | None = None) -> LoadedModel:
     return loaded
 
 
-def segmenter_for(choice) -> LoadedModel | None:
-    """The body segmenter a caller asked for: "auto" (the bundled one when installed, else None),
-    "none"/None, a `LoadedModel`, or a model name or folder."""
+def optional_model(choice, default_name: str) -> LoadedModel | None:
+    """A model a run may go without: "auto" (`default_name` when installed, else None), "none"/None,
+    a `LoadedModel`, or a model name or folder."""
     if choice is None or choice == "none":
         return None
     if isinstance(choice, LoadedModel):
         return choice
     if choice == "auto":
-        if DEFAULT_SEGMENTER not in {card["name"] for card in list_models()}:
+        if default_name not in {card["name"] for card in list_models()}:
             return None
-        choice = DEFAULT_SEGMENTER
+        choice = default_name
     return load_model(choice)
+
+
+def segmenter_for(choice) -> LoadedModel | None:
+    """The body segmenter a caller asked for (`optional_model` with the bundled segmenter)."""
+    return optional_model(choice, DEFAULT_SEGMENTER)
 
 
 def disc_segmenter_for(choice="auto") -> LoadedModel | None:
-    """The disc segmenter: "auto" (the bundled one when installed, else None), "none"/None, a
-    `LoadedModel`, or a model name or folder."""
-    if choice is None or choice == "none":
-        return None
-    if isinstance(choice, LoadedModel):
-        return choice
-    if choice == "auto":
-        if DEFAULT_DISC_SEGMENTER not in {card["name"] for card in list_models()}:
-            return None
-        choice = DEFAULT_DISC_SEGMENTER
-    return load_model(choice)
+    """The disc segmenter a caller asked for (`optional_model` with the bundled disc segmenter)."""
+    return optional_model(choice, DEFAULT_DISC_SEGMENTER)
 
 
 def bundled_root() -> Path:

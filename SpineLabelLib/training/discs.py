@@ -141,7 +141,7 @@ def pool(data: Path, hold_out: str = "", phantom_share: float = 0.3):
 
 
 def fit(data: Path, out: Path, iterations: int, minutes: float, hold_out: str = "", batch: int = 16,
-        lr: float = 2e-3, threads: int = 1, eval_every: int = 250, seed: int = 0):
+        lr: float = 2e-3, threads: int = 1, eval_every: int = 250, seed: int = 0, save_minutes: float = 2.0):
     from .loop import LoopOptions, fit as fit_loop
 
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def fit(data: Path, out: Path, iterations: int, minutes: float, hold_out: str = 
     print(f"{len(cases)} cases, hold-out {hold_out or 'none'}: {len(recipe.validation)} validation crops", flush=True)
     options = LoopOptions(iterations=iterations, minutes=minutes, lr=lr, batch=batch, threads=threads,
                           eval_every=eval_every, print_log=True, seed=seed,
-                          save_minutes=2.0)
+                          save_minutes=save_minutes)
     return fit_loop(recipe, options, out / "last.pt", config=config,
                     extra={"hold_out": hold_out}, log=lambda m: print(m, flush=True))
 
@@ -167,32 +167,27 @@ def export(checkpoint: Path, out: Path, name: str, version: str, extra_card: Pat
 
 
 def main(argv=None) -> int:
+    from .commands import add_export_command, add_fit_command, run_export
+
     parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.training.discs")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
     p.add_argument("--mri", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--phantoms", type=int, default=6)
-    f = commands.add_parser("fit")
-    f.add_argument("--data", required=True)
-    f.add_argument("--out", required=True)
-    f.add_argument("--iterations", type=int, default=3000)
-    f.add_argument("--minutes", type=float, default=0.0)
+    f = add_fit_command(commands, iterations=3000, lr=2e-3, eval_every=250, threads=1, batch=16)
     f.add_argument("--hold-out", default="")
     f.add_argument("--seed", type=int, default=0)
-    e = commands.add_parser("export")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--name", default="intervertebral-disc-segmenter")
-    e.add_argument("--version", default="0.1.0")
-    e.add_argument("--card", default="")
+    add_export_command(commands, "intervertebral-disc-segmenter")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.mri), Path(args.out), args.phantoms)
     elif args.command == "fit":
-        fit(Path(args.data), Path(args.out), args.iterations, args.minutes, args.hold_out, seed=args.seed)
+        fit(Path(args.data), Path(args.out), args.iterations, args.minutes, args.hold_out, batch=args.batch,
+            lr=args.lr, threads=args.threads, eval_every=args.eval_every, seed=args.seed,
+            save_minutes=args.save_minutes)
     else:
-        export(Path(args.checkpoint), Path(args.out), args.name, args.version, Path(args.card) if args.card else None)
+        run_export(export, args)
     return 0
 
 
