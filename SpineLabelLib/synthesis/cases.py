@@ -4,7 +4,8 @@
         [--rounds 4] [--phantoms 10] [--hold-out verse012,lidc-0001,mri-discs]
 
 Writes into --out (skipping files that exist, so it can run while training reads the folder):
-  real_<mri>.npz / val_<mri>.npz   real lumbar MRI (detector.data.split_real_cases; val never trained on)
+  real_<mri>.npz / val_<mri>.npz   real lumbar MRI (detector.data.split_real_cases; val never trained on),
+                                    S1 drawn below L5 by a shape prior (`sacrum_prior`; --no-s1-prior: none)
   ctreal_<source>.npz               real CT with body masks cut from its whole-vertebra labels
   synth_<source>_<contrast>_<seed>.npz  SynthSeg-style images from the label maps (`generate.synthesise`)
   phantom_<seed>.npz                domain-randomised phantoms (detector.train.phantom_parameters), S1 kept
@@ -32,11 +33,14 @@ def _record(manifest: dict, out: Path) -> None:
     (out / "mix.json").write_text(json.dumps(manifest, indent=1))
 
 
-def prepare_real_mri(root: Path, out: Path, manifest: dict) -> None:
+def prepare_real_mri(root: Path, out: Path, manifest: dict, s1_prior: bool = True) -> None:
     from ..training.detector import prepare
+    from .sacrum_prior import add_sacral_priors
 
     prepare(root / "mri-lumbar", out, SPACING)
     manifest["real_mri"] = json.loads((out / "split.json").read_text())
+    if s1_prior:
+        manifest["real_mri"]["s1_prior"] = add_sacral_priors(out)
 
 
 def prepare_real_ct(sources, out: Path, manifest: dict) -> None:
@@ -93,12 +97,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="synthetic images per label map and contrast")
     parser.add_argument("--phantoms", type=int, default=10, help="phantoms added per round")
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HOLD_OUT))
+    parser.add_argument("--no-s1-prior", action="store_true",
+                        help="leave the real MRI's sacrum unlabelled (the trainer then blanks below L5)")
     args = parser.parse_args(argv)
     root, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held_out = [h for h in args.hold_out.split(",") if h]
     manifest = {"spacing_mm": SPACING, "held_out": held_out, "data_root": str(root)}
-    prepare_real_mri(root, out, manifest)
+    prepare_real_mri(root, out, manifest, s1_prior=not args.no_s1_prior)
     _record(manifest, out)
     real_ct = [s for s in [totalseg_example(root)] if s.name not in held_out]
     prepare_real_ct(real_ct, out, manifest)

@@ -9,8 +9,9 @@ What differs from `detector.train fit`:
   a case labels it (synthetic images from TotalSegmentator maps, the real TotalSegmentator CT,
   phantoms).
 - Real lumbar MRI masks stop at L5 while S1 is visible below: left in, it would teach "S1 is
-  background". Those slices are blanked below the lowest labelled body (a field of view ending
-  there), as they are already blanked above the topmost one.
+  background". `cases` draws S1 there by a shape prior (`sacrum_prior`); a case still without S1
+  (prior not credible) is blanked below the lowest labelled body (a field of view ending there),
+  as it is already blanked above the topmost one.
 - Draws come from groups by file prefix with fixed shares (`SHARES`); the folder is rescanned
   every few hundred iterations, so cases written while training runs join the mix.
 - Starts from a model folder's weights (default: the bundled vertebra-detector).
