@@ -22,7 +22,8 @@ Suites (truth):
 Metrics: bench/detect_eval.py's (recall: Dice >= 0.5; id_rate: VerSe rule, closest detection within
 20 mm with the same level, after the order-respecting labelling; loc_error_mm; dice), plus S1:
 on cases whose truth has S1, whether a detection named S1 lies within 20 mm of it. seconds and
-cpu_seconds per case; peak_rss_gb is the process's peak so far (an upper bound per case).
+cpu_seconds per case; warning: of the cases named wrong (some found body misnamed), how many carry
+the naming warning (`naming.uncertain`), and of those named right, how many; peak_rss_gb is the process's peak so far (an upper bound per case).
 """
 from __future__ import annotations
 
@@ -133,13 +134,26 @@ def run_cases(suite: str, cases, loaded, segmenter) -> dict:
         row.update(case=case_id, seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
                    peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                    levels=[v.level for v in result.vertebrae], s1_named=named,
+                   naming_confidence=result.naming.get("confidence"), uncertain=result.naming.get("uncertain"),
+                   uncertain_reason=result.naming.get("reason"),
                    truth_levels=[anatomy.name_of(int(c)) for c in np.unique(truth) if c])
         rows.append(row)
         print(f"{suite} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
               f"S1 {named}, {seconds:.1f} s", file=sys.stderr, flush=True)
     summary = detect_eval.summarise(rows, [])
     summary["s1_named"] = f"{sum(s1)}/{len(s1)}" if s1 else None
+    summary["warning"] = warning_summary(rows)
     return summary
+
+
+def warning_summary(rows: list[dict]) -> dict:
+    """How the naming warning tracks the truth: a case is named right when every body it found is
+    named right (cases with no body found are left out: there is no naming to warn about)."""
+    named = [r for r in rows if r.get("matched")]
+    wrong = [r for r in named if r["identified"] < r["matched"]]
+    right = [r for r in named if r["identified"] == r["matched"]]
+    return {"wrong_cases": len(wrong), "wrong_warned": sum(bool(r.get("uncertain")) for r in wrong),
+            "right_cases": len(right), "right_warned": sum(bool(r.get("uncertain")) for r in right)}
 
 
 def what_it_saw(loaded, mix: Path | None) -> dict:
