@@ -135,7 +135,7 @@ def run_cases(suite: str, cases, loaded, segmenter) -> dict:
                    peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                    levels=[v.level for v in result.vertebrae], s1_named=named,
                    naming_confidence=result.naming.get("confidence"), uncertain=result.naming.get("uncertain"),
-                   uncertain_reason=result.naming.get("reason"),
+                   uncertain_reason=result.naming.get("reason"), anchors=result.naming.get("anchors"),
                    truth_levels=[anatomy.name_of(int(c)) for c in np.unique(truth) if c])
         rows.append(row)
         print(f"{suite} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
