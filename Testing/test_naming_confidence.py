@@ -8,7 +8,8 @@ import numpy as np
 from SpineLabelLib.core import anatomy
 from SpineLabelLib.naming.anchors import AnchorEvidence
 from SpineLabelLib.naming.labelling import assign_levels, labelling_cost, labelling_costs
-from SpineLabelLib.naming.confidence import NO_ANCHOR_MESSAGE, alternatives, assess, confidence_from_costs, naming_line, shift_names
+from SpineLabelLib.naming.confidence import (NO_ANCHOR_MESSAGE, NamingPolicy, alternatives, assess, confidence_from_costs,
+                                            naming_line, shift_names)
 from test_anchors import oblique, rib_evidence_for
 from test_labelling import levels_between, level_scores, region_scores, spine_points
 
@@ -73,14 +74,18 @@ def test_ambiguous_evenly_spaced_crop_is_uncertain():
     assert verdict["reason"] == NO_ANCHOR_MESSAGE
 
 
-def test_confident_scores_without_anchor_still_pass_when_far_ahead():
+def test_confident_scores_without_anchor_still_carry_the_warning():
+    """A detector sure of its levels is no anchor: a shifted count looks just as sure."""
     names = levels_between("C3", "T3")
     points = spine_points(names)
     scores = level_scores(names)                          # a per-level head that is sure of itself
     got = assign_levels(points, scores)
     verdict = assess(got, points, scores, evidence=AnchorEvidence.empty(len(names)))
     assert got == names and verdict["anchors"] == []
-    assert verdict["confidence"] > 0.97 and verdict["uncertain"] is False
+    assert verdict["confidence"] > 0.97
+    assert verdict["uncertain"] is True and verdict["reason"] == NO_ANCHOR_MESSAGE
+    softer = NamingPolicy(require_anchor=False)           # the threshold rule the VID grid explores
+    assert assess(got, points, scores, evidence=AnchorEvidence.empty(len(names)), policy=softer)["uncertain"] is False
 
 
 def test_a_level_set_by_a_person_anchors_the_naming():

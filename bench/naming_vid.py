@@ -180,8 +180,7 @@ def flag_rates(rows: list[dict], policy: NamingPolicy) -> dict:
     flagged = []
     for r in rows:
         conf = confidence_from_costs({"best": r["costs"][0], **dict(enumerate(r["costs"][1:]))}, policy.temperature)
-        threshold = policy.threshold if r["anchored"] else policy.threshold_without_anchor
-        flagged.append(conf < threshold)
+        flagged.append(policy.flags(conf, r["anchored"]))
     flagged = np.array(flagged, bool)
     right = np.array([r["right"] for r in rows], bool)
     return {"wrong_flagged": round(float(flagged[~right].mean()), 4) if (~right).any() else None,
