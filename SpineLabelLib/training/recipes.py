@@ -37,6 +37,11 @@ class _SliceRecipe(Recipe):
         self.validation = list(validation)
         self.augment = dict(augment or {})
 
+    def site_data(self):
+        from .finetune import SliceData
+
+        return SliceData(self)
+
 
 # --- detector -------------------------------------------------------------------------------------
 class DetectorRecipe(_SliceRecipe):
