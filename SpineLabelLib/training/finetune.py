@@ -293,6 +293,14 @@ def site_data_of(recipe: Recipe) -> SiteData:
     return site
 
 
+def usable_cases(site: SiteData, cases: list) -> tuple[list, list[dict]]:
+    """The cases a family can learn from; one warning line per case it skips (and why)."""
+    usable, skipped = site.usable(cases)
+    for skip in skipped:
+        _LOG.warning("%s: skipped (%s)", skip["case"], skip["reason"])
+    return usable, skipped
+
+
 def held_out_lines(card: dict) -> list[str]:
     """What the command line prints about a trained model's held-out metrics (model, then initial model)."""
     from ..models.families import family_of_card
@@ -392,9 +400,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, options: TrainOptions | 
     init = load_model(options.init) if options.init else None
     recipe = recipe_for(init, options.kind)
     site = site_data_of(recipe)
-    cases, skipped = site.usable(cases)
-    for skip in skipped:
-        _LOG.warning("%s: skipped (%s)", skip["case"], skip["reason"])
+    cases, skipped = usable_cases(site, cases)
     work = out / WORK
     saved = load_checkpoint(work / CHECKPOINT)
     config, extra = _run_facts(options, init, saved, recipe, [c.case_id for c in cases])
