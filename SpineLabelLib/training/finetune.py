@@ -315,6 +315,7 @@ def held_out_lines(card: dict) -> list[str]:
 def evaluate_model(loaded, cases: list) -> dict | None:
     """Detection + labelling on each held-out case, scored by `training.evaluation` (the rules of
     bench/detect_eval.py): recall, precision, identification rate, mean Dice and localisation error."""
+    from ..core.discs import DISC_LABEL_OFFSET
     from ..core.volume import load_volume
     from . import evaluation
 
@@ -323,7 +324,8 @@ def evaluate_model(loaded, cases: list) -> dict | None:
     scored, per_case = [], []
     for case in cases:
         result = _detect_and_label(loaded, case)
-        score = evaluation.evaluate_case(result, load_volume(case.label_path).array)
+        codes = load_volume(case.label_path).array
+        score = evaluation.evaluate_case(result, np.where(codes < DISC_LABEL_OFFSET, codes, 0))   # bodies only
         scored.append(score)
         per_case.append({"case": case.case_id, "bodies": score.bodies, "found": score.found,
                          "identified": score.identified, "levels": [v.level for v in result.vertebrae if v.instance]})
