@@ -1,21 +1,27 @@
-"""Train or fine-tune the vertebra detector or the body segmenter on a dataset folder of corrected
-cases (`spinelabel train`; the kind follows the initial model, or `kind` when training from scratch).
+"""Train or fine-tune a model on a dataset folder of corrected cases (`spinelabel train`): the vertebra
+detector, the body segmenter, the dense detector or the disc model. What is trained follows the
+initial model's family (its card), or `kind` when training from scratch; the family's recipe
+(`training.recipes`, `training.discs`) says how it learns from a dataset (its `SiteData`).
 
     dataset folder (SpineLabelLib.dataset layout)
-      -> checked (`validate_dataset`), split into training cases and a held-out part
-      -> prepared as the detector's .npz cases in <out>/work/data (real_<case>.npz / val_<case>.npz)
-      -> mixed with phantoms and, optionally, the detector's original training data (against forgetting)
+      -> checked (`validate_dataset`); the cases the family cannot learn from are skipped with a
+         warning line (the disc model: cases without disc labels, CT)
+      -> split into training cases and a held-out part
+      -> prepared as the family's .npz cases in <out>/work/data (real_<case>.npz / val_<case>.npz)
+      -> mixed with phantoms and, optionally, the family's original training data (against forgetting)
       -> trained from an initial model (`init`) or from scratch; <out>/work/last.pt is saved every
          few minutes and on Ctrl-C, and a later call with the same <out> continues from it
       -> <out>/model.safetensors + <out>/model_card.json, loadable with `models.load_model(<out>)`.
 
-The model card records the dataset's manifest SHA-256, the case ids trained on and held out, the
-initial model's name/version/SHA-256, and detection metrics on the held-out cases for the new model
-and the initial one, scored by `training.evaluation` exactly as bench/detect_eval.py scores (a body
-is found when the 3-D Dice with its ground-truth mask is >= 0.5; identified by the VerSe rule: a
-detection carrying its level has it as the closest truth body, < 20 mm away).
+The model card records the dataset's manifest SHA-256, the case ids trained on, held out and
+skipped, the initial model's name/version/SHA-256, and metrics on the held-out cases for the new
+model and the initial one. Detectors and the body segmenter are scored by `training.evaluation`
+exactly as bench/detect_eval.py scores (a body is found when the 3-D Dice with its ground-truth mask
+is >= 0.5; identified by the VerSe rule: a detection carrying its level has it as the closest truth
+body, < 20 mm away); the disc model by the Dice of each corrected disc with the disc it draws
+between the case's corrected bodies.
 
-Training itself is `training.loop.fit` with the family's recipe (`training.recipes`).
+Training itself is `training.loop.fit` with the family's recipe.
 
 The work folder can be deleted after training; it is kept so that training can be continued with
 more iterations (``--iterations`` counts in total, across resumptions).
