@@ -321,3 +321,43 @@ def test_dense_recipe_trains_both_stages_on_the_shared_loop_and_resumes(dense_tr
     assert resumed.state.iteration == 5                              # continued, not restarted
     card = export(checkpoint, tmp_path / "model", "tiny-dense", "0", None)
     assert card["training"]["iterations"] == 5 and list(card["architecture"]["identify_widths"]) == [2, 4, 4]
+
+
+def test_spinelabel_train_fine_tunes_the_dense_detector_from_a_dataset(tmp_path):
+    """`spinelabel train --init <dense model>`: the registry's dense recipe, the dataset's body centroids
+    (disc labels ignored), both stages trained, held-out detection metrics in the card."""
+    from SpineLabelLib.dataset import export_result
+    from SpineLabelLib.models.cards import export_weights, read_card
+    from SpineLabelLib.models.dense import build_network
+    from SpineLabelLib.models.registry import load_model
+    from SpineLabelLib.phantom import generate_phantom
+    from SpineLabelLib.training import finetune, recipes
+
+    for seed in (5, 6):
+        phantom = generate_phantom(["L1", "L2", "L3", "L4"], "t2", spacing=(2.0, 1.8, 2.2), seed=seed,
+                                   crop_to_spine=True, rotation_deg=(5.0, -3.0, 2.0))
+        export_result(tmp_path / "dataset", phantom.to_result(f"d{seed}", with_discs=True))
+    config = _tiny_config()
+    torch.manual_seed(0)
+    init = tmp_path / "tiny-dense"
+    export_weights(build_network(config).state_dict(), config, init,
+                   {"name": "tiny-dense", "version": "0", "task": "dense test", "modality": ["ct", "mr"], "levels": []})
+    steps = []
+    original = recipes.DenseRecipe.loss
+    recipes.DenseRecipe.loss = lambda *a: steps.append(1) or original(*a)
+    try:
+        card = finetune.train(tmp_path / "dataset", tmp_path / "tuned", finetune.TrainOptions(
+            init=str(init), iterations=2, batch=2, eval_every=2, threads=1, progress=False, evaluate_init=False))
+    finally:
+        recipes.DenseRecipe.loss = original
+    assert len(steps) == 2 and card["architecture"]["family"] == "dense-two-stage"
+    assert card["base_model"]["name"] == "tiny-dense" and card["training"]["kind"] == "fine-tuned"
+    assert "validation_level_accuracy" in card["training"]["validation_history"][-1]
+    data = card["training_data"]["dataset"]
+    assert len(data["trained_on"]) == 1 and len(data["held_out"]) == 1 and data["skipped"] == []
+    held = card["held_out_metrics"]["model"]
+    assert held["cases"] == 1 and held["bodies"] == 4
+    tuned, initial = load_model(tmp_path / "tuned").network.state_dict(), load_model(init).network.state_dict()
+    for stage in ("detection", "identification"):
+        assert any(not torch.equal(tuned[k], initial[k]) for k in tuned if k.startswith(stage) and k.endswith("weight"))
+    assert read_card(tmp_path / "tuned")["sha256"] == card["sha256"]

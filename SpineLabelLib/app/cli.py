@@ -182,7 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.finetune import TrainOptions, train
+    from ..training.finetune import TrainOptions, held_out_lines, train
 
     options = TrainOptions(init=args.init, iterations=args.iterations, minutes=args.minutes,
                            phantoms=args.phantoms, old_data=Path(args.old_data) if args.old_data else None,
@@ -190,12 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                            kind=args.kind)
     card = train(args.dataset, args.out, options)
     print(f"model {card['name']} written to {Path(args.out).resolve()} (sha256 {card['sha256'][:12]}...)")
-    held = card.get("held_out_metrics", {})
-    for role in ("base_model", "model"):
-        if held.get(role):
-            m = held[role]
-            print(f"held-out {m['cases']} cases, {role.replace('_', ' ')}: identification rate {m['id_rate']}, "
-                  f"recall {m['recall']}, Dice {m['dice']}, localisation error {m['loc_error_mm']} mm")
+    for line in held_out_lines(card):
+        print(line)
     return 0
 
 
@@ -291,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="replace an earlier export of the same image, keeping it in history/")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train or fine-tune the detector or the body segmenter on an exported dataset folder",
+    p = sub.add_parser("train", help="train or fine-tune a model (detector, body or disc segmenter) on an exported "
+                       "dataset folder",
                        description="Fine-tune a model (--init) or train one from scratch on the cases of a dataset "
                                    "folder; writes MODEL_DIR (weights + model card with held-out metrics). "
                                    "Run again with the same --out to continue from MODEL_DIR/work.")
     p.add_argument("--dataset", required=True, help="dataset folder written by 'spinelabel export'")
     p.add_argument("--init", help="model name or folder to start from (default: train from scratch); "
-                   "a segmenter (e.g. vertebral-body-segmenter) fine-tunes the segmenter")
+                   "its family decides what is trained, e.g. vertebral-body-segmenter the body segmenter, "
+                   "intervertebral-disc-segmenter the disc model (from the label maps' disc labels)")
     from ..training import SCRATCH_FAMILY
 
     p.add_argument("--kind", choices=tuple(SCRATCH_FAMILY), default="detector",
@@ -306,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=2000, help="training iterations in total (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=0.0, help="training-time budget in minutes (0 = none)")
     p.add_argument("--phantoms", type=int, default=0, help="synthetic phantoms to generate and mix in")
-    p.add_argument("--old-data", metavar="DIR", help="the detector's prepared training data (real_*.npz, "
-                   "phantom_*.npz) to mix in against forgetting")
+    p.add_argument("--old-data", metavar="DIR", help="the model's own prepared training data (real_*.npz, "
+                   "phantom_*.npz, as its trainer's 'prepare' wrote them) to mix in against forgetting")
     p.add_argument("--holdout", type=float, default=0.2, help="share of cases held out for the model card's "
                    "metrics (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all)")

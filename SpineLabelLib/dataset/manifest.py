@@ -99,8 +99,9 @@ def build_dataset_json(dataset_dir: PathLike) -> dict:
             "level_codes": "VerSe: C1-C7 = 1-7, T1-T12 = 8-19, L1-L5 = 20-24, L6 = 25, S1 = 26, T13 = 28; "
                            "27 (Co) listed only to keep labels consecutive",
             "labels_policy": "all levels and discs, whether present or not",
-            "disc_labels": "100 + the VerSe code of the vertebra above (L4-L5 = 123, L5-S1 = 124); values 29-100 "
-                           "and 101 (no disc below C1) are unused, listed only to keep labels consecutive",
+            "disc_labels": "100 + the VerSe code of the vertebra above (L4-L5 = 123, L5-S1 = 124); values 29-100, "
+                           "101, 126 and 127 (no disc below C1, S1 or Co) are unused, listed only because nnU-Net v2 "
+                           "requires consecutive labels (label values are SpineLabel's own, no remapping)",
             "levels_present": {n: present[n] for n in anatomy.ORDER if n in present},
             "modalities": modalities,
             "cases": cases,

@@ -3,4 +3,4 @@
 shared with bench/ (`evaluation`). Importing this package imports neither numpy nor torch."""
 
 #: The family `spinelabel train --kind` trains from scratch (with --init, the initial model's family).
-SCRATCH_FAMILY = {"detector": "mask-rcnn-slices", "segmenter": "body-unet"}
+SCRATCH_FAMILY = {"detector": "mask-rcnn-slices", "segmenter": "body-unet", "disc-segmenter": "disc-unet"}

@@ -28,6 +28,7 @@ import numpy as np
 from ..core import anatomy
 from ..models.dense.networks import DenseConfig, downsample_mean
 from ..models.dense.targets import BIN_NAMES, dense_labels, nearest_bin, unlabelled_above
+from .finetune import SiteData
 
 
 # --- preparing cases --------------------------------------------------------------------------
@@ -258,6 +259,99 @@ def identification_loss(predicted, target):
     """Paper 002's L1: |y - x| where the target x is not background (0), nothing elsewhere."""
     foreground = (target > 0).float()
     return ((predicted - target).abs() * foreground).sum() / foreground.sum().clamp(min=1.0)
+
+
+# --- fine-tuning on an exported dataset (`spinelabel train --init vertebra-dense-detector`) -------
+class DenseSiteData(SiteData):
+    """The dense detector learns from the body centroids of the dataset's label maps (the centres of
+    the level-code masks; disc labels are ignored), levels above the topmost labelled one unlabelled
+    (corrected cases often label only the levels of interest); scored by detecting and naming."""
+
+    phantom_recipe = "SpineLabelLib.training.detector.phantom_parameters"
+
+    def usable(self, cases):
+        from ..core.volume import load_volume
+
+        keep, skipped = [], []
+        for case in cases:
+            levels = case.manifest_entry.get("levels")
+            if levels is None:
+                levels = list(centroids_from_mask(_bodies(load_volume(case.label_path, check_values=False))))
+            if levels:
+                keep.append(case)
+            else:
+                skipped.append({"case": case.case_id, "reason": "its label map has no vertebra"})
+        return keep, skipped
+
+    def prepare(self, cases, held_out, folder, config):
+        from ..core.volume import load_volume
+        from .finetune import case_modality, prepared_target
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for case in cases:
+            target = prepared_target(folder, case, held_out)
+            if not target.exists():
+                image = load_volume(case.image_path)
+                centroids = centroids_from_mask(_bodies(load_volume(case.label_path, check_values=False)))
+                prepare_case(image, centroids, target, "real", case_modality(case, image), top_unlabelled=True,
+                             spacing=config.identify_spacing_mm)
+            paths[case.case_id] = target
+        return paths
+
+    def phantoms(self, folder, count, config, overrides):
+        from ..phantom import generate_phantom
+        from .detector import phantom_parameters
+
+        folder.mkdir(parents=True, exist_ok=True)
+        spacing, paths = config.identify_spacing_mm, []
+        for seed in range(5000, 5000 + count):
+            target = folder / f"phantom_{seed:04d}.npz"
+            if not target.exists():
+                params = {**phantom_parameters(seed), "spacing": (spacing,) * 3, **overrides}
+                phantom = generate_phantom(**params)
+                centroids = {v["level"]: np.array(v["centroid_ras"]) for v in phantom.truth["vertebrae"]
+                             if v.get("centroid_ras") is not None}
+                prepare_case(phantom.image, centroids, target, "phantom",
+                             "ct" if params["modality"] == "ct" else "mr", top_unlabelled=False, spacing=spacing)
+            paths.append(target)
+        return paths
+
+    def old_data(self, folder, config):
+        """The dense trainer's prepared data (`python -m SpineLabelLib.training.dense prepare`)."""
+        from ..core.errors import InputError
+
+        if folder is None:
+            return [], []
+        folder = Path(folder)
+        real = sorted(folder.glob("real_*.npz")) + sorted(folder.glob("ct_*.npz"))
+        phantoms = sorted(folder.glob("phantom_*.npz"))
+        if not real + phantoms:
+            raise InputError(f"{folder}: no prepared dense training data (real_*.npz, ct_*.npz, phantom_*.npz) there")
+        return real, phantoms
+
+    def load(self, path):
+        return DenseCase(Path(path))
+
+    def validation(self, folder, config):
+        return _validation_batches(Path(folder), config)
+
+    def evaluate(self, loaded, cases):
+        from .finetune import evaluate_model
+
+        return evaluate_model(loaded, cases)
+
+    def describe(self, metrics):
+        from .finetune import SliceData
+
+        return SliceData.describe(self, metrics)
+
+
+def _bodies(labels):
+    """A label map's level codes only (disc labels, 100 and above, cleared)."""
+    from ..core.discs import DISC_LABEL_OFFSET
+
+    return labels.with_array(np.where(labels.array < DISC_LABEL_OFFSET, labels.array, 0))
 
 
 # --- fitting ----------------------------------------------------------------------------------

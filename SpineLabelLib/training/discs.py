@@ -13,28 +13,43 @@ from pathlib import Path
 
 import numpy as np
 
+from .finetune import SiteData
 from .loop import Recipe
 
 DISC_TASK = "intervertebral disc between two found vertebral bodies, sagittal slices (T2 MRI)"
 
 
-def canonical_case(image_path: Path, labels, name: str):
-    """A volume and its disc label map (Volume or array on its grid) -> DiscCase on the canonical 1 mm grid."""
+def canonical_case(image_path: Path, labels, name: str, spacing: float = 1.0):
+    """A volume and its disc label map (Volume or array on its grid) -> DiscCase on the canonical grid."""
     from ..core.canonical import CanonicalView
     from ..core.volume import Volume, load_volume, resample
     from ..models.disc_unet.data import DiscCase
 
     volume = load_volume(image_path) if not isinstance(image_path, Volume) else image_path
     view = CanonicalView(volume, "mr")
-    grid = view.at(1.0)
+    grid = view.at(spacing)
     label_volume = labels if isinstance(labels, Volume) else volume.with_array(labels)
     mapped = resample(label_volume, None, reference=grid, label=True).array.astype(np.uint8)
-    return DiscCase(view.normalised(1.0), mapped, name)
+    return DiscCase(view.normalised(spacing), mapped, name)
+
+
+def disc_phantom(n: int, seed: int, rng: np.random.Generator | None = None, **overrides):
+    """The n-th T2 training phantom (top level T11/T12/L1 in turn, every second one curved), its discs
+    labelled; ``rng`` draws its lordosis and noise (`prepare` shares one across its phantoms)."""
+    from ..phantom.generate import generate_phantom
+
+    rng = rng if rng is not None else np.random.default_rng(seed + 7919 * n)
+    tops = ["T11", "T12", "L1"]
+    top = tops[n % 3]
+    levels = [top, *"T12 L1 L2 L3 L4 L5 S1".split()[tops.index(top):]]
+    params = dict(crop_to_spine=True, physiological_curves=bool(n % 2), lordosis_deg=float(rng.uniform(-10, 20)),
+                  texture=0.1, blur_mm=0.8, angle_jitter_deg=3.0, size_jitter=0.08,
+                  noise=float(rng.uniform(0.02, 0.08)))
+    return generate_phantom(levels, "t2", seed=seed + n, **{**params, **overrides})
 
 
 def prepare(mri: Path, out: Path, phantoms: int, seed: int = 0) -> None:
     from ..core.volume import load_volume
-    from ..phantom.generate import generate_phantom
 
     out.mkdir(parents=True, exist_ok=True)
     for image in sorted(mri.glob("*_mri.nii.gz")):
@@ -43,11 +58,7 @@ def prepare(mri: Path, out: Path, phantoms: int, seed: int = 0) -> None:
         canonical_case(image, labels, stem).save(out / f"real_{stem}.npz")
     rng = np.random.default_rng(seed)
     for n in range(phantoms):
-        top = ["T11", "T12", "L1"][n % 3]
-        phantom = generate_phantom([top, *("T12 L1 L2 L3 L4 L5 S1".split()[["T11", "T12", "L1"].index(top):])],
-                                   "t2", seed=seed + n, crop_to_spine=True, physiological_curves=bool(n % 2),
-                                   lordosis_deg=float(rng.uniform(-10, 20)), texture=0.1, blur_mm=0.8,
-                                   angle_jitter_deg=3.0, size_jitter=0.08, noise=float(rng.uniform(0.02, 0.08)))
+        phantom = disc_phantom(n, seed, rng)
         canonical_case(phantom.image, phantom.discs, f"phantom_{n:02d}").save(out / f"phantom_{n:02d}.npz")
         print("prepared", n, flush=True)
 
@@ -96,6 +107,124 @@ class DiscRecipe(Recipe):
 
     def card(self, config) -> dict:
         return {"task": DISC_TASK, "modality": ["mr"], "levels": []}
+
+    def site_data(self):
+        return DiscSiteData()
+
+
+# --- fine-tuning on an exported dataset (`spinelabel train --init intervertebral-disc-segmenter`) -----
+class DiscSiteData(SiteData):
+    """The disc model learns from the disc labels (100 + code of the vertebra above) of the dataset's
+    MRI label maps; the level codes are ignored. Scored per disc on held-out cases: the model draws each
+    disc between the case's own (corrected) bodies, Dice against the corrected disc."""
+
+    phantom_recipe = "SpineLabelLib.training.discs.disc_phantom"
+
+    def usable(self, cases):
+        from ..core.errors import InputError
+        from ..core.volume import load_volume
+        from .finetune import case_modality
+
+        keep, skipped = [], []
+        for case in cases:
+            values = case.manifest_entry.get("disc_labels")
+            if values is None:                 # exported before disc labels were recorded
+                values = disc_values(load_volume(case.label_path, check_values=False).array)
+            if not values:
+                skipped.append({"case": case.case_id, "reason": "its label map has no disc label"})
+            elif case_modality(case) != "mr":
+                skipped.append({"case": case.case_id, "reason": "CT; the disc model works on MRI only"})
+            else:
+                keep.append(case)
+        if not keep:
+            raise InputError("no case of the dataset has disc labels on MRI (values 100 + the code of the vertebra "
+                             "above, e.g. L4-L5 = 123); export MRI cases with their discs to train the disc model")
+        return keep, skipped
+
+    def prepare(self, cases, held_out, folder, config):
+        from ..core.volume import load_volume
+        from .finetune import prepared_target
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for case in cases:
+            target = prepared_target(folder, case, held_out)
+            if not target.exists():
+                labels = load_volume(case.label_path, check_values=False)
+                discs = np.where(np.isin(labels.array, disc_values(labels.array)), labels.array, 0)
+                canonical_case(case.image_path, labels.with_array(discs), case.case_id,
+                               config.spacing_mm).save(target)
+            paths[case.case_id] = target
+        return paths
+
+    def phantoms(self, folder, count, config, overrides):
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for n in range(count):
+            target = folder / f"phantom_{n:04d}.npz"
+            if not target.exists():
+                phantom = disc_phantom(n, 5000, **overrides)
+                canonical_case(phantom.image, phantom.discs, target.stem, config.spacing_mm).save(target)
+            paths.append(target)
+        return paths
+
+    def old_data(self, folder, config):
+        """The disc trainer's prepared data (`python -m SpineLabelLib.training.discs prepare`)."""
+        from ..core.errors import InputError
+
+        if folder is None:
+            return [], []
+        real, phantoms = sorted(Path(folder).glob("real_*.npz")), sorted(Path(folder).glob("phantom_*.npz"))
+        if not real + phantoms:
+            raise InputError(f"{folder}: no prepared disc training data (real_*.npz, phantom_*.npz) there")
+        return real, phantoms
+
+    def load(self, path):
+        from ..models.disc_unet.data import DiscCase
+
+        return DiscCase.load(path)
+
+    def validation(self, folder, config):
+        return validation_crops([self.load(p) for p in sorted(Path(folder).glob("val_*.npz"))], config)
+
+    def evaluate(self, loaded, cases):
+        if not cases:
+            return None
+        per_case = [held_out_disc_dice(loaded, case) for case in cases]
+        scores = [d for c in per_case for d in c["dice"].values()]
+        return {"cases": len(cases), "discs": len(scores),
+                "median_disc_dice": round(float(np.median(scores)), 4) if scores else None,
+                "per_case": per_case}
+
+    def describe(self, metrics):
+        return f"median disc Dice {metrics['median_disc_dice']} over {metrics['discs']} discs"
+
+
+def disc_values(labels: np.ndarray) -> list[int]:
+    """The disc label values present in a label map."""
+    from ..core import discs
+
+    return [int(v) for v in np.unique(labels) if v >= discs.DISC_LABEL_OFFSET and discs.is_disc_label(int(v))]
+
+
+def held_out_disc_dice(loaded, case) -> dict:
+    """Each corrected disc of a dataset case against the disc the model draws between the case's
+    corrected bodies (the disc stage's job once the bodies are right): Dice per disc name."""
+    from ..core.disc_layer import result_discs
+    from ..core.result import DISCS
+    from ..core.volume import load_volume
+    from ..io.segfile import read_segmentation_as_result
+    from ..models.families import family_of_card
+
+    result = read_segmentation_as_result(case.label_path, load_volume(case.image_path), case.case_id)
+    truth, named = result.layers.get(DISCS), result_discs(result)
+    result.modality = "mr"
+    drawn = family_of_card(loaded.card).run(result.canonical_view(), result, loaded.network)
+    dice = {}
+    for disc in named:
+        manual, mask = truth == disc.value, drawn == disc.value
+        dice[disc.name] = round(2 * float((manual & mask).sum()) / max(float(manual.sum() + mask.sum()), 1.0), 4)
+    return {"case": case.case_id, "dice": dice}
 
 
 def validation_crops(cases, config) -> list:

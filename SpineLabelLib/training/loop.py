@@ -130,6 +130,11 @@ class Recipe:
         """Model-card fields describing what a model of this family does."""
         return {}
 
+    def site_data(self) -> Any:
+        """How `spinelabel train` makes this family's training cases from an exported dataset
+        (a `training.finetune.SiteData`); None = the family cannot be trained on a dataset folder."""
+        return None
+
 
 @dataclass
 class TrainingRun:

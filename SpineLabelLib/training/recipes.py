@@ -37,6 +37,11 @@ class _SliceRecipe(Recipe):
         self.validation = list(validation)
         self.augment = dict(augment or {})
 
+    def site_data(self):
+        from .finetune import SliceData
+
+        return SliceData(self)
+
 
 # --- detector -------------------------------------------------------------------------------------
 class DetectorRecipe(_SliceRecipe):
@@ -258,7 +263,7 @@ class DenseRecipe(Recipe):
     clip_grad_norm = None                  # both losses are bounded (weighted BCE, L1 of indices)
 
     def __init__(self, cases: Sequence = (), weights: Sequence[float] | None = None, validation=None,
-                 detect_batch: int = 16, identify_batch: int = 16) -> None:
+                 detect_batch: int | None = None, identify_batch: int | None = None) -> None:
         self.cases, self.weights = list(cases), weights
         self.validation = validation       # (detection batch, identification batch) or None
         self.detect_batch, self.identify_batch = detect_batch, identify_batch
@@ -279,11 +284,12 @@ class DenseRecipe(Recipe):
         return DenseSampler(self.cases, config, self.weights, seed=seed)
 
     def batch(self, sampler, size: int):
-        """The loop's batch size is not used: each stage has its own (``detect_batch``, ``identify_batch``)."""
+        """Each stage has its own batch size (``detect_batch``, ``identify_batch``: the from-scratch
+        trainer's 16 each); unset, the loop's (`spinelabel train`)."""
         import torch
 
-        detection = [sampler.detection_sample() for _ in range(self.detect_batch)]
-        identification = [sampler.identification_sample() for _ in range(self.identify_batch)]
+        detection = [sampler.detection_sample() for _ in range(self.detect_batch or size)]
+        identification = [sampler.identification_sample() for _ in range(self.identify_batch or size)]
         return ([torch.from_numpy(np.stack([d[i] for d in detection])) for i in range(3)],
                 [torch.from_numpy(np.stack([d[i] for d in identification])) for i in range(2)])
 
@@ -303,3 +309,8 @@ class DenseRecipe(Recipe):
         from ..models.dense.targets import OUTPUT_LEVELS
 
         return {"task": DENSE_TASK, "modality": ["ct", "mr"], "levels": list(OUTPUT_LEVELS)}
+
+    def site_data(self):
+        from .dense import DenseSiteData
+
+        return DenseSiteData()

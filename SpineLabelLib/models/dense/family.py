@@ -29,4 +29,5 @@ def run(view, network, options, progress=None, cancel=None):
 
 FAMILY = register_family(ModelFamily(
     name=NAME, role="detector", build_network=build_network, run=run, prepare_network=channels_last,
-    description="paper 002: 3-D column U-Net x 2-D level-index U-Net, votes aggregated per level"))
+    description="paper 002: 3-D column U-Net x 2-D level-index U-Net, votes aggregated per level",
+    training_recipe="SpineLabelLib.training.recipes:DenseRecipe"))
