@@ -120,7 +120,7 @@ def column_axes(codes: np.ndarray) -> dict[int, np.ndarray]:
     and in automatic masks (TotalSegmentator) the arch closes in a few planes only, often at one
     end of the vertebra; that direction then points largely up or down and the cut keeps a sliver
     of the body (lidc-0001's T7: 584 of ~6000 voxels)."""
-    present = sorted((int(c) for c in np.unique(codes) if c),
+    present = sorted((int(c) for c in np.unique(codes) if c and _known(int(c))),
                      key=lambda c: anatomy.order_index(anatomy.name_of(c)))
     if len(present) < 2:
         return {}
@@ -137,6 +137,15 @@ def column_axes(codes: np.ndarray) -> dict[int, np.ndarray]:
         axis = np.array([0.0, -tangent[2], tangent[1]])  # perpendicular to the column in the sagittal plane
         axes[code] = axis if axis[2] < 0 else -axis       # anterior: towards lower a-p index
     return axes
+
+
+def _known(code: int) -> bool:
+    """A VerSe level code (other values in a map are cut without a column direction)."""
+    try:
+        anatomy.name_of(code)
+    except ValueError:
+        return False
+    return True
 
 
 def vertebral_bodies(codes: np.ndarray, keep_whole: tuple[int, ...] = ()) -> np.ndarray:
