@@ -60,8 +60,10 @@ def test_body_rule_recovers_the_body_of_a_tilted_vertebra_on_an_oblique_grid():
     code = anatomy.code_of("L3")
     whole = grid.with_array(np.where(body | arch, code, 0).astype(np.uint8))
     result = body_masks(whole).array == code
-    assert dice(result, body) > 0.9
-    assert np.logical_and(result, arch).sum() < 0.03 * arch.sum()     # the arch is not body
+    assert dice(result, body) > 0.95
+    # The arch is not body; the ring's roots beside the canal's front (3 mm of it lie in front of
+    # the canal wall, where the rule's cut is) are the only part of it allowed in.
+    assert np.logical_and(result, arch).sum() < 0.05 * arch.sum()
     assert result.sum() <= (body | arch).sum()
 
 
@@ -75,6 +77,30 @@ def test_body_rule_without_a_closed_arch_falls_back_to_the_front_of_the_vertebra
     result = body_masks(whole).array == 20
     assert not np.logical_and(result, spinous & open_arch).any()
     assert np.logical_and(result, body).sum() > 0.6 * body.sum()
+
+
+def test_body_rule_on_thick_slices_with_an_arch_closed_at_one_end_and_a_hole_in_the_body():
+    """Automatic masks on 2.5 mm axial slices (lidc-0001, issue 12): the arch is closed in the top
+    planes of a vertebra only, and the body has a hole. The canal-to-centroid direction then points
+    largely downwards and the hole sits in front of the canal; the column's direction (from the
+    neighbours' centroids) and the largest hole as the canal keep the whole body."""
+    grid = oblique_grid((48, 90, 60), (1.0, 0.9, 2.5))
+    local = spine_frame(world_points(grid), tilt_deg=20.0)
+    array = np.zeros(grid.array.shape, np.uint8)
+    z = local[..., 2]
+    for n, name in enumerate(("T6", "T7", "T8")):
+        centre = 28 - 28 * n
+        body, arch = vertebra_parts(local, centre_z=centre)
+        if name == "T7":
+            arch &= ~((local[..., 0] > 2) & (z - centre < 2))            # closed in its top 5 mm only
+            hole = np.linalg.norm(local - np.array([0.0, 6.0, centre]), axis=-1) < 5
+            array[(body & ~hole) | arch] = anatomy.code_of(name)
+            t7_body = body & ~hole
+        else:
+            array[body | arch] = anatomy.code_of(name)
+    result = body_masks(grid.with_array(array)).array == anatomy.code_of("T7")
+    assert dice(result, t7_body) > 0.85
+    assert np.logical_and(result, array == anatomy.code_of("T7")).sum() == result.sum()
 
 
 def test_discs_fix_the_levels_of_the_bodies_between_them_and_s1_below_the_last():
