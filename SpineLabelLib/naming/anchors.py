@@ -245,6 +245,8 @@ def gather_evidence(result) -> None:
         v.evidence = {"rib": None if np.isnan(ribs[n]) else float(ribs[n]),
                       "sacrum": None if sacrum is None else float(sacrum),
                       "c2": float(c2) if c2 >= PRESENT else None}
+        if np.isfinite(discs[n]):
+            v.evidence["sacrum_discs"] = float(discs[n])     # its share of "sacrum" (`naming.sacrum.disc_decided`)
 
 
 def disc_sacrum_evidence(result) -> np.ndarray:

@@ -58,9 +58,10 @@ def clarity(volume_mm3: float, reference_mm3: float) -> float:
 def sacrum_evidence(findings: DiscFindings) -> np.ndarray:
     """(N,) P(first sacral segment) per body from the discs; NaN where they say nothing.
 
-    The candidate is the body right below the lowest clear disc (the discs stop there: the sacrum's
-    segments are fused); a detected body below it is its bone continuing, else the image below it must
-    go on for `ROOM_MM` and look like bone."""
+    Only the lowest body can be the sacrum here: the discs must stop at it (a clear disc above it, none
+    at the probe below it) with the image going on below it for `ROOM_MM` and looking like bone. A body
+    between two others without a disc below it is a disc the model missed (or an S2 found as a body),
+    not evidence: the detector rarely finds S2, and a missed lumbar disc must not make an S1."""
     discs = np.asarray(findings.disc_mm3, float)
     n = len(discs)
     out = np.full(n, np.nan)
@@ -71,20 +72,15 @@ def sacrum_evidence(findings: DiscFindings) -> np.ndarray:
     below = np.array([clarity(v, reference) for v in discs])
     clear = np.nan_to_num(below, nan=0.0) > 0.5
     out[clear] = 0.5 - (0.5 - P_NOT_SACRUM) * below[clear]
-    if not clear.any() or clear[-1]:
-        return out                                 # no disc at all, or one below the lowest body: no sacrum seen
-    k = int(np.flatnonzero(clear)[-1]) + 1
-    if not np.isfinite(below[k]):
-        return out
-    if k == n - 1:
-        if findings.room_below_mm < ROOM_MM:
-            return out                             # the field of view ends at it: no information
-        bone = findings.bone_below if np.isfinite(findings.bone_below) else 0.5
-    else:
-        bone = 1.0                                 # the next segment was found as a body
-    strength = below[k - 1] * (1.0 - below[k]) * bone
+    last = n - 1
+    if clear[last] or not np.isfinite(below[last]) or not np.isfinite(below[last - 1]):
+        return out                                 # a disc below the lowest body: it is a free vertebra
+    if findings.room_below_mm < ROOM_MM:
+        return out                                 # the field of view ends at it: no information
+    bone = findings.bone_below if np.isfinite(findings.bone_below) else 0.5
+    strength = below[last - 1] * (1.0 - below[last]) * bone
     if strength > 0.2:
-        out[k] = 0.5 + (P_SACRUM_MAX - 0.5) * min(1.0, strength / 0.8)
+        out[last] = 0.5 + (P_SACRUM_MAX - 0.5) * min(1.0, strength / 0.8)
     return out
 
 
@@ -177,3 +173,27 @@ def findings_of(result, disc_mm3: np.ndarray) -> DiscFindings:
     values = result.image.array[tuple(voxels.T)]
     return DiscFindings(np.asarray(disc_mm3, float), room_below_mm(result.image, start, down),
                         bone_below(result.image, values, start, down, anterior))
+
+
+# --- when the discs alone decided the naming ---------------------------------------------------------
+DISC_DECIDED_MESSAGE = ("levels uncertain: counted from a sacrum seen by its discs (a disc above the lowest body, "
+                        "none below it); a collapsed L5-S1 disc looks the same — check one level and use Set level")
+
+
+def disc_decided(result, params=None) -> bool:
+    """Whether the naming differs from the one without the disc sign of the sacrum (the detector's S1
+    score alone): then the count rests on that sign, which a collapsed or dark (degenerated) L5-S1 disc
+    the disc model does not see would give too, and the naming is flagged uncertain."""
+    from dataclasses import replace
+
+    from .labelling import DEFAULT_PARAMS, relabel_vertebrae
+
+    if not any(v.evidence and v.evidence.get("sacrum_discs") is not None for v in result.vertebrae):
+        return False
+    without = []
+    for v in result.vertebrae:
+        evidence = dict(v.evidence or {})
+        if evidence.pop("sacrum_discs", None) is not None:
+            evidence["sacrum"] = combine((v.level_scores or {}).get("S1", 0.0), np.nan)
+        without.append(replace(v, evidence=evidence))
+    return relabel_vertebrae(without, params or DEFAULT_PARAMS) != result.levels
