@@ -63,7 +63,7 @@ def test_combined_with_the_detector_s1_score():
 
 
 # --- in the level assignment --------------------------------------------------------------------------
-def _shifted_detector_scores(names: list[str], sure: float = 0.65) -> np.ndarray:
+def _shifted_detector_scores(names: list[str], sure: float = 0.8) -> np.ndarray:
     """Scores of a detector that never learnt the sacrum: it calls S1 L5 and counts up from there
     (each body one level too high, the true level second), and scores S1 zero everywhere."""
     scores = np.full((len(names), len(anatomy.ORDER)), 0.01)
@@ -82,6 +82,7 @@ def test_disc_sign_of_the_sacrum_outweighs_a_detector_that_took_it_for_l5():
     points = spine_points(names, curve_mm=10)
     scores = _shifted_detector_scores(names)
     assert assign_levels(points, scores)[-1] == "L5"    # the detector alone: everything one level up
+    # (this sure, the anchor wins only because a seen sacrum frees the detector's zero S1 score)
     evidence = AnchorEvidence.empty(len(names))
     evidence.sacrum[:] = sacrum_evidence(DiscFindings(np.array(LUMBAR_DISCS + [250.0]), 60.0, 1.0))
     assert assign_levels(points, scores, evidence=evidence) == names
