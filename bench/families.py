@@ -69,10 +69,9 @@ def region_identification(result: SpineResult, truth_codes: np.ndarray) -> dict:
 
 
 def run_family(family: str, suites: list[str], limit) -> dict:
-    from SpineLabelLib.app.pipeline import find_bodies
+    from SpineLabelLib.app.pipeline import Pipeline, find_bodies, naming_stages
     from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.stages.base import RunContext
-    from SpineLabelLib.stages.name_levels import NameLevels
 
     model = FAMILIES[family]
     options = RunOptions(model=model)
@@ -85,7 +84,7 @@ def run_family(family: str, suites: list[str], limit) -> dict:
             find_bodies(result, options)
             argmax = {v.instance: v.level for v in result.vertebrae}
             if result.vertebrae:             # the naming stage, anchors included, as `spinelabel run` names
-                NameLevels().run(result, RunContext(options))
+                Pipeline(naming_stages()).run(result, RunContext(options))   # disc map (MRI), then naming
             seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
             row = detect_eval.evaluate_case(result, truth, [argmax.get(v.instance, "") for v in result.vertebrae
                                                             if v.instance])

@@ -112,11 +112,19 @@ def s1_named(result, truth: np.ndarray) -> bool | None:
     return any(v.level == "S1" and np.linalg.norm(v.centroid_ras - centre) < 20.0 for v in result.vertebrae)
 
 
-def run_cases(suite: str, cases, loaded, segmenter) -> dict:
+def naming_pipeline(disc_sacrum: bool = True):
+    """The naming stages as `spinelabel run` names (disc map on MRI, then naming with the anchors);
+    ``disc_sacrum=False``: the naming stage alone (no disc sign of the sacrum), to compare."""
+    from SpineLabelLib.app.pipeline import Pipeline, naming_stages
+    from SpineLabelLib.stages.name_levels import NameLevels
+
+    return Pipeline(naming_stages() if disc_sacrum else [NameLevels()])
+
+
+def run_cases(suite: str, cases, loaded, segmenter, disc_sacrum: bool = True) -> dict:
     from SpineLabelLib.app.pipeline import find_bodies
     from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.stages.base import RunContext
-    from SpineLabelLib.stages.name_levels import NameLevels
 
     rows, s1 = [], []
     for case_id, image, truth in cases:
@@ -124,8 +132,8 @@ def run_cases(suite: str, cases, loaded, segmenter) -> dict:
         wall, cpu = time.time(), time.process_time()
         find_bodies(result, RunOptions(segmenter=segmenter), detector=loaded)
         argmax = {v.instance: v.level for v in result.vertebrae}
-        if result.vertebrae:                 # the naming stage, anchors included, as `spinelabel run` names
-            NameLevels().run(result, RunContext(RunOptions()))
+        if result.vertebrae:                 # the naming stages, anchors included, as `spinelabel run` names
+            naming_pipeline(disc_sacrum).run(result, RunContext(RunOptions()))
         seconds, cpu_seconds = time.time() - wall, time.process_time() - cpu
         row = detect_eval.evaluate_case(result, truth, [argmax.get(v.instance, "") for v in result.vertebrae if v.instance])
         named = s1_named(result, truth)
@@ -136,6 +144,7 @@ def run_cases(suite: str, cases, loaded, segmenter) -> dict:
                    levels=[v.level for v in result.vertebrae], s1_named=named,
                    naming_confidence=result.naming.get("confidence"), uncertain=result.naming.get("uncertain"),
                    uncertain_reason=result.naming.get("reason"), anchors=result.naming.get("anchors"),
+                   disc_sacrum=(result.notes.get("disc_map") or {}).get("sacrum"),
                    truth_levels=[anatomy.name_of(int(c)) for c in np.unique(truth) if c])
         rows.append(row)
         print(f"{suite} {case_id}: {row['matched']}/{row['truth']} found, {row['identified']} identified, "
@@ -188,16 +197,20 @@ def main(argv=None) -> int:
     parser.add_argument("--segmenter", default="auto")
     parser.add_argument("--mix", default=str(BENCH.parent / "checkpoints" / "data_mix" / "mix.json"))
     parser.add_argument("--out", default=str(BENCH / "out" / "robustness.json"))
+    parser.add_argument("--no-disc-sacrum", action="store_true",
+                        help="name without the disc map's sign of the sacrum (the naming before it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     segmenter = args.segmenter if args.segmenter in ("auto", "none") else load_model(args.segmenter)
-    report = {"data": {s: TRUTH[s] for s in args.suites.split(",")}, "segmenter": args.segmenter, "models": {}}
+    report = {"data": {s: TRUTH[s] for s in args.suites.split(",")}, "segmenter": args.segmenter,
+              "disc_sacrum": not args.no_disc_sacrum, "models": {}}
     for name in args.models.split(","):
         loaded = load_model(name)
         entry = {"model": loaded.summary(), "saw": what_it_saw(loaded, Path(args.mix)), "suites": {}}
         report["models"][name] = entry
         for suite in args.suites.split(","):
-            entry["suites"][suite] = run_cases(suite, CASES[suite](args.limit), loaded, segmenter)
+            entry["suites"][suite] = run_cases(suite, CASES[suite](args.limit), loaded, segmenter,
+                                               not args.no_disc_sacrum)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(report, indent=1, default=float))   # partial results survive
     write_report(report, Path(args.out))

@@ -1,6 +1,7 @@
 """A case through its stages, and `run` over many inputs: the engine's public Python API.
 
-load -> locate bodies -> refine bodies -> name levels (`detect`) -> measure -> write outputs. Each
+load -> locate bodies -> refine bodies -> disc map -> name levels (`detect`) -> discs -> measure -> write
+outputs. Each
 stage is a module of `stages/` with a declared input and output on the `SpineResult`; the Slicer
 module, the headless batch script and the `spinelabel` command all call these functions.
 """
@@ -76,11 +77,17 @@ def finding_stages(options: RunOptions | None = None) -> list:
     return stages
 
 
-def detection_stages(options: RunOptions | None = None) -> list:
-    """locate bodies -> refine bodies -> name levels."""
+def naming_stages() -> list:
+    """disc map (MRI: the discs between the found bodies, the sacrum's sign) -> name levels."""
+    from ..stages.disc_map import MapDiscs
     from ..stages.name_levels import NameLevels
 
-    return [*finding_stages(options), NameLevels()]
+    return [MapDiscs(), NameLevels()]
+
+
+def detection_stages(options: RunOptions | None = None) -> list:
+    """locate bodies -> refine bodies -> disc map -> name levels."""
+    return [*finding_stages(options), *naming_stages()]
 
 
 def measurement_stages() -> list:
@@ -120,13 +127,16 @@ def case_from_volume(volume: Volume, case_id: str) -> SpineResult:
 
 def detect(result: SpineResult, options: RunOptions | None = None,
            progress: Progress | None = None, cancel: Cancel | None = None, *,
-           detector=None, segmenter="options") -> SpineResult:
-    """Find the vertebral bodies, segment them and name them in anatomical order.
+           detector=None, segmenter="options", disc_segmenter="options") -> SpineResult:
+    """Find the vertebral bodies, segment them and name them in anatomical order (on MRI weighing the
+    discs between them: the sacrum has one above and none below).
 
     options: model, modality, segmenter ("auto" redraws the body masks with the bundled segmenter
     when installed, "none" keeps the detector's masks) and input mode (`RunOptions`).
-    detector / segmenter: loaded models to use instead of the options' names (evaluation, tests)."""
-    context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter)
+    detector / segmenter / disc_segmenter: loaded models to use instead of the options' names
+    (evaluation, tests)."""
+    context = RunContext((options or RunOptions()).validated(), progress, cancel, detector, segmenter,
+                         disc_segmenter)
     return Pipeline(detection_stages(context.options)).run(result, context)
 
 

@@ -33,7 +33,7 @@ class AnchorWeights:
     """Weights of the anchor costs (negative log-likelihood units, as the rest of the assignment)."""
 
     rib: float = 1.5
-    sacrum: float = 2.0
+    sacrum: float = 3.0       # the sacrum is the anchor radiologists count from (L5 directly above it)
     c2: float = 1.5
     floor: float = 0.02       # probabilities are clipped to [floor, 1 - floor]: no anchor is infinitely sure
 
@@ -225,9 +225,11 @@ def c2_evidence(points: np.ndarray, heights: np.ndarray) -> np.ndarray:
 def gather_evidence(result) -> None:
     """Fill `Vertebra.evidence` of a detected result: ribs (CT, `ribs`), the sacrum from the detector's S1
     score when it is sure (>= 0.5: a positive sighting; a low score is not taken as proof of absence, the
-    detector may not know the sacrum), C2 from the body heights (independent of the detector's C2 score,
-    which the assignment already weighs). Vertebrae must be cranio-caudally sorted."""
+    detector may not know the sacrum) combined with the discs on MRI (`sacrum`: a disc above, none below,
+    bone below; a clear disc below says "not S1"), C2 from the body heights (independent of the detector's
+    C2 score, which the assignment already weighs). Vertebrae must be cranio-caudally sorted."""
     from .ribs import rib_evidence
+    from .sacrum import combine
 
     vertebrae = result.vertebrae
     if not vertebrae:
@@ -235,10 +237,29 @@ def gather_evidence(result) -> None:
     points = np.array([v.centroid_ras for v in vertebrae]).reshape(-1, 3)
     ribs = rib_evidence(result.image, points, result.modality) if result.image is not None else np.full(len(points), np.nan)
     axis = c2_evidence(points, body_heights_mm(result))
+    discs = disc_sacrum_evidence(result)
     for n, v in enumerate(vertebrae):
         scores = v.level_scores or {}
-        sacrum = scores.get("S1", 0.0)
+        sacrum = combine(scores.get("S1", 0.0), discs[n])
         c2 = 0.0 if np.isnan(axis[n]) else float(axis[n])
         v.evidence = {"rib": None if np.isnan(ribs[n]) else float(ribs[n]),
-                      "sacrum": float(sacrum) if sacrum >= PRESENT else None,
+                      "sacrum": None if sacrum is None else float(sacrum),
                       "c2": float(c2) if c2 >= PRESENT else None}
+        if np.isfinite(discs[n]):
+            v.evidence["sacrum_discs"] = float(discs[n])     # its share of "sacrum" (`naming.sacrum.disc_decided`)
+
+
+def disc_sacrum_evidence(result) -> np.ndarray:
+    """(N,) P(S1) per vertebra from the disc map drawn before naming (`stages.disc_map`, MRI); NaN
+    without one, or when the vertebrae are no longer the bodies it was drawn for."""
+    from .sacrum import findings_of, sacrum_evidence
+
+    out = np.full(len(result.vertebrae), np.nan)
+    drawn = result.notes.get("disc_map") or {}
+    masked = [n for n, v in enumerate(result.vertebrae) if v.instance]
+    if not drawn or [result.vertebrae[n].instance for n in masked] != drawn.get("instances"):
+        return out
+    evidence = sacrum_evidence(findings_of(result, np.array(drawn["disc_mm3"], float)))
+    out[masked] = evidence
+    drawn["sacrum"] = [None if np.isnan(p) else round(float(p), 3) for p in evidence]
+    return out

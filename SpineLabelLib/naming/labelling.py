@@ -260,6 +260,8 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
         unary = -params.score_weight * np.log(np.clip(scores, params.score_floor, None))
+        if evidence is not None:
+            unary = _sacral_scores_freed(unary, evidence)
     unary = unary + _transitional_cost()[None, :]
     if evidence is not None:
         unary = unary + anchors.anchor_costs(evidence)
@@ -269,6 +271,20 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     for i, k in locked_idx.items():
         unary[i] = np.inf
         unary[i, k] = 0.0
+    return unary
+
+
+def _sacral_scores_freed(unary: np.ndarray, evidence: AnchorEvidence) -> np.ndarray:
+    """Where the anatomy shows the sacrum (`anchors.PRESENT`), the detector's score for S1 costs no more
+    than its best lumbar score: a detector that never learnt the sacrum fires on it, calls it lumbar and
+    scores S1 zero, and that zero would outvote the anatomy (the anchor then decides between L5 and S1)."""
+    seen = evidence.sacrum_seen()
+    if not seen.any():
+        return unary
+    unary = unary.copy()
+    lumbar = [k for k, name in enumerate(LEVELS) if name[0] == "L" and name not in anatomy.TRANSITIONAL]
+    s1 = LEVELS.index("S1")
+    unary[seen, s1] = np.minimum(unary[seen, s1], unary[np.ix_(seen, lumbar)].min(axis=1))
     return unary
 
 

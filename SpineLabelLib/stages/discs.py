@@ -1,9 +1,12 @@
 """Stage, discs: the intervertebral disc between every two neighbouring named bodies (after naming,
 before measurement), as the disc layer (`core.disc_layer`: valued by the vertebra above).
 
-MRI with the disc model installed: the disc U-Net (`models/disc_unet/infer`). CT, or no model: the
-geometric disc between the facing end plates (`models/disc_unet/geometric`), CT's disc being soft
-tissue that a threshold cannot tell from the surroundings.
+MRI with the disc model installed: the disc U-Net (`models/disc_unet/infer`). The discs the disc map
+drew before naming (`stages.disc_map`) are kept for the pairs naming kept (same bodies above and below),
+so the model runs only for pairs that are new (a spurious body dropped between two others) and the
+discs of pairs naming broke up are cleared. CT, or no model: the geometric disc between the facing end
+plates (`models/disc_unet/geometric`), CT's disc being soft tissue that a threshold cannot tell from
+the surroundings.
 
 needs: image, vertebrae, layers.bodies. gives: layers.discs, models, notes["discs"].
 """
@@ -22,24 +25,42 @@ class SegmentDiscs:
 
     def run(self, result: SpineResult, context: RunContext) -> None:
         from ..core.disc_layer import adjacent_pairs
-        from ..models.registry import disc_segmenter_for
+        from .disc_map import chosen_disc_segmenter
         from .locate import record_models
 
         pairs = adjacent_pairs(result)
-        choice = context.options.disc_segmenter if context.disc_segmenter == "options" else context.disc_segmenter
-        model = disc_segmenter_for(choice) if result.modality == "mr" else None
+        model = chosen_disc_segmenter(result, context)
         method = "geometric"
-        layer = np.zeros(result.instances.shape, np.uint16)
-        if pairs and model is not None:
+        layer, todo = reusable_discs(result, pairs, model)
+        if todo and model is not None:
+            from ..models.disc_unet.infer import pair_sites
             from ..models.families import family_of_card
 
-            layer = family_of_card(model.card).run(result.canonical_view(), result, model.network, context.cancel)
+            drawn = family_of_card(model.card).run(result.canonical_view(), result, model.network, context.cancel,
+                                                   sites=pair_sites(todo))
+            layer = np.where(layer > 0, layer, drawn)
             record_models(result, model)
+        if pairs and model is not None:
             method = "model"
         fallbacks = fill_geometric(result, layer, pairs, everywhere=model is None)
         result.layers[DISCS] = layer
-        result.notes[self.name] = {"method": method, "discs": len(pairs), "geometric": fallbacks}
+        result.notes[self.name] = {"method": method, "discs": len(pairs), "geometric": fallbacks,
+                                   "reused": len(pairs) - len(todo) if model is not None else 0}
         context.report(1.0, f"{len(pairs)} discs")
+
+
+def reusable_discs(result: SpineResult, pairs, model) -> tuple[np.ndarray, list]:
+    """The disc map's layer cut to the named pairs it drew with this model, and the pairs still to draw."""
+    layer = np.zeros(result.instances.shape, np.uint16)
+    drawn = result.notes.get("disc_map") or {}
+    if model is None or drawn.get("model") != model.name or DISCS not in result.layers:
+        return layer, list(pairs)
+    done = {tuple(pair) for pair in drawn.get("pairs", [])}
+    kept = [(u, b) for u, b in pairs if (u.instance, b.instance) in done]
+    keep = [u.instance for u, _ in kept]
+    previous = result.layers[DISCS]
+    layer[np.isin(previous, keep)] = previous[np.isin(previous, keep)]
+    return layer, [(u, b) for u, b in pairs if (u.instance, b.instance) not in done]
 
 
 def fill_geometric(result: SpineResult, layer: np.ndarray, pairs, everywhere: bool) -> list[str]:

@@ -1,6 +1,7 @@
 """Stage 3, name levels: C1 ... L5, S1 (T13/L6 on evidence) by anatomical order (`naming.labelling`),
 weighing the anatomical anchors in view (`naming.anchors`: the sacrum, C2, on CT the last rib), and
-saying how sure the naming is (`naming.confidence`).
+saying how sure the naming is (`naming.confidence`); a naming the discs' sign of the sacrum alone decided
+is flagged uncertain (`naming.sacrum.disc_decided`).
 
 needs: vertebrae. gives: vertebrae (levels, anchor evidence; spurious detections dropped), naming.
 """
@@ -18,12 +19,14 @@ class NameLevels:
     share = 0.02
 
     def run(self, result: SpineResult, context: RunContext) -> None:
-        from ..naming import anchors
+        from ..naming import anchors, sacrum
         from ..naming.labelling import relabel_result
 
         if not result.vertebrae:
             raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
         anchors.gather_evidence(result)
         relabel_result(result)
+        if sacrum.disc_decided(result):
+            result.naming.update(uncertain=True, reason=sacrum.DISC_DECIDED_MESSAGE, decided_by="sacrum discs")
         if result.naming.get("uncertain"):
             result.warnings.append(result.naming["reason"])

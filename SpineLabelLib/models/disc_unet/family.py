@@ -11,10 +11,11 @@ def build_network(architecture: dict):
     return build_model(DiscConfig.from_dict(architecture))
 
 
-def run(view, result, network, cancel=None):
+def run(view, result, network, cancel=None, sites=None):
+    """The disc layer: per pair of neighbouring named bodies, or per `infer.DiscSite` given."""
     from .infer import segment_discs
 
-    return segment_discs(view, result, network, cancel=cancel)
+    return segment_discs(view, result, network, cancel=cancel, sites=sites)
 
 
 def channels_last(network):
