@@ -172,9 +172,10 @@ def _wedge_plate_errors(cases) -> dict:
     return out
 
 
-def _lordosis(result) -> tuple[str, float | None]:
+def _lordosis(result) -> tuple[str, float | None, str]:
+    """(name, value, flags) of the lordosis row ('', None, '' without one)."""
     rows = [r for r in result.alignment["measures"] if r["name"].startswith("lordosis:")]
-    return (rows[0]["name"], rows[0]["value"]) if rows else ("", None)
+    return (rows[0]["name"], rows[0]["value"], rows[0]["flags"]) if rows else ("", None, "")
 
 
 def bench_mri(limit: int | None, model: str | None, split: str = "validation") -> dict:
@@ -196,10 +197,12 @@ def bench_mri(limit: int | None, model: str | None, split: str = "validation") -
         start, cpu = time.perf_counter(), time.process_time()
         measure_alignment(predicted)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-        (manual_name, manual_value), (predicted_name, predicted_value) = _lordosis(manual), _lordosis(predicted)
+        (manual_name, manual_value, manual_flags), (predicted_name, predicted_value, predicted_flags) = \
+            _lordosis(manual), _lordosis(predicted)
         same = manual_name == predicted_name and None not in (manual_value, predicted_value)
-        cases.append({"case": name, "measure": manual_name, "manual_deg": manual_value,
+        cases.append({"case": name, "measure": manual_name, "manual_deg": manual_value, "manual_flags": manual_flags,
                       "predicted_measure": predicted_name, "predicted_deg": predicted_value,
+                      "predicted_flags": predicted_flags,
                       "difference_deg": round(predicted_value - manual_value, 2) if same else None,
                       "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)})
         print(json.dumps(cases[-1]), file=sys.stderr)
@@ -210,8 +213,12 @@ def bench_mri(limit: int | None, model: str | None, split: str = "validation") -
     agree = [c["difference_deg"] is not None and abs(c["difference_deg"]) <= 3.0 for c in with_manual]
     data = ("mri-lumbar validation split (every 4th case by name)" if split == "validation" else
             "mri-lumbar training split (the detector's own training cases; the endplate method was not tuned on them)")
+    without_predicted = [c["case"] for c in with_manual if c["difference_deg"] is None]
     return {"data": data, "cases": len(cases),
             "cases_with_manual_value": len(with_manual), "compared": len(compared),
+            "within_3deg": int(sum(agree)),
+            # counted as misses in within_3deg_fraction: a flagged predicted plate gives no value
+            "no_predicted_value": len(without_predicted), "no_predicted_value_cases": without_predicted,
             "within_3deg_fraction": round(float(np.mean(agree)), 3) if agree else None,
             "within_3deg_fraction_of_compared": round(float(np.mean(np.abs(compared) <= 3.0)), 3) if compared else None,
             "mae_deg": round(float(np.mean(np.abs(compared))), 3) if compared else None,
