@@ -79,6 +79,11 @@ def chain_result(bodies, spacing=(1.0, 1.0, 1.0), directions=np.eye(3)) -> Spine
     return SpineResult("chain", image, vertebrae, labels)
 
 
+def plates_flags(result, level, side) -> list[str]:
+    plate = next(p for p in result.alignment["endplates"] if p["level"] == level and p["side"] == side)
+    return [f"{level}_{side}:{flag}" for flag in plate["flags"].split(";") if flag]
+
+
 def rows_by_name(result, unit="deg") -> dict:
     return {r["name"]: r for r in result.alignment["measures"] if r["unit"] == unit}
 
@@ -268,6 +273,30 @@ def test_a_cut_endplate_leaves_the_measure_empty_with_its_reason():
     assert row["value"] is None
     assert "L1_superior:cut_by_field_of_view" in row["flags"]
     assert rows_by_name(result)["segmental:L1-L2"]["value"] is not None
+
+
+@pytest.mark.parametrize("directions", [LPS, DIRECTIONS["oblique_lps"]], ids=["lps", "oblique_lps"])
+def test_a_mask_covering_part_of_a_body_is_flagged_not_measured(directions):
+    """A segmenter that saw only the back half of L5 (real MRI vb3-32): its ends are not the plates, and
+    the tilt read off them was 20 degrees wrong. A body that is shorter (a fracture) is not flagged."""
+    axes = body_axes(sagittal_deg=10.0)
+    bodies = [(level, np.array([3.0, -2.0, 5.0]) + axes[:, 2] * (34.0 * (1 - n)), axes, 0.0, 0.0)
+              for n, level in enumerate(["L3", "L4", "L5"])]
+    result = chain_result(bodies, (0.9, 1.0, 1.1), directions)
+    k, j, i = np.indices(result.instances.shape)
+    ras = np.stack([i, j, k], -1).reshape(-1, 3) @ result.image.ijk_to_ras[:3, :3].T + result.image.ijk_to_ras[:3, 3]
+    anterior = ((ras - bodies[2][1]) @ axes[:, 1]).reshape(result.instances.shape)
+    result.instances[(result.instances == 3) & (anterior > -2.0)] = 0        # L5 keeps its back 15 of 34 mm
+    top = ((ras - bodies[0][1]) @ axes[:, 2]).reshape(result.instances.shape)
+    result.instances[(result.instances == 1) & (top > 2.0)] = 0              # L3 loses half its height
+    measure_alignment(result)
+    plates = {(p["level"], p["side"]): p["flags"] for p in result.alignment["endplates"]}
+    assert "partial_mask" in plates[("L5", "superior")] and "partial_mask" in plates[("L5", "inferior")]
+    assert plates[("L3", "superior")] == plates[("L4", "inferior")] == plates[("L4", "superior")] == ""
+    rows = rows_by_name(result)
+    assert rows["segmental:L4-L5"]["value"] is None and "L5_superior:partial_mask" in rows["segmental:L4-L5"]["flags"]
+    assert "L5_inferior:partial_mask" in plates_flags(result, "L5", "inferior")
+    assert rows["segmental:L3-L4"]["value"] == pytest.approx(0.0, abs=1.0)
 
 
 def test_nothing_is_measured_without_masks():

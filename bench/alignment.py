@@ -1,7 +1,8 @@
 """Spine alignment accuracy: endplate angles and slips on phantoms, lordosis from predicted vs manual
 masks on real lumbar MRI, and the time the alignment step adds.
 
-    python bench/alignment.py [--quick] [--no-mri] [--mri-limit N] [--model NAME]
+    python bench/alignment.py [--quick] [--no-mri] [--no-phantoms] [--split S] [--mri-limit N] [--model NAME]
+                              [--save-masks DIR | --predicted-masks DIR]
 
 Phantoms (SpineLabelLib.phantom, analytic truth in truth["alignment"]): lumbar T12-S1 (lordosis 20/45 deg,
 scoliosis 0/20 deg, slips of L4 over L5 of 0, 4, 14 and 22 mm and a 3 mm retrolisthesis of L3, i.e. about
@@ -172,14 +173,32 @@ def _wedge_plate_errors(cases) -> dict:
     return out
 
 
-def _lordosis(result) -> tuple[str, float | None]:
+def _lordosis(result) -> tuple[str, float | None, str]:
+    """(name, value, flags) of the lordosis row ('', None, '' without one)."""
     rows = [r for r in result.alignment["measures"] if r["name"].startswith("lordosis:")]
-    return (rows[0]["name"], rows[0]["value"]) if rows else ("", None)
+    return (rows[0]["name"], rows[0]["value"], rows[0]["flags"]) if rows else ("", None, "")
 
 
-def bench_mri(limit: int | None, model: str | None, split: str = "validation") -> dict:
+def predicted_case(image, name: str, model: str | None, masks: Path | None, save: Path | None):
+    """The bundled models' bodies for one case: run the pipeline, or read the level map an earlier run
+    saved (`--save-masks`; the same detector + segmenter, so the alignment code can be re-measured on a
+    busy machine without re-running detection)."""
     from SpineLabelLib.app import pipeline
     from SpineLabelLib.core.options import RunOptions
+    from SpineLabelLib.core.result import SpineResult
+
+    if masks is not None:
+        return SpineResult.from_level_map(name, image, np.load(masks / f"{name}.npz")["level_map"])
+    predicted = pipeline.case_from_volume(image, name)
+    pipeline.detect(predicted, RunOptions(model=model or RunOptions().model, modality="mr"))
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(save / f"{name}.npz", level_map=predicted.level_map())
+    return predicted
+
+
+def bench_mri(limit: int | None, model: str | None, split: str = "validation", masks: Path | None = None,
+              save: Path | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
     from SpineLabelLib.models.maskrcnn.data import split_real_cases
     from SpineLabelLib.core.result import SpineResult
     from SpineLabelLib.core.volume import load_volume
@@ -187,22 +206,27 @@ def bench_mri(limit: int | None, model: str | None, split: str = "validation") -
     names = sorted(p.name[: -len("_mri.nii.gz")] for p in MRI.glob("*_mri.nii.gz"))
     training, validation = split_real_cases(names)
     cases = []
-    for name in (validation if split == "validation" else training)[:limit]:
+    for name in (validation if split == "validation" else training)[:limit][shard[0]::shard[1]]:
         image = load_volume(MRI / f"{name}_mri.nii.gz")
         manual = SpineResult.from_level_map(name, image, load_volume(MRI / f"{name}_seg.nii.gz").array)
         measure_alignment(manual)
-        predicted = pipeline.case_from_volume(image, name)
-        pipeline.detect(predicted, RunOptions(model=model or RunOptions().model, modality="mr"))
+        predicted = predicted_case(image, name, model, masks, save)
         start, cpu = time.perf_counter(), time.process_time()
         measure_alignment(predicted)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-        (manual_name, manual_value), (predicted_name, predicted_value) = _lordosis(manual), _lordosis(predicted)
+        (manual_name, manual_value, manual_flags), (predicted_name, predicted_value, predicted_flags) = \
+            _lordosis(manual), _lordosis(predicted)
         same = manual_name == predicted_name and None not in (manual_value, predicted_value)
-        cases.append({"case": name, "measure": manual_name, "manual_deg": manual_value,
+        cases.append({"case": name, "measure": manual_name, "manual_deg": manual_value, "manual_flags": manual_flags,
                       "predicted_measure": predicted_name, "predicted_deg": predicted_value,
+                      "predicted_flags": predicted_flags,
                       "difference_deg": round(predicted_value - manual_value, 2) if same else None,
                       "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)})
         print(json.dumps(cases[-1]), file=sys.stderr)
+    return mri_summary(cases, split)
+
+
+def mri_summary(cases: list[dict], split: str) -> dict:
     compared = [c["difference_deg"] for c in cases if c["difference_deg"] is not None]
     # a case whose manual lordosis exists but whose predicted one is missing (other name, flagged plate)
     # counts as a disagreement; a case without a manual value (a flagged manual plate) cannot be compared
@@ -210,8 +234,12 @@ def bench_mri(limit: int | None, model: str | None, split: str = "validation") -
     agree = [c["difference_deg"] is not None and abs(c["difference_deg"]) <= 3.0 for c in with_manual]
     data = ("mri-lumbar validation split (every 4th case by name)" if split == "validation" else
             "mri-lumbar training split (the detector's own training cases; the endplate method was not tuned on them)")
+    without_predicted = [c["case"] for c in with_manual if c["difference_deg"] is None]
     return {"data": data, "cases": len(cases),
             "cases_with_manual_value": len(with_manual), "compared": len(compared),
+            "within_3deg": int(sum(agree)),
+            # counted as misses in within_3deg_fraction: a flagged predicted plate gives no value
+            "no_predicted_value": len(without_predicted), "no_predicted_value_cases": without_predicted,
             "within_3deg_fraction": round(float(np.mean(agree)), 3) if agree else None,
             "within_3deg_fraction_of_compared": round(float(np.mean(np.abs(compared) <= 3.0)), 3) if compared else None,
             "mae_deg": round(float(np.mean(np.abs(compared))), 3) if compared else None,
@@ -229,6 +257,13 @@ def main(argv=None) -> int:
     parser.add_argument("--mri-limit", type=int, default=None)
     parser.add_argument("--no-phantoms", action="store_true")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th MRI case from the K-th (parallel runs)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/out/alignment[_mri].json)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="merge the per-case MRI rows of --shard runs' JSONs into one report (nothing re-run)")
+    parser.add_argument("--save-masks", type=Path, default=None, help="write each case's predicted level map here")
+    parser.add_argument("--predicted-masks", type=Path, default=None,
+                        help="read the predicted level maps an earlier --save-masks run wrote (no detection)")
     parser.add_argument("--split", choices=("validation", "training", "both"), default="both",
                         help="mri-lumbar split(s): the detector's validation split is the held-out one; on its "
                              "training split the masks are in-sample for the detector but not for the endplate fit")
@@ -237,17 +272,39 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     report = {"bench": "alignment"}
+    if args.combine:
+        return _write(combined(args.combine, report), args.out or OUT.with_name("alignment_mri.json"))
+    shard = tuple(int(x) for x in args.shard.split("/"))
     if not args.no_phantoms:
         report["phantoms"] = bench_phantoms(args.quick)
         report["wedge_fractures_not_in_must_show"] = {"all_measures": bench_phantoms(False, WEDGES),
                                                       "wedged_superior_endplate": _wedge_plate_errors(WEDGES)}
     if not args.no_mri and MRI.exists():
         for split in ("validation", "training") if args.split == "both" else (args.split,):
-            report["mri" if split == "validation" else "mri_training_split"] = bench_mri(args.mri_limit, args.model, split)
+            report["mri" if split == "validation" else "mri_training_split"] = bench_mri(
+                args.mri_limit, args.model, split, args.predicted_masks, args.save_masks, shard)
+        report["mri_predicted_masks"] = (f"read from {args.predicted_masks.name}/ (saved by --save-masks)"
+                                         if args.predicted_masks else "bundled detector + segmenter run here")
     report["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     report["timing_note"] = ("seconds = wall clock of measure_alignment per case, cpu_seconds = its process CPU "
                              "time; on a shared machine the wall clock grows with the load average")
-    out = OUT if not args.no_phantoms else OUT.with_name("alignment_mri.json")
+    return _write(report, args.out or (OUT if not args.no_phantoms else OUT.with_name("alignment_mri.json")))
+
+
+def combined(paths: list[Path], report: dict) -> dict:
+    """One MRI report from shard runs: their per-case rows, re-summarised (cases in name order)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for key, split in (("mri", "validation"), ("mri_training_split", "training")):
+        cases = sorted((c for part in parts for c in part.get(key, {}).get("per_case", [])), key=lambda c: c["case"])
+        if cases:
+            report[key] = mri_summary(cases, split)
+    report["mri_predicted_masks"] = sorted({part.get("mri_predicted_masks", "") for part in parts})
+    report["combined_from"] = [Path(p).name for p in paths]
+    report["load_average_at_end"] = [part.get("load_average_at_end") for part in parts]
+    return report
+
+
+def _write(report: dict, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))

@@ -28,7 +28,10 @@ Quality (flags; a flagged plane is kept for display but no measure uses it):
   cut_by_field_of_view  more than 5 % of the surface points lie on the image's outermost voxel layer
                         (the mask runs into the border: the surface there is the cut, not the plate);
   irregular             fewer than 50 % of the columns are inliers or the inliers' RMS exceeds 1.5 mm;
-  not_fitted            fewer than 12 columns found both surfaces (a fragment, or a body seen edge-on).
+  not_fitted            fewer than 12 columns found both surfaces (a fragment, or a body seen edge-on);
+  partial_mask          the body's mask is less than PARTIAL_DEPTH of its adjacent bodies' (median)
+                        deep (`flag_partial_masks`): it covers part of the body, so its ends are not
+                        the plates (a segmenter that saw half a body; real MRI vb3-32's L5, README).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ CENTRAL_FRACTION = 0.9          # of the depth and of the width (README: 0.5-1.0
 RESOLVED_SPREAD_DEG = 2.0       # feasible tilts narrower than this: the mask alone decides
 CORNER_INSET_MM = 1.5           # the endplate line is followed this far inside the body
 MIN_COLUMNS = 12
+PARTIAL_DEPTH = 0.7             # adjacent bodies' depths differ by ~5-15 %; a fracture loses height, not depth
 CUT_FRACTION = 0.05
 IRREGULAR_INLIERS = 0.5
 IRREGULAR_RMS_MM = 1.5
@@ -93,6 +97,12 @@ class BodyEndplates:
     frame: BodyFrame
     superior: Endplate | None
     inferior: Endplate | None
+    depth_mm: float = 0.0              # the mask's anterior-posterior extent (percentiles 1-99)
+
+    def flag(self, reason: str) -> None:
+        for plate in (self.superior, self.inferior):
+            if plate is not None and reason not in plate.flags:
+                plate.flags.append(reason)
 
 
 # --- robust plane ------------------------------------------------------------------------------
@@ -356,7 +366,9 @@ def fit_body(level: str, mask: np.ndarray, grid: Volume, spine_axis: np.ndarray 
             plates[side] = None
         elif "not_fitted" not in plates[side].flags:
             _add_corners(plates[side], frame, sampler)
-    return BodyEndplates(level, frame, plates["superior"], plates["inferior"])
+    _, t, _ = _local(points, frame)
+    depth = float(np.subtract(*np.percentile(t, [99, 1])))
+    return BodyEndplates(level, frame, plates["superior"], plates["inferior"], depth)
 
 
 def _fit_both(level, frame, sampler, points, on_border, step=COLUMN_STEP_MM, image=None):
@@ -368,3 +380,20 @@ def _fit_both(level, frame, sampler, points, on_border, step=COLUMN_STEP_MM, ima
     for side, surface in (("superior", superior), ("inferior", inferior)):
         plates[side], data[side] = _fit_side(level, side, frame, sampler, on_border, t, w, surface, span)
     return plates, data
+
+
+def flag_partial_masks(levels: list[str], bodies: dict[str, BodyEndplates], adjacent) -> list[str]:
+    """Flag both endplates of a body whose mask is far shallower (anterior-posterior) than its adjacent
+    bodies': the mask covers only part of the body, and its ends are not the endplates. Adjacent bodies
+    differ in depth by 5-15 %, and a fracture takes height, not depth; a mask that lost a third of its
+    depth has lost the body's front or back. Returns the levels flagged."""
+    flagged = []
+    for n, level in enumerate(levels):
+        neighbours = [bodies[levels[n - 1]].depth_mm] if n and adjacent(levels[n - 1], level) else []
+        if n + 1 < len(levels) and adjacent(level, levels[n + 1]):
+            neighbours.append(bodies[levels[n + 1]].depth_mm)
+        if neighbours and bodies[level].depth_mm < PARTIAL_DEPTH * float(np.median(neighbours)):
+            flagged.append(level)
+    for level in flagged:
+        bodies[level].flag("partial_mask")
+    return flagged

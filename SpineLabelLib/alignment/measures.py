@@ -11,7 +11,7 @@ from ..core.result import SpineResult
 from ..core.volume import Volume
 from .angles import Regional, cobb, regional_definitions, regional_deg, segmental_deg
 from . import image_edges
-from .endplates import BodyEndplates, Endplate, fit_body, on_image_border
+from .endplates import BodyEndplates, Endplate, fit_body, flag_partial_masks, on_image_border
 from .listhesis import slip
 
 CROP_MARGIN = 3          # voxels around a body's bounding box
@@ -156,6 +156,7 @@ def measure_alignment(result: SpineResult) -> dict[str, list]:
     plates = {level: fit_body(level, crops[level][0], crops[level][1], _spine_axis(levels, centroids, n),
                               on_border=lambda ras: on_image_border(image, ras), image=crops[level][2])
               for n, level in enumerate(levels)}
+    flag_partial_masks(levels, plates, adjacent)
     result.alignment["endplates"] = [plate.record() for level in levels for plate in
                                      (plates[level].superior, plates[level].inferior) if plate is not None]
     result.alignment["measures"] = alignment_rows(levels, plates, centroids)
