@@ -104,6 +104,51 @@ def test_segmenter_assignment_on_the_bodies_box_equals_the_whole_grid():
     assert not assign_to_bodies(foreground, np.zeros_like(detected), 4.0).any()
 
 
+class BlurNetwork:
+    """Stands in for the segmenter U-Net with context: 'body' where the middle slice's 9 x 9 mean
+    is bright, so what it gives near a grid's edge depends on where the grid is cut."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.pixels = 0                              # how much image it was shown
+
+    def __call__(self, images):
+        self.pixels += images[:, 1].numel()
+        blurred = torch.nn.functional.avg_pool2d(images[:, 1:2], 9, stride=1, padding=4)[:, 0]
+        return (blurred - 0.4) * 40.0
+
+
+def _column_with_a_stray():
+    """Three stacked bodies and a stray detection 90 mm beside them, oblique anisotropic grid."""
+    affine = make_affine((0.9, 1.1, 2.0), Rotation.from_euler("xyz", (6, -4, 3), degrees=True).as_matrix(),
+                         (-60.0, 40.0, -90.0))
+    truth = np.zeros((40, 110, 150), np.uint16)
+    for number in (1, 2, 3):
+        truth[14:26, 10 + 30 * number: 30 + 30 * number, 20:45] = number
+    image = Volume(np.where(truth > 0, 200.0, 10.0).astype(np.float32), affine)
+    truth[14:20, 60:75, 125:140] = 4                   # i 125-140: ~90 mm beside the column
+    image.array[truth == 4] = 200.0
+    return image, ndimage.grey_dilation(truth, size=(3, 5, 5))
+
+
+def test_bodies_far_apart_are_redrawn_on_grids_of_their_own():
+    from SpineLabelLib.models.body_unet.infer import body_groups, refine_instances
+    from SpineLabelLib.models.body_unet.network import SegmenterConfig
+
+    image, coarse = _column_with_a_stray()
+    assert body_groups(image, coarse, (6.0, 40.0, 40.0)) == [[1, 2, 3], [4]]
+    together = BlurNetwork(SegmenterConfig(spacing_mm=1.0))
+    refined = refine_instances(image, coarse, together, "mr")
+    alone = BlurNetwork(SegmenterConfig(spacing_mm=1.0))
+    column_only = refine_instances(image, np.where(coarse == 4, 0, coarse), alone, "mr")
+    # The column's masks are what it gives without the stray, and the stray keeps its own.
+    assert np.array_equal(np.where(refined == 4, 0, refined), column_only)
+    stray = image.array[:, :, 100:] > 100                # the stray's bright voxels (6 x 15 x 15)
+    assert 0.8 * stray.sum() < ((refined[:, :, 100:] == 4) & stray).sum() <= (refined == 4).sum() < 1.3 * stray.sum()
+    # One grid over both would have shown the network several times the image; two grids do not.
+    assert together.pixels < 1.6 * alone.pixels
+
+
 # --- dense detector, stage 1 ---------------------------------------------------------------------
 def test_upsampling_on_the_box_equals_the_whole_map():
     import torch.nn.functional as F
