@@ -104,6 +104,19 @@ def test_segmenter_assignment_on_the_bodies_box_equals_the_whole_grid():
     assert not assign_to_bodies(foreground, np.zeros_like(detected), 4.0).any()
 
 
+def test_intensity_window_in_place_is_the_plain_formula_and_keeps_its_input():
+    from SpineLabelLib.core.canonical import apply_window
+
+    array = np.random.default_rng(4).normal(100, 600, (20, 30, 40)).astype(np.int16)
+    before = array.copy()
+    got = apply_window(array, (-250.0, 1000.0))
+    assert got.dtype == np.float32 and np.array_equal(array, before)
+    assert np.array_equal(got, np.clip((array.astype(np.float32) - -250.0) / 1250.0, 0.0, 1.0))
+    floats = before.astype(np.float32)
+    assert np.array_equal(apply_window(floats, (3.5, 800.0)), np.clip((floats - 3.5) / 796.5, 0.0, 1.0))
+    assert np.array_equal(floats, before.astype(np.float32))
+
+
 class BlurNetwork:
     """Stands in for the segmenter U-Net with context: 'body' where the middle slice's 9 x 9 mean
     is bright, so what it gives near a grid's edge depends on where the grid is cut."""

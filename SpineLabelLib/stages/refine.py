@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.result import SpineResult
+from ..core.volume import label_centres  # noqa: F401  (re-exported: its tests import it from here)
 from .base import RunContext
 from .locate import record_models
 
@@ -67,16 +68,3 @@ def move_centroids(result: SpineResult, numbers: list[int]) -> None:
     for number, centre in zip(numbers, centres):
         if not np.any(np.isnan(centre)):
             by_instance[number].centroid_ras = result.image.kji_to_ras(np.array(centre))[0]
-
-
-def label_centres(labels: np.ndarray, numbers: list[int]) -> np.ndarray:
-    """Mean voxel index (k, j, i) of each label in ``numbers`` (NaN for an absent one), as
-    scipy's center_of_mass gives it, from one pass over the labelled voxels (a CT grid has tens
-    of millions of voxels and a few hundred thousand labelled ones)."""
-    where = np.nonzero(labels)
-    values = labels[where].astype(np.int64)
-    size = max(int(values.max(initial=0)), max(numbers, default=0)) + 1
-    counts = np.bincount(values, minlength=size)[numbers].astype(float)
-    sums = np.stack([np.bincount(values, weights=axis.astype(float), minlength=size)[numbers] for axis in where], 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts[:, None]
