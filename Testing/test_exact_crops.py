@@ -29,6 +29,40 @@ def test_sub_grid_voxels_are_the_whole_grids_voxels():
     assert np.allclose(part.spacing, whole.spacing)
 
 
+@pytest.mark.parametrize("label", [False, True])
+def test_resampling_the_covering_part_equals_the_whole_volume(label):
+    from SpineLabelLib.core.volume import canonical_grid, covering_part
+
+    whole = _oblique((40, 50, 60), (0.8, 1.1, 2.5), (9, -6, 14), (-20.0, 31.0, -47.0))
+    rng = np.random.default_rng(5)
+    whole.array[:] = rng.integers(1, 9, whole.array.shape) if label else rng.integers(-900, 1200, whole.array.shape)
+    points = np.array([[5, 6, 7], [30, 20, 25]], float)
+    for margin_mm in ((3.0, 10.0, 10.0), (60.0, 80.0, 80.0)):      # inside the volume, and past its edges
+        grid = canonical_grid(whole, 1.3, points, margin_mm)
+        part = covering_part(whole, grid)
+        assert part.array.size < whole.array.size or margin_mm[0] > 50
+        default = None if label else float(whole.array.min())      # as `CanonicalView.around` passes it
+        got = resample(part, None, reference=grid, label=label, default_value=default).array
+        assert np.array_equal(got, resample(whole, None, reference=grid, label=label).array)
+
+
+def test_detector_masks_kept_where_the_segmenter_lost_a_body():
+    from SpineLabelLib.core.result import SpineResult, Vertebra
+    from SpineLabelLib.stages.refine import keep_detector_masks
+
+    image = _oblique((30, 40, 50), (1.0, 1.0, 2.0), (0, 0, 0), (0.0, 0.0, 0.0))
+    result = SpineResult("case", image=image)
+    result.instances = np.zeros(image.array.shape, np.uint16)
+    result.instances[5:10, 5:15, 5:15], result.instances[20:25, 20:30, 30:40] = 1, 2
+    result.vertebrae = [Vertebra("L1", np.zeros(3), instance=1), Vertebra("L2", np.zeros(3), instance=2)]
+    refined = np.zeros_like(result.instances)
+    refined[6:10, 6:14, 6:14] = 1                    # body 1 redrawn; body 2 lost
+    refined[21:22, 21:22, 31:32] = 2
+    keep_detector_masks(result, refined, [1, 2])
+    assert (refined == 2).sum() == (result.instances == 2).sum() and (refined == 1).sum() == 4 * 8 * 8
+    assert any("body 2" in w for w in result.warnings) and not any("body 1" in w for w in result.warnings)
+
+
 def _whole_grid_to_input(instances, probability, slab, reference):
     """`to_input_grid` as it was before the crop: the whole input grid resampled."""
     dilated = ndimage.grey_dilation(instances, size=(3, 3, 3))

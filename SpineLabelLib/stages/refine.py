@@ -51,14 +51,33 @@ class RefineBodies:
 
 def keep_detector_masks(result: SpineResult, refined: np.ndarray, numbers: list[int]) -> None:
     """Where the segmenter does not see a body (an unusual contrast, say), a mask that is too
-    coarse beats a vertebra without one: the detector's mask stays."""
+    coarse beats a vertebra without one: the detector's mask stays.
+
+    Counted on the box holding either map's labels: bincounts over a whole CT grid (tens of
+    millions of voxels, widened to int64) cost more than the rest of this stage's bookkeeping."""
+    box = labels_box(result.instances, refined)
+    if box is None:
+        return
+    old_part, new_part = result.instances[box], refined[box]
     size = max(numbers) + 1
-    before = np.bincount(result.instances.ravel(), minlength=size)
-    after = np.bincount(refined.ravel(), minlength=size)
+    before = np.bincount(old_part.ravel(), minlength=size)
+    after = np.bincount(new_part.ravel(), minlength=size)
     for number, old, new in zip(numbers, before[numbers], after[numbers]):
         if new < KEEP_DETECTOR_MASK_BELOW * old:
             result.warnings.append(f"segmenter: body {number} kept the detector's mask")
-            refined[(result.instances == number) & (refined == 0)] = number
+            new_part[(old_part == number) & (new_part == 0)] = number
+
+
+def labels_box(*maps: np.ndarray):
+    """Slices of the smallest box holding every nonzero voxel of the (same-shaped) maps, or None."""
+    box = []
+    for axis in range(maps[0].ndim):
+        others = tuple(a for a in range(maps[0].ndim) if a != axis)
+        present = np.flatnonzero(np.logical_or.reduce([m.any(axis=others) for m in maps]))
+        if not present.size:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
 
 
 def move_centroids(result: SpineResult, numbers: list[int]) -> None:

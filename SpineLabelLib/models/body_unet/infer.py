@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ...core.canonical import CanonicalView
-from ...core.volume import Volume, resample
+from ...core.volume import Volume, covering_part, resample
 
 Cancel = Callable[[], bool]
 
@@ -128,7 +128,8 @@ def _refine_group(view: CanonicalView, instances: np.ndarray, model, cancel, rea
     # voxels' own extent, not their oblique bounding box; the MRI intensity window still comes
     # from the whole volume, as in training.
     grid, image = view.around(present, config.spacing_mm, margins)
-    detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=grid, label=True).array
+    labels = covering_part(volume.with_array(instances), grid)     # not the whole CT grid's labels
+    detected = resample(labels.with_array(labels.array.astype(np.uint16)), None, reference=grid, label=True).array
     _check(cancel)
     with torch_threads(int(os.environ.get("SPINELABEL_THREADS", "1"))):   # as the detector: see torch_threads
         probability = slab_probability(model, image, 0, image.shape[0], slice_step)
