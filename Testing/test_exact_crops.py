@@ -288,20 +288,3 @@ def test_stage_two_computes_the_index_on_every_vote_and_skips_slices_without(air
     assert without.any() and not computed[without].any()     # the air's slices are skipped
     spine = voting & (index > 0)
     assert np.isfinite(index[computed]).all() and (index[voting] > 10).mean() > 0.9 and spine.any()
-
-
-def test_stage_two_index_of_the_column_is_what_it_gets_without_a_stray_vote(air_padded_case):
-    from SpineLabelLib.models.dense import infer
-
-    network, image = air_padded_case
-    column = infer.column_probability(network, image)
-    alone, where = infer.level_index(network, image, column)
-    with_stray = column.copy()
-    x, row, col = np.argwhere(column >= 0.5).min(axis=0)
-    assert x > 12 and col > 12                               # room for a stray beside and in front
-    with_stray[x - 10: x - 8, row: row + 5, col - 12: col - 9] = 0.9
-    index, computed = infer.level_index(network, image, with_stray)
-    assert [r[0] for r in infer.voting_runs(with_stray >= 0.5)][:1] == [x - 10]
-    assert np.array_equal(index[where], alone[where])       # the column's slices: the same index
-    assert computed[with_stray >= 0.5].all()
-

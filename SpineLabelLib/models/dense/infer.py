@@ -12,8 +12,7 @@
    trilinear interpolation.
 3. Stage 2 on the sagittal slices that hold column voxels (slices between them without votes are
    skipped: nothing there uses an index): 8-slice stacks, the whole superior-inferior extent for
-   long-range context, the antero-posterior extent of the votes of each run of neighbouring
-   voting slices plus a margin (a stray vote beside the column does not widen the column's). (Only the slices of
+   long-range context, the column's antero-posterior extent plus a margin. (Only the slices of
    the column's main band would be faster still, but dropping the other slices' votes lost bodies
    on the MRI and fracture phantoms of bench/families.py.)
 4. `aggregate`: votes of column voxels, per-level threshold, median centroids, masks and level
@@ -192,43 +191,23 @@ def upsample_probability(small: np.ndarray, box, shape) -> np.ndarray:
 def level_index(network, image: np.ndarray, column: np.ndarray, cancel: Cancel | None = None,
                 batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Stage-2 level index on the sagittal slices that hold votes, all rows, and the columns
-    around the detected column; returns the index map and where it was computed.
-
-    A slice without votes needs no index (each stack is made from the image alone, so skipping
-    one changes no other slice's index). Each run of neighbouring voting slices has its own
-    antero-posterior window (its votes plus `AP_MARGIN_MM`): a stray vote 90 mm beside the column
-    and 80 mm in front of it (T8-S1 CT phantom) doubled the window of every column slice and added
-    its own slices; now the column's slices get the index they get without it."""
-    index = np.zeros(image.shape, np.float32)
-    computed = np.zeros(image.shape, bool)
-    voting = column >= 0.5
-    for xs in voting_runs(voting):
-        _level_index_run(network, image, voting, xs, index, computed, cancel, batch)
-    return index, computed
-
-
-def voting_runs(voting: np.ndarray) -> list[list[int]]:
-    """The sagittal slices holding votes, in runs of neighbouring slices."""
-    xs = [int(x) for x in np.flatnonzero(voting.any(axis=(1, 2)))]
-    runs: list[list[int]] = []
-    for x in xs:
-        if runs and x == runs[-1][-1] + 1:
-            runs[-1].append(x)
-        else:
-            runs.append([x])
-    return runs
-
-
-def _level_index_run(network, image, voting, xs, index, computed, cancel, batch) -> None:
+    around the detected column; returns the index map and where it was computed."""
     import torch
 
     config = network.config
+    voting = column >= 0.5
+    found = np.argwhere(voting)
     margin = int(round(AP_MARGIN_MM / config.identify_spacing_mm))
-    found = np.flatnonzero(voting[xs[0]: xs[-1] + 1].any(axis=(0, 1)))
-    c_low, c_high = max(0, found[0] - margin), min(image.shape[2], found[-1] + margin + 1)
+    c_low = max(0, found[:, 2].min() - margin)
+    c_high = min(image.shape[2], found[:, 2].max() + margin + 1)
+    index = np.zeros(image.shape, np.float32)
+    computed = np.zeros(image.shape, bool)
     count = config.identify_slices
     zeros = np.zeros((image.shape[1], c_high - c_low), np.float32)
     part = image[:, :, c_low:c_high]
+    # A slice without votes needs no index (each stack is made from the image alone, so skipping
+    # one changes no other slice's index).
+    xs = [int(x) for x in np.flatnonzero(voting.any(axis=(1, 2)))]
     with torch.inference_mode():
         for start in range(0, len(xs), batch):
             _check(cancel)
@@ -241,3 +220,4 @@ def _level_index_run(network, image, voting, xs, index, computed, cancel, batch)
             for x, values in zip(chunk, output):
                 index[x, :, c_low:c_high] = values[: shape[2], : shape[3]]
                 computed[x, :, c_low:c_high] = True
+    return index, computed
