@@ -240,6 +240,23 @@ def test_run_with_dense_or_ensemble_model_names_the_phantom_bodies(lumbar_ct_pha
     assert (tmp_path / "dense_case" / "dense_case.seg.nrrd").is_file()
 
 
+@pytest.mark.skipif(not _bundled_dense_installed(), reason="vertebra-dense-detector not bundled")
+def test_bodies_without_masks_are_the_same_bodies(lumbar_ct_phantom):
+    """The ensemble asks for the dense bodies only (no map on the input grid): same bodies."""
+    from SpineLabelLib.core.canonical import CanonicalView
+    from SpineLabelLib.models.dense.infer import detect_dense
+    from SpineLabelLib.models.registry import load_model
+
+    _, phantom = lumbar_ct_phantom
+    network = load_model("vertebra-dense-detector").network
+    view = CanonicalView(phantom.image, "ct")
+    full, bare = detect_dense(view, "ct", network), detect_dense(view, "ct", network, masks=False)
+    assert full.instances.any() and not bare.instances.any()
+    assert len(full.bodies) == len(bare.bodies) > 3
+    for a, b in zip(full.bodies, bare.bodies):
+        assert np.allclose(a["centroid_ras"], b["centroid_ras"]) and a["level_probs"] == b["level_probs"]
+
+
 def test_ensemble_fuses_level_evidence_of_matched_bodies_only():
     from SpineLabelLib.models.dense.ensemble import fuse_level_evidence
     from SpineLabelLib.core.result import Vertebra

@@ -29,6 +29,40 @@ def test_sub_grid_voxels_are_the_whole_grids_voxels():
     assert np.allclose(part.spacing, whole.spacing)
 
 
+@pytest.mark.parametrize("label", [False, True])
+def test_resampling_the_covering_part_equals_the_whole_volume(label):
+    from SpineLabelLib.core.volume import canonical_grid, covering_part
+
+    whole = _oblique((40, 50, 60), (0.8, 1.1, 2.5), (9, -6, 14), (-20.0, 31.0, -47.0))
+    rng = np.random.default_rng(5)
+    whole.array[:] = rng.integers(1, 9, whole.array.shape) if label else rng.integers(-900, 1200, whole.array.shape)
+    points = np.array([[5, 6, 7], [30, 20, 25]], float)
+    for margin_mm in ((3.0, 10.0, 10.0), (60.0, 80.0, 80.0)):      # inside the volume, and past its edges
+        grid = canonical_grid(whole, 1.3, points, margin_mm)
+        part = covering_part(whole, grid)
+        assert part.array.size < whole.array.size or margin_mm[0] > 50
+        default = None if label else float(whole.array.min())      # as `CanonicalView.around` passes it
+        got = resample(part, None, reference=grid, label=label, default_value=default).array
+        assert np.array_equal(got, resample(whole, None, reference=grid, label=label).array)
+
+
+def test_detector_masks_kept_where_the_segmenter_lost_a_body():
+    from SpineLabelLib.core.result import SpineResult, Vertebra
+    from SpineLabelLib.stages.refine import keep_detector_masks
+
+    image = _oblique((30, 40, 50), (1.0, 1.0, 2.0), (0, 0, 0), (0.0, 0.0, 0.0))
+    result = SpineResult("case", image=image)
+    result.instances = np.zeros(image.array.shape, np.uint16)
+    result.instances[5:10, 5:15, 5:15], result.instances[20:25, 20:30, 30:40] = 1, 2
+    result.vertebrae = [Vertebra("L1", np.zeros(3), instance=1), Vertebra("L2", np.zeros(3), instance=2)]
+    refined = np.zeros_like(result.instances)
+    refined[6:10, 6:14, 6:14] = 1                    # body 1 redrawn; body 2 lost
+    refined[21:22, 21:22, 31:32] = 2
+    keep_detector_masks(result, refined, [1, 2])
+    assert (refined == 2).sum() == (result.instances == 2).sum() and (refined == 1).sum() == 4 * 8 * 8
+    assert any("body 2" in w for w in result.warnings) and not any("body 1" in w for w in result.warnings)
+
+
 def _whole_grid_to_input(instances, probability, slab, reference):
     """`to_input_grid` as it was before the crop: the whole input grid resampled."""
     dilated = ndimage.grey_dilation(instances, size=(3, 3, 3))
@@ -102,6 +136,64 @@ def test_segmenter_assignment_on_the_bodies_box_equals_the_whole_grid():
     got = assign_to_bodies(foreground, detected, 4.0)
     assert np.array_equal(got, _whole_grid_assignment(foreground, detected, 4.0))
     assert not assign_to_bodies(foreground, np.zeros_like(detected), 4.0).any()
+
+
+def test_intensity_window_in_place_is_the_plain_formula_and_keeps_its_input():
+    from SpineLabelLib.core.canonical import apply_window
+
+    array = np.random.default_rng(4).normal(100, 600, (20, 30, 40)).astype(np.int16)
+    before = array.copy()
+    got = apply_window(array, (-250.0, 1000.0))
+    assert got.dtype == np.float32 and np.array_equal(array, before)
+    assert np.array_equal(got, np.clip((array.astype(np.float32) - -250.0) / 1250.0, 0.0, 1.0))
+    floats = before.astype(np.float32)
+    assert np.array_equal(apply_window(floats, (3.5, 800.0)), np.clip((floats - 3.5) / 796.5, 0.0, 1.0))
+    assert np.array_equal(floats, before.astype(np.float32))
+
+
+class BlurNetwork:
+    """Stands in for the segmenter U-Net with context: 'body' where the middle slice's 9 x 9 mean
+    is bright, so what it gives near a grid's edge depends on where the grid is cut."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.pixels = 0                              # how much image it was shown
+
+    def __call__(self, images):
+        self.pixels += images[:, 1].numel()
+        blurred = torch.nn.functional.avg_pool2d(images[:, 1:2], 9, stride=1, padding=4)[:, 0]
+        return (blurred - 0.4) * 40.0
+
+
+def _column_with_a_stray():
+    """Three stacked bodies and a stray detection 90 mm beside them, oblique anisotropic grid."""
+    affine = make_affine((0.9, 1.1, 2.0), Rotation.from_euler("xyz", (6, -4, 3), degrees=True).as_matrix(),
+                         (-60.0, 40.0, -90.0))
+    truth = np.zeros((40, 110, 150), np.uint16)
+    for number in (1, 2, 3):
+        truth[14:26, 10 + 30 * number: 30 + 30 * number, 20:45] = number
+    image = Volume(np.where(truth > 0, 200.0, 10.0).astype(np.float32), affine)
+    truth[14:20, 60:75, 125:140] = 4                   # i 125-140: ~90 mm beside the column
+    image.array[truth == 4] = 200.0
+    return image, ndimage.grey_dilation(truth, size=(3, 5, 5))
+
+
+def test_bodies_far_apart_are_redrawn_on_grids_of_their_own():
+    from SpineLabelLib.models.body_unet.infer import body_groups, refine_instances
+    from SpineLabelLib.models.body_unet.network import SegmenterConfig
+
+    image, coarse = _column_with_a_stray()
+    assert body_groups(image, coarse, (6.0, 40.0, 40.0)) == [[1, 2, 3], [4]]
+    together = BlurNetwork(SegmenterConfig(spacing_mm=1.0))
+    refined = refine_instances(image, coarse, together, "mr")
+    alone = BlurNetwork(SegmenterConfig(spacing_mm=1.0))
+    column_only = refine_instances(image, np.where(coarse == 4, 0, coarse), alone, "mr")
+    # The column's masks are what it gives without the stray, and the stray keeps its own.
+    assert np.array_equal(np.where(refined == 4, 0, refined), column_only)
+    stray = image.array[:, :, 100:] > 100                # the stray's bright voxels (6 x 15 x 15)
+    assert 0.8 * stray.sum() < ((refined[:, :, 100:] == 4) & stray).sum() <= (refined == 4).sum() < 1.3 * stray.sum()
+    # One grid over both would have shown the network several times the image; two grids do not.
+    assert together.pixels < 1.6 * alone.pixels
 
 
 # --- dense detector, stage 1 ---------------------------------------------------------------------

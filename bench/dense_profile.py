@@ -9,7 +9,8 @@ of the real lumbar MRI validation split instead. The whole of
 `find_bodies` (locate, refine, and for the ensemble fuse) runs under cProfile with CPU time as its
 clock; the report gives, per part, the CPU seconds spent inside it (cumulative, so parts nest:
 `level_index` is inside `detect_dense`), the total CPU and wall seconds and the load average (the
-machine is shared: wall seconds depend on the other jobs, CPU seconds much less).
+machine is shared: wall seconds depend on the other jobs, CPU seconds much less), and the
+functions with most CPU time of their own ([name, own s, cumulative s, calls]).
 """
 from __future__ import annotations
 
@@ -61,18 +62,28 @@ def cumulative(stats: pstats.Stats, name: str, ending: str) -> float | None:
     return round(sum(found), 3) if found else None
 
 
+def top_functions(stats: pstats.Stats, count: int) -> list:
+    """The functions with most CPU time of their own (not their callees'): where a speed-up pays."""
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:count]
+    return [[f"{Path(path).name}:{line}:{function}", round(value[2], 3), round(value[3], 3), value[1]]
+            for (path, line, function), value in rows]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vertebra-dense-detector")
     parser.add_argument("--levels", default="C3-L5")
     parser.add_argument("--modality", default="ct")
     parser.add_argument("--real", default=None, help="a real MRI validation case (e.g. vb2-06) instead of a phantom")
+    parser.add_argument("--top", type=int, default=25, help="also list the N functions with most own CPU time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (SPINELABEL_THREADS)")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "dense_profile.json"))
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    os.environ["SPINELABEL_THREADS"] = str(args.threads)     # the engine's own setting (torch_threads)
     from SpineLabelLib.app.pipeline import find_bodies
     from SpineLabelLib.core.options import RunOptions
     from SpineLabelLib.core.result import SpineResult
@@ -101,6 +112,7 @@ def main(argv=None) -> int:
               "loadavg_after": [round(x, 2) for x in os.getloadavg()],
               "levels": [v.level for v in result.vertebrae],
               "cpu_seconds_by_part": {part: cumulative(stats, name, ending) for part, name, ending in PARTS},
+              "top_own_cpu_seconds": top_functions(stats, args.top),
               "note": "cumulative CPU seconds under cProfile (parts nest); profiling adds a few per cent"}
     write_report(report, Path(args.out))
     return 0

@@ -28,8 +28,9 @@ class FuseDenseEvidence:
         from ..models.registry import load_model
 
         dense = self.dense_model or load_model(DENSE_MODEL)
+        # Its level evidence only: Mask R-CNN's masks stay, so the dense map is not drawn.
         output = family_of_card(dense.card).run(result.canonical_view(), dense.network, context.options,
-                                                context.progress, context.cancel)
+                                                context.progress, context.cancel, masks=False)
         matched = fuse_level_evidence(result.vertebrae, output.bodies)
         record_models(result, dense)
         result.notes[self.name] = {"dense_bodies": len(output.bodies), "matched": matched,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.result import SpineResult
+from ..core.volume import label_centres  # noqa: F401  (re-exported: its tests import it from here)
 from .base import RunContext
 from .locate import record_models
 
@@ -50,14 +51,33 @@ class RefineBodies:
 
 def keep_detector_masks(result: SpineResult, refined: np.ndarray, numbers: list[int]) -> None:
     """Where the segmenter does not see a body (an unusual contrast, say), a mask that is too
-    coarse beats a vertebra without one: the detector's mask stays."""
+    coarse beats a vertebra without one: the detector's mask stays.
+
+    Counted on the box holding either map's labels: bincounts over a whole CT grid (tens of
+    millions of voxels, widened to int64) cost more than the rest of this stage's bookkeeping."""
+    box = labels_box(result.instances, refined)
+    if box is None:
+        return
+    old_part, new_part = result.instances[box], refined[box]
     size = max(numbers) + 1
-    before = np.bincount(result.instances.ravel(), minlength=size)
-    after = np.bincount(refined.ravel(), minlength=size)
+    before = np.bincount(old_part.ravel(), minlength=size)
+    after = np.bincount(new_part.ravel(), minlength=size)
     for number, old, new in zip(numbers, before[numbers], after[numbers]):
         if new < KEEP_DETECTOR_MASK_BELOW * old:
             result.warnings.append(f"segmenter: body {number} kept the detector's mask")
-            refined[(result.instances == number) & (refined == 0)] = number
+            new_part[(old_part == number) & (new_part == 0)] = number
+
+
+def labels_box(*maps: np.ndarray):
+    """Slices of the smallest box holding every nonzero voxel of the (same-shaped) maps, or None."""
+    box = []
+    for axis in range(maps[0].ndim):
+        others = tuple(a for a in range(maps[0].ndim) if a != axis)
+        present = np.flatnonzero(np.logical_or.reduce([m.any(axis=others) for m in maps]))
+        if not present.size:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
 
 
 def move_centroids(result: SpineResult, numbers: list[int]) -> None:
@@ -67,16 +87,3 @@ def move_centroids(result: SpineResult, numbers: list[int]) -> None:
     for number, centre in zip(numbers, centres):
         if not np.any(np.isnan(centre)):
             by_instance[number].centroid_ras = result.image.kji_to_ras(np.array(centre))[0]
-
-
-def label_centres(labels: np.ndarray, numbers: list[int]) -> np.ndarray:
-    """Mean voxel index (k, j, i) of each label in ``numbers`` (NaN for an absent one), as
-    scipy's center_of_mass gives it, from one pass over the labelled voxels (a CT grid has tens
-    of millions of voxels and a few hundred thousand labelled ones)."""
-    where = np.nonzero(labels)
-    values = labels[where].astype(np.int64)
-    size = max(int(values.max(initial=0)), max(numbers, default=0)) + 1
-    counts = np.bincount(values, minlength=size)[numbers].astype(float)
-    sums = np.stack([np.bincount(values, weights=axis.astype(float), minlength=size)[numbers] for axis in where], 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts[:, None]

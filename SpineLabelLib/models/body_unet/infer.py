@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ...core.canonical import CanonicalView
-from ...core.volume import Volume, resample
+from ...core.volume import Volume, covering_part, resample
 
 Cancel = Callable[[], bool]
 
@@ -66,10 +66,59 @@ def refine_instances(source: Volume | CanonicalView, instances: np.ndarray, mode
     8 mm, 0.905 at 40 mm with an early checkpoint; 0.9162 at 24 mm and 0.9171 at 40 mm with the
     final one; the lowest body of a C3-L5 CT phantom: 0.62 at 24 mm, 0.89 at 40 mm). Slices run
     ``lateral_margin_mm`` beyond the bodies' lateral edges; the U-Net sees every
-    ``slice_step``-th of them and the probability is interpolated between (every slice: same Dice)."""
+    ``slice_step``-th of them and the probability is interpolated between (every slice: same Dice).
+
+    Bodies whose surroundings do not touch are redrawn on grids of their own (`body_groups`): one
+    stray detection 90 mm beside the column made one grid cover both and quadrupled the slices
+    (dense detector, T8-S1 CT phantom: 17 of 24 CPU s in this U-Net). A group's masks are what it
+    gives alone, whatever other groups there are."""
+    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality or "mr")
+    margins = (lateral_margin_mm, margin_mm, margin_mm)
+    groups = body_groups(view.volume, instances, margins)
+    if len(groups) <= 1:
+        return _refine_group(view, instances, model, cancel, reach_mm, margins, slice_step)
+    out = np.zeros(instances.shape, np.uint16)
+    keep = np.zeros(int(instances.max()) + 1, bool)
+    for numbers in groups:
+        keep[:] = False
+        keep[numbers] = True
+        redrawn = _refine_group(view, np.where(keep[instances], instances, 0), model, cancel, reach_mm, margins,
+                                slice_step)
+        out = np.where(out > 0, out, redrawn)      # disjoint surroundings: a voxel is one group's at most
+    return out
+
+
+def body_groups(volume: Volume, instances: np.ndarray, margin_mm) -> list[list[int]]:
+    """The bodies (instance numbers) in groups whose canonical boxes, grown by ``margin_mm``, overlap
+    (linked transitively); a body's box is its voxels' extent along the canonical axes."""
+    from scipy import ndimage
+
+    from ...core.volume import CANONICAL_AXES_RAS
+
+    where = np.nonzero(instances)
+    if not where[0].size:
+        return []
+    values = instances[where]
+    numbers = [int(n) for n in np.unique(values)]
+    projected = volume.kji_to_ras(np.stack(where, 1).astype(float)) @ CANONICAL_AXES_RAS.T
+    low = np.stack([ndimage.minimum(projected[:, a], values, numbers) for a in range(3)], 1) - margin_mm
+    high = np.stack([ndimage.maximum(projected[:, a], values, numbers) for a in range(3)], 1) + margin_mm
+    touching = np.all((low[:, None] <= high[None]) & (low[None] <= high[:, None]), axis=2)
+    count, group = _components(touching)
+    return [[n for n, g in zip(numbers, group) if g == c] for c in range(count)]
+
+
+def _components(adjacent: np.ndarray) -> tuple[int, np.ndarray]:
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    return connected_components(csr_matrix(adjacent), directed=False)
+
+
+def _refine_group(view: CanonicalView, instances: np.ndarray, model, cancel, reach_mm, margins,
+                  slice_step) -> np.ndarray:
     from ..maskrcnn.infer import _check, to_input_grid, torch_threads
 
-    view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality or "mr")
     volume = view.volume
     config = model.config
     present = np.argwhere(instances)
@@ -78,8 +127,9 @@ def refine_instances(source: Volume | CanonicalView, instances: np.ndarray, mode
     # Only the bodies' surroundings are resampled (a whole CT at 1 mm is ~50 M voxels), their
     # voxels' own extent, not their oblique bounding box; the MRI intensity window still comes
     # from the whole volume, as in training.
-    grid, image = view.around(present, config.spacing_mm, (lateral_margin_mm, margin_mm, margin_mm))
-    detected = resample(volume.with_array(instances.astype(np.uint16)), None, reference=grid, label=True).array
+    grid, image = view.around(present, config.spacing_mm, margins)
+    labels = covering_part(volume.with_array(instances), grid)     # not the whole CT grid's labels
+    detected = resample(labels.with_array(labels.array.astype(np.uint16)), None, reference=grid, label=True).array
     _check(cancel)
     with torch_threads(int(os.environ.get("SPINELABEL_THREADS", "1"))):   # as the detector: see torch_threads
         probability = slab_probability(model, image, 0, image.shape[0], slice_step)

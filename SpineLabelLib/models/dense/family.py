@@ -21,10 +21,10 @@ def channels_last(network):
     return network
 
 
-def run(view, network, options, progress=None, cancel=None):
+def run(view, network, options, progress=None, cancel=None, masks=True):
     from .infer import detect_dense
 
-    return detect_dense(view, view.modality, network, progress=progress, cancel=cancel)
+    return detect_dense(view, view.modality, network, progress=progress, cancel=cancel, masks=masks)
 
 
 FAMILY = register_family(ModelFamily(

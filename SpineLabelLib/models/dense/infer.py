@@ -45,16 +45,17 @@ AP_MARGIN_MM = 40.0
 
 
 def detect_dense(source: Volume | CanonicalView, modality: str, network, progress: Progress | None = None,
-                 cancel: Cancel | None = None, threads: int | None = None) -> DetectionOutput:
+                 cancel: Cancel | None = None, threads: int | None = None, masks: bool = True) -> DetectionOutput:
     """Bodies (instance, centroid_ras, score, level_probs) and their instance map on the input grid
-    (``source``: the input volume or the case's canonical view)."""
+    (``source``: the input volume or the case's canonical view). ``masks=False`` leaves the map
+    empty: the ensemble takes only the level evidence, and the map costs a resampling."""
     view = source if isinstance(source, CanonicalView) else CanonicalView(source, modality)
     threads = int(os.environ.get("SPINELABEL_THREADS", "1")) if threads is None else threads
     with torch_threads(threads):
-        return _detect(view, modality, network, progress, cancel)
+        return _detect(view, modality, network, progress, cancel, masks)
 
 
-def _detect(view: CanonicalView, modality: str, network, progress, cancel) -> DetectionOutput:
+def _detect(view: CanonicalView, modality: str, network, progress, cancel, masks: bool = True) -> DetectionOutput:
     config = network.config
     volume = view.volume
     _check(cancel)
@@ -78,8 +79,11 @@ def _detect(view: CanonicalView, modality: str, network, progress, cancel) -> De
     if progress:
         progress(0.85, "aggregating votes")
     bodies, instances = aggregate(detection, index, config.identify_spacing_mm)
-    probability = np.where(instances > 0, np.maximum(detection, 0.5), 0.0).astype(np.float32)
-    on_input = to_input_grid(instances, probability, canonical, volume)
+    if masks:
+        probability = np.where(instances > 0, np.maximum(detection, 0.5), 0.0).astype(np.float32)
+        on_input = to_input_grid(instances, probability, canonical, volume)
+    else:
+        on_input = np.zeros(volume.array.shape, np.uint16)
     described = [{"instance": n, "centroid_ras": canonical.kji_to_ras(body.centroid[None])[0],
                   "score": body.score, "level_probs": body.level_probs, "votes": body.votes,
                   "vote_level": body.level}

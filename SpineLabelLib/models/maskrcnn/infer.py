@@ -19,7 +19,7 @@ import numpy as np
 
 from ...core import anatomy
 from ...core.errors import SpineLabelError
-from ...core.volume import Volume, resample, sub_grid
+from ...core.volume import Volume, label_centres, resample, sub_grid
 from ...core.canonical import CanonicalView, apply_window
 
 Progress = Callable[[float, str], None]
@@ -515,19 +515,16 @@ def _detect_mip(view: CanonicalView, model, progress: Progress | None,
 
 def _describe(bodies: list[Body], on_input: np.ndarray, canonical_instances: np.ndarray,
               volume: Volume, slab: Volume) -> list[dict]:
-    from scipy import ndimage
-
+    # Centres from one pass over the labelled voxels: scipy's center_of_mass over the whole input
+    # grid took 2.5 CPU s on a C3-L5 CT phantom (tens of millions of voxels, a few percent labelled).
     numbers = list(range(1, len(bodies) + 1))
-    with np.errstate(invalid="ignore", divide="ignore"):     # a body may vanish on a coarse input grid
-        centres = ndimage.center_of_mass(np.ones(on_input.shape, np.uint8), on_input, numbers)
-        canonical_centres = ndimage.center_of_mass(np.ones(canonical_instances.shape, np.uint8),
-                                                   canonical_instances, numbers)
+    centres = label_centres(on_input, numbers)
     described = []
-    for number, body, centre, fallback in zip(numbers, bodies, centres, canonical_centres):
+    for number, body, centre in zip(numbers, bodies, centres):
         if not np.any(np.isnan(centre)):
             centroid = volume.kji_to_ras(np.array(centre))[0]
         else:                                   # body thinner than an input voxel: use canonical grid
-            centroid = slab.kji_to_ras(np.array(fallback))[0]
+            centroid = slab.kji_to_ras(label_centres(canonical_instances, [number])[0])[0]
         probs = body.level_probs
         described.append({"instance": number, "centroid_ras": centroid, "score": body.score,
                           "level_probs": {name: float(p) for name, p in zip(anatomy.ORDER, probs)},
