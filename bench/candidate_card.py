@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bench", action="append", required=True)
     parser.add_argument("--model-key", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--base-model", default="vertebra-detector 0.1.0")
     args = parser.parse_args(argv)
     mix = json.loads(Path(args.mix).read_text())
     folder = Path(args.mix).parent
@@ -46,14 +47,18 @@ def main(argv=None) -> int:
             "vid_phantoms": "SpineLabelLib.synthesis.vid (curvature and field of view of VID keypoint spines)",
             "files": files,
             "draw_shares": "SpineLabelLib.synthesis.training.SHARES",
-            "s1": "S1 is a target class (TotalSegmentator-derived S1 bodies, phantoms); real MRI slices blanked below L5",
+            "s1": ("S1 is a target class (TotalSegmentator-derived S1 bodies, phantoms; on the real MRI the shape "
+                   "prior of SpineLabelLib.synthesis.sacrum_prior where mix.json's real_mri.s1_prior says 'drawn', "
+                   "those slices blanked below L5 otherwise)") if mix.get("real_mri", {}).get("s1_prior") else
+                  "S1 is a target class (TotalSegmentator-derived S1 bodies, phantoms); real MRI slices blanked below L5",
+            "s1_prior": mix.get("real_mri", {}).get("s1_prior"),
         },
         "training_data_mix": {"held_out": mix.get("held_out", []) + ["mri-lumbar validation split"]},
         "validation_split": {"rule": "every 4th case of mri-lumbar in name order; never trained on"},
         "metrics": metrics,
         "metrics_note": "bench/robustness.py (bench/detect_eval.py metrics) with the bundled body segmenter; "
                         "one torch thread on a shared 2-core machine",
-        "base_model": "vertebra-detector 0.1.0 (fine-tuned from it)",
+        "base_model": f"{args.base_model} (fine-tuned from it)",
     }
     Path(args.out).write_text(json.dumps(card, indent=1))
     print(json.dumps(card, indent=1))
