@@ -197,6 +197,20 @@ def predicted_case(image, name: str, model: str | None, masks: Path | None, save
     return predicted
 
 
+def without_levels_manual_lacks(predicted, manual):
+    """The predicted bodies at the manual masks' levels only: the real masks stop at L5, so a detected
+    S1 would turn the predicted lordosis into L1-S1 against a manual L1-L5 (not comparable)."""
+    from SpineLabelLib.core import anatomy
+    from SpineLabelLib.core.result import SpineResult
+
+    codes = predicted.level_map()
+    wanted = {anatomy.code_of(v.level) for v in manual.vertebrae if v.level}
+    extra = [c for c in np.unique(codes) if c and c not in wanted and anatomy.name_of(int(c)) == "S1"]
+    if not extra:
+        return predicted
+    return SpineResult.from_level_map(predicted.case_id, predicted.image, np.where(np.isin(codes, extra), 0, codes))
+
+
 def bench_mri(limit: int | None, model: str | None, split: str = "validation", masks: Path | None = None,
               save: Path | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
     from SpineLabelLib.models.maskrcnn.data import split_real_cases
@@ -210,7 +224,7 @@ def bench_mri(limit: int | None, model: str | None, split: str = "validation", m
         image = load_volume(MRI / f"{name}_mri.nii.gz")
         manual = SpineResult.from_level_map(name, image, load_volume(MRI / f"{name}_seg.nii.gz").array)
         measure_alignment(manual)
-        predicted = predicted_case(image, name, model, masks, save)
+        predicted = without_levels_manual_lacks(predicted_case(image, name, model, masks, save), manual)
         start, cpu = time.perf_counter(), time.process_time()
         measure_alignment(predicted)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
