@@ -140,9 +140,6 @@ def _masked(result: SpineResult) -> list[Vertebra]:
 
 def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> None:
     """Replace all segments with the result's bodies in one labelmap import (label n <-> ids[n-1])."""
-    import slicer
-    import vtk
-
     seg_node.GetSegmentation().RemoveAllSegments()
     vertebrae = _masked(result)
     if not vertebrae:
@@ -151,23 +148,10 @@ def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> Non
     lookup = np.zeros(int(result.instances.max()) + 1, dtype=np.uint16)
     for instance, value in values.items():
         lookup[instance] = value
-    labelmap = result.image.with_array(lookup[result.instances])
-    labelmap_node = volume_to_node(scene, labelmap, "SpineLabel temporary labelmap", labelmap=True)
-    ids = vtk.vtkStringArray()
-    ids.SetNumberOfValues(int(max(values.values())))
-    for n in range(ids.GetNumberOfValues()):
-        ids.SetValue(n, "")
+    segments = _import_labelmap(scene, seg_node, result.image.with_array(lookup[result.instances]),
+                                {values[v.instance]: _segment_id(v) for v in vertebrae}, "vertebra")
     for v in vertebrae:
-        ids.SetValue(values[v.instance] - 1, _segment_id(v))
-    try:
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, seg_node, ids):
-            raise RuntimeError("Slicer could not import the vertebra label map into the segmentation")
-    finally:
-        scene.RemoveNode(labelmap_node)
-    for v in vertebrae:
-        segment = seg_node.GetSegmentation().GetSegment(_segment_id(v))
-        segment.SetName(_segment_id(v))
-        segment.SetLabelValue(values[v.instance])
+        segment = segments[_segment_id(v)]
         segment.SetTag(INSTANCE_TAG, str(v.instance))
         if v.level:
             segment.SetColor(*anatomy.COLOUR_BY_NAME[v.level])
@@ -176,12 +160,36 @@ def _fill_segmentation(scene, seg_node, volume_node, result: SpineResult) -> Non
     _add_disc_segments(scene, seg_node, result)
 
 
-def _add_disc_segments(scene, seg_node, result: SpineResult) -> None:
-    """One segment per disc of the disc layer, imported from one more label map whose voxel values are
-    the disc label values (a segment's label value is its voxel value in its layer: label n <-> ids[n-1])."""
+def _import_labelmap(scene, seg_node, labelmap, names: dict[int, str], what: str) -> dict:
+    """Import a label map whose voxel value n is segment ``names[n]`` in one call (label n <-> ids[n-1]);
+    the temporary label map node is always removed. Returns {name: segment}, name and label value set."""
     import slicer
     import vtk
 
+    labelmap_node = volume_to_node(scene, labelmap, f"SpineLabel temporary {what} labelmap", labelmap=True)
+    ids = vtk.vtkStringArray()
+    ids.SetNumberOfValues(int(max(names)))
+    for n in range(ids.GetNumberOfValues()):
+        ids.SetValue(n, "")
+    for value, name in names.items():
+        ids.SetValue(value - 1, name)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, seg_node, ids):
+            raise RuntimeError(f"Slicer could not import the {what} label map into the segmentation")
+    finally:
+        scene.RemoveNode(labelmap_node)
+    segments = {}
+    for value, name in names.items():
+        segment = seg_node.GetSegmentation().GetSegment(name)
+        segment.SetName(name)
+        segment.SetLabelValue(value)
+        segments[name] = segment
+    return segments
+
+
+def _add_disc_segments(scene, seg_node, result: SpineResult) -> None:
+    """One segment per disc of the disc layer, imported from one more label map whose voxel values are
+    the disc label values (a segment's label value is its voxel value in its layer: label n <-> ids[n-1])."""
     from ..core import discs as disc_names
     from ..core.disc_layer import result_discs
 
@@ -191,23 +199,10 @@ def _add_disc_segments(scene, seg_node, result: SpineResult) -> None:
     lookup = np.zeros(int(result.layers["discs"].max()) + 1, dtype=np.uint16)
     for disc in found:
         lookup[disc.value] = disc.label
-    labelmap_node = volume_to_node(scene, result.image.with_array(lookup[result.layers["discs"]]),
-                                   "SpineLabel temporary disc labelmap", labelmap=True)
-    ids = vtk.vtkStringArray()
-    ids.SetNumberOfValues(max(d.label for d in found))
-    for n in range(ids.GetNumberOfValues()):
-        ids.SetValue(n, "")
+    segments = _import_labelmap(scene, seg_node, result.image.with_array(lookup[result.layers["discs"]]),
+                                {disc.label: disc.name for disc in found}, "disc")
     for disc in found:
-        ids.SetValue(disc.label - 1, disc.name)
-    try:
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, seg_node, ids):
-            raise RuntimeError("Slicer could not import the disc label map into the segmentation")
-    finally:
-        scene.RemoveNode(labelmap_node)
-    for disc in found:
-        segment = seg_node.GetSegmentation().GetSegment(disc.name)
-        segment.SetName(disc.name)
-        segment.SetLabelValue(disc.label)
+        segment = segments[disc.name]
         segment.SetColor(*disc_names.colour(disc.name))
         segment.SetTag(segment.GetTerminologyEntryTagName(), disc_names.terminology_entry(disc.name))
         segment.SetTag(DISC_UPPER_TAG, str(disc.value))

@@ -285,19 +285,15 @@ class DenseSiteData(SiteData):
 
     def prepare(self, cases, held_out, folder, config):
         from ..core.volume import load_volume
-        from .finetune import case_modality, prepared_target
+        from .finetune import case_modality, prepare_each
 
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for case in cases:
-            target = prepared_target(folder, case, held_out)
-            if not target.exists():
-                image = load_volume(case.image_path)
-                centroids = centroids_from_mask(_bodies(load_volume(case.label_path, check_values=False)))
-                prepare_case(image, centroids, target, "real", case_modality(case, image), top_unlabelled=True,
-                             spacing=config.identify_spacing_mm)
-            paths[case.case_id] = target
-        return paths
+        def write(case, target):
+            image = load_volume(case.image_path)
+            centroids = centroids_from_mask(_bodies(load_volume(case.label_path, check_values=False)))
+            prepare_case(image, centroids, target, "real", case_modality(case, image), top_unlabelled=True,
+                         spacing=config.identify_spacing_mm)
+
+        return prepare_each(cases, held_out, folder, write)
 
     def phantoms(self, folder, count, config, overrides):
         from ..phantom import generate_phantom

@@ -143,19 +143,14 @@ class DiscSiteData(SiteData):
 
     def prepare(self, cases, held_out, folder, config):
         from ..core.volume import load_volume
-        from .finetune import prepared_target
+        from .finetune import prepare_each
 
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for case in cases:
-            target = prepared_target(folder, case, held_out)
-            if not target.exists():
-                labels = load_volume(case.label_path, check_values=False)
-                discs = np.where(np.isin(labels.array, disc_values(labels.array)), labels.array, 0)
-                canonical_case(case.image_path, labels.with_array(discs), case.case_id,
-                               config.spacing_mm).save(target)
-            paths[case.case_id] = target
-        return paths
+        def write(case, target):
+            labels = load_volume(case.label_path, check_values=False)
+            discs = np.where(np.isin(labels.array, disc_values(labels.array)), labels.array, 0)
+            canonical_case(case.image_path, labels.with_array(discs), case.case_id, config.spacing_mm).save(target)
+
+        return prepare_each(cases, held_out, folder, write)
 
     def phantoms(self, folder, count, config, overrides):
         folder.mkdir(parents=True, exist_ok=True)

@@ -130,27 +130,36 @@ def case_modality(case, image=None) -> str:
     return guess_modality(image if image is not None else load_volume(case.image_path))
 
 
-def prepare_cases(cases: list, held_out: list[str], folder: Path, spacing: float) -> dict[str, Path]:
-    """Dataset cases -> detector .npz files (cached; a replaced case is prepared again)."""
-    from ..models.maskrcnn.data import prepare_case
-    from ..core.volume import load_volume
-
+def prepare_each(cases: list, held_out: list[str], folder: Path, write) -> dict[str, Path]:
+    """{case id: prepared file}: ``write(case, target)`` for each case whose file is not there yet (cached;
+    a replaced case gets a new name from `prepared_target`, so it is prepared again)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for case in cases:
         target = prepared_target(folder, case, held_out)
         if not target.exists():
-            image = load_volume(case.image_path)
-            try:
-                # "real": slices are blanked above the topmost labelled body, since corrected
-                # cases often label only the levels of interest while more vertebrae are visible.
-                # Disc labels (100+) are no level class: background for the detector and segmenter.
-                prepare_case(image, load_volume(case.label_path), spacing, target, "real",
-                             modality=case_modality(case, image))
-            except ValueError as error:
-                raise InputError(f"{case.case_id}: cannot be used for training ({error})") from None
+            write(case, target)
         paths[case.case_id] = target
     return paths
+
+
+def prepare_cases(cases: list, held_out: list[str], folder: Path, spacing: float) -> dict[str, Path]:
+    """Dataset cases -> detector .npz files."""
+    from ..models.maskrcnn.data import prepare_case
+    from ..core.volume import load_volume
+
+    def write(case, target):
+        image = load_volume(case.image_path)
+        try:
+            # "real": slices are blanked above the topmost labelled body, since corrected
+            # cases often label only the levels of interest while more vertebrae are visible.
+            # Disc labels (100+) are no level class: background for the detector and segmenter.
+            prepare_case(image, load_volume(case.label_path), spacing, target, "real",
+                         modality=case_modality(case, image))
+        except ValueError as error:
+            raise InputError(f"{case.case_id}: cannot be used for training ({error})") from None
+
+    return prepare_each(cases, held_out, folder, write)
 
 
 def make_phantoms(folder: Path, count: int, spacing: float, first_seed: int = 5000,

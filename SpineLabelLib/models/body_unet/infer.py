@@ -183,6 +183,13 @@ def assign_to_bodies(foreground: np.ndarray, detected: np.ndarray, reach_voxels:
     distance, nearest = ndimage.distance_transform_edt(detected[box] == 0, return_indices=True)
     owner = detected[box][tuple(nearest)]
     labels[box] = np.where(foreground[box] & (distance <= reach_voxels), owner, 0)
+    return keep_largest_pieces(labels)
+
+
+def keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """Each label keeps its largest connected piece (in place; returns ``labels``)."""
+    from scipy import ndimage
+
     for number, piece_box in enumerate(ndimage.find_objects(labels), start=1):
         if piece_box is None:
             continue
