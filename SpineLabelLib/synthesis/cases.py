@@ -7,6 +7,8 @@ Writes into --out (skipping files that exist, so it can run while training reads
   real_<mri>.npz / val_<mri>.npz   real lumbar MRI (detector.data.split_real_cases; val never trained on),
                                     S1 drawn below L5 by a shape prior (`sacrum_prior`; --no-s1-prior: none)
   ctreal_<source>.npz               real CT with body masks cut from its whole-vertebra labels
+                                    (the TotalSegmentator example; verse012 and lidc-0001 unless held out)
+  real_<ivd-case>.npz               the disc MRI unless held out: bodies L1..S1 between its manual discs
   synth_<source>_<contrast>_<seed>.npz  SynthSeg-style images from the label maps (`generate.synthesise`)
   phantom_<seed>.npz                domain-randomised phantoms (detector.train.phantom_parameters), S1 kept
   mix.json                          which source went where and what was held out
@@ -56,6 +58,19 @@ def prepare_real_ct(sources, out: Path, manifest: dict) -> None:
         manifest.setdefault("real_ct", {})[source.name] = source.licence
 
 
+def prepare_disc_mri(sources, out: Path, manifest: dict) -> None:
+    """The third site's MRI: its bodies are those between the manual disc masks, S1 included,
+    so it teaches the real sacrum below a real L5-S1 disc."""
+    from ..models.maskrcnn.data import prepare_case
+
+    for source in sources:
+        target = out / f"real_{source.name}.npz"
+        if not target.exists():
+            summary = prepare_case(source.image, source.labels, SPACING, target, "real", modality="mr")
+            print("prepared", target.name, summary["levels"], flush=True)
+        manifest.setdefault("real_disc_mri", {})[source.name] = source.licence
+
+
 def prepare_synthetic(sources, out: Path, seeds: range, manifest: dict) -> None:
     from ..models.maskrcnn.data import prepare_case
     from .generate import synthesise
@@ -89,13 +104,15 @@ def prepare_phantoms(out: Path, first: int, count: int, manifest: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from .sources import totalseg_example, verse_label_maps
+    from .sources import disc_mri, lidc, totalseg_example, verse012, verse_label_maps
 
     parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.synthesis.cases", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=4, help="synthetic images per label map and contrast")
     parser.add_argument("--phantoms", type=int, default=10, help="phantoms added per round")
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="start at this round (two processes can share the rounds of one folder)")
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HOLD_OUT))
     parser.add_argument("--no-s1-prior", action="store_true",
                         help="leave the real MRI's sacrum unlabelled (the trainer then blanks below L5)")
@@ -106,10 +123,12 @@ def main(argv=None) -> int:
     manifest = {"spacing_mm": SPACING, "held_out": held_out, "data_root": str(root)}
     prepare_real_mri(root, out, manifest, s1_prior=not args.no_s1_prior)
     _record(manifest, out)
-    real_ct = [s for s in [totalseg_example(root)] if s.name not in held_out]
-    prepare_real_ct(real_ct, out, manifest)
+    readers = {"totalseg-example": totalseg_example, "verse012": verse012, "lidc-0001": lidc}
+    prepare_real_ct([read(root) for name, read in readers.items() if name not in held_out], out, manifest)
+    if "mri-discs" not in held_out:
+        prepare_disc_mri(disc_mri(root), out, manifest)
     label_maps = [s for s in verse_label_maps(root) + [totalseg_example(root)] if s.name not in held_out]
-    for round_ in range(args.rounds):
+    for round_ in range(args.first_round, args.rounds):
         prepare_synthetic(label_maps, out, range(round_, round_ + 1), manifest)
         prepare_phantoms(out, 1000, args.phantoms * (round_ + 1), manifest)
         manifest["synthetic_rounds_done"] = round_ + 1

@@ -3,7 +3,9 @@ these ranges (and a within-tissue spread), the SynthSeg recipe with anatomical p
 
 CT is in Hounsfield units, because the detector windows CT at -250..1000 HU: a CT-like image on an
 arbitrary scale would be normalised differently from real CT. T1-/T2-like images are on a 0..1
-scale (MRI is normalised per volume by percentiles). "random" draws every tissue uniformly, so
+scale (MRI is normalised per volume by percentiles). Cancellous bone on real chest CT measured
+73-222 HU (lidc-0001, lung-dx-a0001; older patients' marrow is close to muscle), so the marrow range
+starts at 60 HU and the thin cortex, blurred by partial volume, at 250 HU. "random" draws every tissue uniformly, so
 that the network cannot rely on any contrast at all (Billot et al. 2023).
 """
 from __future__ import annotations
@@ -34,8 +36,8 @@ RANGES = {
         Tissue.AIR: ((-1010, -950), (2, 15)), Tissue.FAT: ((-130, -70), (5, 25)),
         Tissue.MUSCLE: ((30, 65), (5, 25)), Tissue.ORGAN: ((35, 160), (5, 25)),
         Tissue.BOWEL: ((-20, 60), (5, 40)), Tissue.LUNG: ((-900, -750), (15, 60)),
-        Tissue.VESSEL: ((35, 350), (5, 25)), Tissue.CORTEX: ((500, 1400), (30, 150)),
-        Tissue.MARROW: ((120, 450), (20, 80)), Tissue.DISC: ((60, 120), (5, 25)),
+        Tissue.VESSEL: ((35, 350), (5, 25)), Tissue.CORTEX: ((250, 1300), (30, 150)),
+        Tissue.MARROW: ((60, 330), (20, 80)), Tissue.DISC: ((60, 120), (5, 25)),
         Tissue.CSF: ((0, 30), (3, 15)), Tissue.CORD: ((25, 45), (3, 15)),
     },
     "t1": {

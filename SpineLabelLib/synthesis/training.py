@@ -76,12 +76,24 @@ def make_sampler(cases, weights, config, seed: int):
                       bottom_cut=0.15, bias_field=0.3)
 
 
-def load_pool(data: Path):
+def parse_shares(text: str) -> dict[str, float]:
+    """"ctreal=0.2,synth=0.3" -> SHARES with those groups changed (unknown groups refused)."""
+    shares = dict(SHARES)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        group, _, value = item.partition("=")
+        if group not in SHARES:
+            raise ValueError(f"unknown group {group!r} in --shares; one of {', '.join(SHARES)}")
+        shares[group] = float(value)
+    return shares
+
+
+def load_pool(data: Path, shares: dict[str, float] | None = None):
     """Cases and draw weights by group; returns (cases, weights, counts per group)."""
     from ..models.maskrcnn.data import Case
 
-    groups = {g: sorted(data.glob(f"{g}_*.npz")) for g in SHARES}
-    active = {g: SHARES[g] for g, paths in groups.items() if paths}
+    shares = shares or SHARES
+    groups = {g: sorted(data.glob(f"{g}_*.npz")) for g in shares}
+    active = {g: shares[g] for g, paths in groups.items() if paths}
     total = sum(active.values())
     cases, weights = [], []
     for group, paths in groups.items():
@@ -93,14 +105,14 @@ def load_pool(data: Path):
     return cases, weights, {g: len(p) for g, p in groups.items()}
 
 
-def mix_recipe(data: Path, eval_every: int):
+def mix_recipe(data: Path, eval_every: int, shares: dict[str, float] | None = None):
     """The detector recipe on the mix: draws by group shares, real slices blanked below L5, the data
     folder rescanned after every second validation (cases written while training runs join)."""
     from ..training.recipes import DetectorRecipe
 
     class MixRecipe(DetectorRecipe):
         def __init__(self) -> None:
-            cases, weights, self.counts = load_pool(data)
+            cases, weights, self.counts = load_pool(data, shares)
             super().__init__(cases, weights)
 
         def sampler(self, config, seed: int):
@@ -112,7 +124,7 @@ def mix_recipe(data: Path, eval_every: int):
             fresh = {g: len(list(data.glob(f"{g}_*.npz"))) for g in SHARES}
             if fresh == self.counts:
                 return None
-            self.cases, self.weights, self.counts = load_pool(data)
+            self.cases, self.weights, self.counts = load_pool(data, shares)
             print(f"it {iteration} pool now {self.counts}", flush=True)
             return self.sampler(config, seed=iteration)
 
@@ -127,7 +139,7 @@ def fit(args) -> None:
     enable_s1_class()
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = mix_recipe(data, args.eval_every)
+    recipe = mix_recipe(data, args.eval_every, parse_shares(args.shares))
     saved = load_checkpoint(out / "last.pt")
     if saved is not None:
         config, initial_weights = recipe.config(saved.state.config), None
@@ -157,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--save-minutes", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shares", default="", help="draw shares per file group, e.g. ctreal=0.2 "
+                        f"(default {', '.join(f'{g}={v}' for g, v in SHARES.items())})")
     fit(parser.parse_args(argv))
     return 0
 
