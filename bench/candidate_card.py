@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model-key", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--base-model", default="vertebra-detector 0.1.0")
+    parser.add_argument("--shares", default="", help="the --shares the training ran with, if any")
     args = parser.parse_args(argv)
     mix = json.loads(Path(args.mix).read_text())
     folder = Path(args.mix).parent
@@ -41,12 +42,13 @@ def main(argv=None) -> int:
             "real_mri": {"source": "mri-lumbar training split (detector.data.split_real_cases)",
                          "train_cases": mix.get("real_mri", {}).get("train")},
             "real_ct": mix.get("real_ct"),
+            "real_disc_mri": mix.get("real_disc_mri"),
             "synthetic": {"generator": "SpineLabelLib.synthesis.generate.synthesise (TorchIO, SynthSeg-style; CT in HU, T1, T2, random)",
                           "label_maps": mix.get("synthetic")},
             "phantoms": mix.get("phantoms"),
             "vid_phantoms": "SpineLabelLib.synthesis.vid (curvature and field of view of VID keypoint spines)",
             "files": files,
-            "draw_shares": "SpineLabelLib.synthesis.training.SHARES",
+            "draw_shares": args.shares or "SpineLabelLib.synthesis.training.SHARES",
             "s1": ("S1 is a target class (TotalSegmentator-derived S1 bodies, phantoms; on the real MRI the shape "
                    "prior of SpineLabelLib.synthesis.sacrum_prior where mix.json's real_mri.s1_prior says 'drawn', "
                    "those slices blanked below L5 otherwise)") if mix.get("real_mri", {}).get("s1_prior") else

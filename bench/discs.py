@@ -48,7 +48,7 @@ def _fold_model(folder: Path, case: str, tmp: Path):
     return load_model(out)
 
 
-def real_mri(folds: Path, disc_sacrum: bool = True) -> dict:
+def real_mri(folds: Path, disc_sacrum: bool = True, detector: str = "vertebra-detector") -> dict:
     from SpineLabelLib.app.pipeline import detect, load_case
     from SpineLabelLib.core import discs
     from SpineLabelLib.core.disc_layer import disc_label_map, result_discs
@@ -68,7 +68,7 @@ def real_mri(folds: Path, disc_sacrum: bool = True) -> dict:
             result = load_case(image)
             # the fold's model also draws the disc map naming weighs (the sacrum: a disc above, none below);
             # without it (``disc_sacrum=False``) naming rests on the detector alone, as before the map
-            detect(result, RunOptions(modality="mr"), disc_segmenter=model if disc_sacrum else None)
+            detect(result, RunOptions(modality="mr", model=detector), disc_segmenter=model if disc_sacrum else None)
             measure_result(result)
             segmented, total = _disc_stage(result, model)
             seconds.append(total)
@@ -163,6 +163,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench/discs.py")
     parser.add_argument("--folds", default=str(ROOT / "bench" / "out" / "disc_folds"),
                         help="folder with fold_<case>/last.pt for each held-out case")
+    parser.add_argument("--model", default="vertebra-detector",
+                        help="detector that finds and names the bodies (name or folder); one that never saw "
+                             "the disc MRI keeps the naming cross-site")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantoms", action="store_true")
     parser.add_argument("--no-disc-sacrum", action="store_true",
@@ -170,7 +173,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     report = {} if args.skip_phantoms else {"phantoms": phantoms()}
     if not args.skip_real:
-        report["real_t2_mri_cross_validated"] = real_mri(Path(args.folds), not args.no_disc_sacrum)
+        report["real_t2_mri_cross_validated"] = real_mri(Path(args.folds), not args.no_disc_sacrum, args.model)
+        report["detector"] = args.model
         report["disc_sacrum"] = not args.no_disc_sacrum
     print(json.dumps(report, indent=2))
     return 0

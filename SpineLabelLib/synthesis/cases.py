@@ -127,6 +127,7 @@ def main(argv=None) -> int:
     prepare_real_ct([read(root) for name, read in readers.items() if name not in held_out], out, manifest)
     if "mri-discs" not in held_out:
         prepare_disc_mri(disc_mri(root), out, manifest)
+    _record(manifest, out)
     label_maps = [s for s in verse_label_maps(root) + [totalseg_example(root)] if s.name not in held_out]
     for round_ in range(args.first_round, args.rounds):
         prepare_synthetic(label_maps, out, range(round_, round_ + 1), manifest)
