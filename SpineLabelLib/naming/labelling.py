@@ -10,7 +10,15 @@ How it works (see `assign_levels`):
    there are never duplicates. A step between two labelled points costs the misfit of their distance
    against the expected distance (typical inter-centroid spacing per level pair, times one patient
    scale searched on a grid), plus a cost per vertebra missing in between; skipping a point costs more
-   the more confident its detection. Level scores add -log(probability). T13 and L6 carry a prior
+   the more confident its detection. A gap needs room: two consecutive named points whose levels skip
+   vertebrae but that stand closer than `gap_room` x the skipped pair's expected distance pay
+   `gap_room_cost` more (one normal step cannot hide a vertebra; without this the robust misfit made
+   "L4, gap, S1" over 33 mm cheaper than renaming the column, disc MRI ivd-25). Level scores add
+   -log(probability), **pooled**: on a site the detector has not seen its scores are one correlated
+   guess of the count repeated on every point, not independent evidence, so each point's score cost is
+   weighted so that N points weigh like `score_pool_points * N ** score_pool_exponent` (sqrt(N) by
+   default, `pooled_score_weight`); then a sacrum anchor outweighs five points sure of a name one level
+   off, while the scores still decide the count when no anchor is in view. T13 and L6 carry a prior
    penalty (-log of their frequency), so they appear only when evidence needs them.
 3. **Anchors.** Locked points keep their labels and are hard constraints; the rest must fit around them.
    Both directions along the chain are tried; the one whose cranial end has the lower S coordinate pays
@@ -65,11 +73,14 @@ class LabellingParams:
     # point's score cost is weighted min(1, score_pool_points * N ** (score_pool_exponent - 1)) for N
     # points, so N points agreeing on a shift weigh like score_pool_points * N ** exponent points
     # (exponent 1: independent sum; 0.5: sqrt(N); 0: a fixed number, a mean).
-    score_pool_exponent: float = 1.0
+    score_pool_exponent: float = 0.5
     score_pool_points: float = 1.0
+    # Only points sure of one level (best score >= this) claim the count and are pooled: region scores
+    # (C/T/L spread over their levels) inform only where the region changes and stay summed.
+    score_pool_confident: float = 0.3
     # A gap (vertebrae skipped between two consecutive named points) needs room: closer than gap_room x
     # the expected distance of the pair, it costs gap_room_cost more (one normal step is not a gap).
-    gap_room: float = 0.0
+    gap_room: float = 0.7
     gap_room_cost: float = 25.0
     anchor_weights: AnchorWeights = DEFAULT_WEIGHTS
     outlier_mm: float = 30.0          # off the spine's local course by more -> spurious
@@ -278,6 +289,16 @@ def pooled_score_weight(n_points: int, params: LabellingParams) -> float:
     return params.score_weight * min(1.0, pooled)
 
 
+def _score_weights(scores: np.ndarray, chain: np.ndarray | None, params: LabellingParams) -> np.ndarray:
+    """(n,) weight of each point's score cost: pooled over the chain's points sure of one level."""
+    sure = scores.max(axis=1) >= params.score_pool_confident
+    in_chain = np.zeros(len(scores), bool)
+    in_chain[np.arange(len(scores)) if chain is None else chain] = True
+    weights = np.full(len(scores), params.score_weight)
+    weights[sure] = pooled_score_weight(int((sure & in_chain).sum()), params)
+    return weights
+
+
 def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, int],
                  allow_transitional: bool, params: LabellingParams,
                  evidence: AnchorEvidence | None = None, cranio_caudal: np.ndarray | None = None) -> np.ndarray:
@@ -290,8 +311,7 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     else:
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-        weight = pooled_score_weight(len(cranio_caudal) if cranio_caudal is not None else n, params)
-        unary = -weight * np.log(np.clip(scores, params.score_floor, None))
+        unary = -_score_weights(scores, cranio_caudal, params)[:, None] * np.log(np.clip(scores, params.score_floor, None))
         if evidence is not None:
             unary = _sacral_scores_freed(unary, evidence)
     unary = unary + _transitional_cost()[None, :]
