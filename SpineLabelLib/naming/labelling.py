@@ -18,7 +18,12 @@ How it works (see `assign_levels`):
    guess of the count repeated on every point, not independent evidence, so each point's score cost is
    weighted so that N points weigh like `score_pool_points * N ** score_pool_exponent` (sqrt(N) by
    default, `pooled_score_weight`); then a sacrum anchor outweighs five points sure of a name one level
-   off, while the scores still decide the count when no anchor is in view. T13 and L6 carry a prior
+   off, while the scores still decide the count when no anchor is in view. Only points sure of one level
+   (best score >= `score_pool_confident`) are pooled: C/T/L region scores spread over a region's levels
+   inform only where the region changes, and pooling them too cost 3 points of identification on the
+   VID spines (bench/results/naming_replay/). And only with an anchor in view (`anchors.any_seen`):
+   without one, the count rests on the scores against the spacing, and the spacing is no better a
+   counter on an unfamiliar site (pooled, verse012 CT lost its whole naming to it). T13 and L6 carry a prior
    penalty (-log of their frequency), so they appear only when evidence needs them.
 3. **Anchors.** Locked points keep their labels and are hard constraints; the rest must fit around them.
    Both directions along the chain are tried; the one whose cranial end has the lower S coordinate pays
@@ -311,7 +316,9 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     else:
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-        unary = -_score_weights(scores, cranio_caudal, params)[:, None] * np.log(np.clip(scores, params.score_floor, None))
+        weights = _score_weights(scores, cranio_caudal, params) if anchors.any_seen(evidence, cranio_caudal) else \
+            np.full(n, params.score_weight)
+        unary = -weights[:, None] * np.log(np.clip(scores, params.score_floor, None))
         if evidence is not None:
             unary = _sacral_scores_freed(unary, evidence)
     unary = unary + _transitional_cost()[None, :]
