@@ -82,3 +82,16 @@ def test_a_gap_is_allowed_when_the_points_are_two_steps_apart():
     scores = sure_of(["L1", "L2", "L3", "L4", "S1"], p=0.95)
     got = assign_levels(points[keep], scores, evidence=sacrum_on_last(len(keep)))
     assert got == ["L1", "L2", "L3", "L4", "S1"]
+
+
+def test_scores_are_pooled_only_with_an_anchor_that_can_fix_the_count():
+    from SpineLabelLib.naming.anchors import any_seen
+
+    evidence = AnchorEvidence.empty(4)
+    assert not any_seen(None) and not any_seen(evidence)
+    evidence.rib[:] = 0.95                         # ribs on every point: T12 is not in view
+    assert not any_seen(evidence)
+    evidence.rib[-1] = 0.05                        # the last rib: the count is fixed there
+    assert any_seen(evidence)
+    assert not any_seen(evidence, np.array([0, 1, 2]))
+    assert any_seen(sacrum_on_last(4))
