@@ -16,7 +16,8 @@ after `gather_evidence` (`relabel_vertebrae`, `assess_vertebrae`, `sacrum.disc_d
 `NamingPolicy` (--policy), values as `key=value` pairs separated by commas.
 
 Per suite: id_rate (identified truth bodies / truth bodies, VerSe rule, S1 not scored, as robustness.py),
-cases_right (every found body named right, of the cases with a body found), and the warning's
+cases_right (every found body named right, of the cases with a body found; identification may exceed the
+Dice-matched count, which still counts as right), and the warning's
 tracking of the truth (issue 12 targets: >= 80 % of wrong cases flagged, <= 20 % of right ones), plus
 the per-case levels. "pooled" sums the suites.
 """
