@@ -77,7 +77,8 @@ class LabellingParams:
     # The level scores of one case are one correlated guess of the count, not N independent ones: each
     # point's score cost is weighted min(1, score_pool_points * N ** (score_pool_exponent - 1)) for N
     # points, so N points agreeing on a shift weigh like score_pool_points * N ** exponent points
-    # (exponent 1: independent sum; 0.5: sqrt(N); 0: a fixed number, a mean).
+    # (exponent 1: independent sum; 0.5: sqrt(N); 0: a fixed number, a mean). Applied only with an anchor
+    # in view (anchors.any_seen): it is the anchor the scores must no longer outvote.
     score_pool_exponent: float = 0.5
     score_pool_points: float = 1.0
     # Only points sure of one level (best score >= this) claim the count and are pooled: region scores
@@ -287,7 +288,7 @@ def pooled_score_weight(n_points: int, params: LabellingParams) -> float:
     """Weight of each point's level-score cost when `n_points` points carry scores.
 
     On an unfamiliar site the detector's scores are one guess of the count repeated on every point
-    (ivd-25: five points each sure of a name one level too high, ~17 nats summed), so summing them as
+    (ivd-25: five points each sure of a name one level too high, ~12 nats summed), so summing them as
     independent evidence outvotes any anatomical anchor (the sacrum, weight 3). Pooled, N points that
     agree weigh like `score_pool_points * N ** score_pool_exponent` points."""
     pooled = params.score_pool_points * max(n_points, 1) ** (params.score_pool_exponent - 1.0)
