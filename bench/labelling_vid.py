@@ -16,7 +16,7 @@ its level, lies < 20 mm from it, and that ground-truth body is the closest one t
 
 Anchors (sacrum, ribs, C2) and the naming confidence are measured on the same spines by bench/naming_vid.py.
 
-Usage: python bench/labelling_vid.py [--limit N] [--fit-priors]   (--fit-priors writes
+Usage: python bench/labelling_vid.py [--limit N] [--fit-priors] [--params key=value,...]   (--fit-priors writes
 SpineLabelLib/resources/labelling_priors.json from the training part and exits).
 """
 from __future__ import annotations
@@ -33,12 +33,21 @@ import numpy as np
 
 from SpineLabelLib.core import anatomy
 from SpineLabelLib.core.paths import atomic_write_text
-from SpineLabelLib.naming.labelling import assign_levels, region_scores_to_level_scores
+from SpineLabelLib.naming import labelling
+from SpineLabelLib.naming.labelling import region_scores_to_level_scores
 from SpineLabelLib.training import evaluation
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "keypoints" / "vid"
 PRIORS = Path(__file__).resolve().parents[1] / "SpineLabelLib" / "resources" / "labelling_priors.json"
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+#: `LabellingParams` of the run (--params: fields replaced, bench/naming_replay.py's key=value syntax)
+PARAMS = labelling.DEFAULT_PARAMS
+
+
+def assign_levels(*args, **kwargs) -> list[str]:
+    return labelling.assign_levels(*args, params=PARAMS, **kwargs)
 
 
 def is_validation(case: str) -> bool:
@@ -158,9 +167,14 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N validation spines")
     parser.add_argument("--fit-priors", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params", default="", help="LabellingParams fields to change, key=value,...")
     parser.add_argument("--split", choices=("validation", "training"), default="validation",
                         help="training: tune on (a sample of) the spines the priors came from")
     args = parser.parse_args()
+    global PARAMS
+    from naming_replay import parse_pairs
+
+    PARAMS = parse_pairs(args.params, labelling.LabellingParams)
     cases = sorted(Path(f).stem for f in glob.glob(str(DATA / "KeypointGroundTruthNoSacrum" / "Training" / "*.json")))
     if not cases:
         print(json.dumps({"error": f"no VID data under {DATA}"}))
@@ -183,7 +197,7 @@ def main() -> int:
     seconds = time.perf_counter() - start
     report = {
         "data": f"VID keypoints (CC BY-SA 4.0), Training folder, {args.split} split (validation = sha1(id)%10==0)",
-        "spines": len(validation),
+        "spines": len(validation), "params": args.params or "defaults",
         "identification_rate": {k: round(t[0] / max(t[1], 1), 4) for k, t in totals.items()},
         "spines_fully_correct": {k: round(t[2] / max(t[3], 1), 4) for k, t in totals.items()},
         "vertebrae": {k: t[1] for k, t in totals.items()},

@@ -27,7 +27,7 @@ per scenario and pooled (all but full_no_anchor) are the share of wrongly named 
 (wrong_flagged), of rightly named ones flagged (right_flagged), and how often confident spines are right. The chosen policy is the one in
 `SpineLabelLib.naming_confidence.DEFAULT_POLICY`; --grid adds the sweep used to choose it.
 
-Usage: python bench/naming_vid.py [--limit N] [--seed S] [--grid]
+Usage: python bench/naming_vid.py [--limit N] [--seed S] [--grid] [--params key=value,...] [--policy key=value,...]
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import labelling_vid  # noqa: E402
 from labelling_vid import DATA, is_validation, load_case  # noqa: E402
 
 from SpineLabelLib.core import anatomy  # noqa: E402
@@ -50,6 +51,7 @@ from SpineLabelLib.naming.labelling import order_along_spine  # noqa: E402
 from SpineLabelLib.naming.confidence import DEFAULT_POLICY, NamingPolicy, alternative_costs, assess  # noqa: E402
 from SpineLabelLib.naming.confidence import confidence_from_costs  # noqa: E402
 
+POLICY = DEFAULT_POLICY            # --policy
 THORACIC = {f"T{n}" for n in range(1, 13)}
 ANCHOR_LEVELS = {"C2", "L5", "L6"}
 
@@ -142,14 +144,16 @@ def run_scenario(c: dict, pi: np.ndarray, gi: np.ndarray, evidence: AnchorEviden
     if len(xyz) < 2:
         return None
     scores = region_scores_to_level_scores(c["pred_ctl"][pi])
-    names = assign_levels(xyz, scores, evidence=evidence)
+    params = labelling_vid.PARAMS
+    names = assign_levels(xyz, scores, evidence=evidence, params=params)
     hit, total, all_named, right = judged(c, xyz, names, gi)
     if total == 0:
         return None
-    verdict = assess(names, xyz, scores, evidence=evidence)
+    verdict = assess(names, xyz, scores, evidence=evidence, params=params, policy=POLICY)
     order = order_along_spine(xyz)[0]
     order = order if xyz[order[0], 2] >= xyz[order[-1], 2] else order[::-1]
-    costs = list(alternative_costs(names, order, centroids_ras=xyz, level_scores=scores, evidence=evidence).values())
+    costs = list(alternative_costs(names, order, centroids_ras=xyz, level_scores=scores, evidence=evidence,
+                                   params=params).values())
     return {"hit": hit, "total": total, "right": right, "all_named_right": all_named, "confidence": verdict["confidence"],
             "anchored": bool(verdict["anchors"]), "uncertain": verdict["uncertain"],
             "costs": [costs[0], costs[-1], costs[1]], "t13_l6": sum(n in anatomy.TRANSITIONAL for n in names),
@@ -211,8 +215,17 @@ def main() -> int:
     parser.add_argument("--sacrum-hit", type=float, default=0.85)
     parser.add_argument("--c2-hit", type=float, default=0.85)
     parser.add_argument("--grid", action="store_true", help="sweep temperature and thresholds")
+    parser.add_argument("--params", default="", help="LabellingParams fields to change, key=value,...")
+    parser.add_argument("--policy", default="", help="NamingPolicy fields to change, key=value,...")
     parser.add_argument("--rows", help="also write every spine's result (names, truth, costs) to this JSON file")
     args = parser.parse_args()
+    global POLICY
+    from naming_replay import parse_pairs
+
+    from SpineLabelLib.naming.labelling import LabellingParams
+
+    labelling_vid.PARAMS = parse_pairs(args.params, LabellingParams)
+    POLICY = parse_pairs(args.policy, NamingPolicy)
     cases = sorted(Path(f).stem for f in glob.glob(str(DATA / "KeypointGroundTruthNoSacrum" / "Training" / "*.json")))
     held_out = [c for c in cases if is_validation(c)]
     if args.limit:
@@ -229,11 +242,11 @@ def main() -> int:
             rows.setdefault(key, []).append(row)
             names_of.setdefault(key, []).append(case)
     seconds = time.perf_counter() - start
-    policy = DEFAULT_POLICY
+    policy = POLICY
     report = {
         "data": "VID keypoints (CC BY-SA 4.0), Training folder, held-out split sha1(id)%10==0; anchors simulated",
         "simulation": {k: getattr(args, k) for k in ("rib_miss", "t12_miss", "rib_false", "sacrum_hit", "c2_hit", "seed")},
-        "policy": policy.__dict__,
+        "policy": policy.__dict__, "params": args.params or "defaults",
         "scenarios": {k: summarise(v, policy) for k, v in rows.items()},
         "pooled": summarise([r for v in rows.values() for r in v if v is not rows.get("full_no_anchor")], policy),
         "seconds_per_spine": round(seconds / len(held_out), 3),

@@ -138,6 +138,19 @@ def transitional_allowed(evidence: AnchorEvidence, chain: np.ndarray) -> dict[st
     return {"T13": t13, "L6": l6}
 
 
+def any_seen(evidence: AnchorEvidence | None, chain: np.ndarray | None = None) -> bool:
+    """Whether an anchor can fix the count: a sacrum or C2 seen, or on CT a change between rib-bearing and
+    rib-less vertebrae along the chain (ribs on every point, or on none, do not say where T12 is)."""
+    if evidence is None or len(evidence) == 0:
+        return False
+    if evidence.sacrum_seen().any() or evidence.c2_seen().any():
+        return True
+    chain = np.arange(len(evidence)) if chain is None else np.asarray(chain, int)
+    known = chain[np.isfinite(evidence.rib[chain])]
+    ribbed = evidence.rib_bearing()[known]
+    return bool(ribbed.any() and not ribbed.all())
+
+
 def gate_transitional(unary: np.ndarray, allowed: dict[str, bool]) -> np.ndarray:
     """Forbid (infinite cost) the transitional levels without evidence."""
     unary = unary.copy()

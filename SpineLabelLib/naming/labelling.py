@@ -10,7 +10,20 @@ How it works (see `assign_levels`):
    there are never duplicates. A step between two labelled points costs the misfit of their distance
    against the expected distance (typical inter-centroid spacing per level pair, times one patient
    scale searched on a grid), plus a cost per vertebra missing in between; skipping a point costs more
-   the more confident its detection. Level scores add -log(probability). T13 and L6 carry a prior
+   the more confident its detection. A gap needs room: two consecutive named points whose levels skip
+   vertebrae but that stand closer than `gap_room` x the skipped pair's expected distance pay
+   `gap_room_cost` more (one normal step cannot hide a vertebra; without this the robust misfit made
+   "L4, gap, S1" over 33 mm cheaper than renaming the column, disc MRI ivd-25). Level scores add
+   -log(probability), **pooled**: on a site the detector has not seen its scores are one correlated
+   guess of the count repeated on every point, not independent evidence, so each point's score cost is
+   weighted so that N points weigh like `score_pool_points * N ** score_pool_exponent` (sqrt(N) by
+   default, `pooled_score_weight`); then a sacrum anchor outweighs five points sure of a name one level
+   off, while the scores still decide the count when no anchor is in view. Only points sure of one level
+   (best score >= `score_pool_confident`) are pooled: C/T/L region scores spread over a region's levels
+   inform only where the region changes, and pooling them too cost 3 points of identification on the
+   VID spines (bench/results/naming_replay/). And only with an anchor in view (`anchors.any_seen`):
+   without one, the count rests on the scores against the spacing, and the spacing is no better a
+   counter on an unfamiliar site (pooled, verse012 CT lost its whole naming to it). T13 and L6 carry a prior
    penalty (-log of their frequency), so they appear only when evidence needs them.
 3. **Anchors.** Locked points keep their labels and are hard constraints; the rest must fit around them.
    Both directions along the chain are tried; the one whose cranial end has the lower S coordinate pays
@@ -42,7 +55,7 @@ from ..core import anatomy
 from ..core.errors import InputError
 from ..core.result import SpineResult, Vertebra
 from . import anchors
-from .anchors import AnchorEvidence
+from .anchors import DEFAULT_WEIGHTS, AnchorEvidence, AnchorWeights
 
 LEVELS = anatomy.ORDER
 N_LEVELS = len(LEVELS)
@@ -61,6 +74,21 @@ class LabellingParams:
     skip_score_cost: float = 4.0      # ... plus this times its score
     score_floor: float = 2e-3         # probabilities below this count as this (overconfident detectors)
     score_weight: float = 1.0         # < 1 tempers overconfident level scores
+    # The level scores of one case are one correlated guess of the count, not N independent ones: each
+    # point's score cost is weighted min(1, score_pool_points * N ** (score_pool_exponent - 1)) for N
+    # points, so N points agreeing on a shift weigh like score_pool_points * N ** exponent points
+    # (exponent 1: independent sum; 0.5: sqrt(N); 0: a fixed number, a mean). Applied only with an anchor
+    # in view (anchors.any_seen): it is the anchor the scores must no longer outvote.
+    score_pool_exponent: float = 0.5
+    score_pool_points: float = 1.0
+    # Only points sure of one level (best score >= this) claim the count and are pooled: region scores
+    # (C/T/L spread over their levels) inform only where the region changes and stay summed.
+    score_pool_confident: float = 0.3
+    # A gap (vertebrae skipped between two consecutive named points) needs room: closer than gap_room x
+    # the expected distance of the pair, it costs gap_room_cost more (one normal step is not a gap).
+    gap_room: float = 0.7
+    gap_room_cost: float = 25.0
+    anchor_weights: AnchorWeights = DEFAULT_WEIGHTS
     outlier_mm: float = 30.0          # off the spine's local course by more -> spurious
     min_detection_score: float = 0.05
     orientation_cost: float = 30.0    # flipping a perfectly vertical chain upside down
@@ -211,6 +239,14 @@ def _robust_misfit(z: np.ndarray, dof: float) -> np.ndarray:
     return 0.5 * (dof + 1) * np.log1p(z ** 2 / dof)
 
 
+def _cramped_gap_cost(log_distance, log_expected, missing, params: LabellingParams):
+    """Extra cost of a gap without room: the robust misfit alone makes a gap over one normal step (L4
+    to S1 with L5 skipped, 33 mm where 70 are expected) cheaper than renaming five points against
+    overconfident scores, yet the missing vertebra would have to fit in no space at all."""
+    cramped = (missing > 0) & (log_distance < log_expected + np.log(max(params.gap_room, 1e-9)))
+    return np.where(cramped, params.gap_room_cost, 0.0)
+
+
 def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: float,
              params: LabellingParams) -> tuple[float, list[int]]:
     """Best cost and labels (index in ORDER or -1 = skipped) for points already in cranio-caudal order."""
@@ -226,7 +262,8 @@ def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: flo
         best[i] = unary[i] + skip_prefix[i]
         for j in range(max(0, i - params.max_skip_run - 1), i):
             d = np.log(max(np.linalg.norm(points[i] - points[j]), 1e-3))
-            trans = base + _robust_misfit((d - log_expected) / sigma, params.misfit_dof)
+            trans = (base + _robust_misfit((d - log_expected) / sigma, params.misfit_dof)
+                     + _cramped_gap_cost(d, log_expected, missing, params))
             total = best[j][:, None] + trans + (skip_prefix[i] - skip_prefix[j + 1])
             from_label = np.argmin(total, axis=0)
             candidate = total[from_label, np.arange(N_LEVELS)] + unary[i]
@@ -247,6 +284,27 @@ def _viterbi(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, scale: flo
     return cost, labels
 
 
+def pooled_score_weight(n_points: int, params: LabellingParams) -> float:
+    """Weight of each point's level-score cost when `n_points` points carry scores.
+
+    On an unfamiliar site the detector's scores are one guess of the count repeated on every point
+    (ivd-25: five points each sure of a name one level too high, ~12 nats summed), so summing them as
+    independent evidence outvotes any anatomical anchor (the sacrum, weight 3). Pooled, N points that
+    agree weigh like `score_pool_points * N ** score_pool_exponent` points."""
+    pooled = params.score_pool_points * max(n_points, 1) ** (params.score_pool_exponent - 1.0)
+    return params.score_weight * min(1.0, pooled)
+
+
+def _score_weights(scores: np.ndarray, chain: np.ndarray | None, params: LabellingParams) -> np.ndarray:
+    """(n,) weight of each point's score cost: pooled over the chain's points sure of one level."""
+    sure = scores.max(axis=1) >= params.score_pool_confident
+    in_chain = np.zeros(len(scores), bool)
+    in_chain[np.arange(len(scores)) if chain is None else chain] = True
+    weights = np.full(len(scores), params.score_weight)
+    weights[sure] = pooled_score_weight(int((sure & in_chain).sum()), params)
+    return weights
+
+
 def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, int],
                  allow_transitional: bool, params: LabellingParams,
                  evidence: AnchorEvidence | None = None, cranio_caudal: np.ndarray | None = None) -> np.ndarray:
@@ -259,12 +317,14 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     else:
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-        unary = -params.score_weight * np.log(np.clip(scores, params.score_floor, None))
+        weights = _score_weights(scores, cranio_caudal, params) if anchors.any_seen(evidence, cranio_caudal) else \
+            np.full(n, params.score_weight)
+        unary = -weights[:, None] * np.log(np.clip(scores, params.score_floor, None))
         if evidence is not None:
             unary = _sacral_scores_freed(unary, evidence)
     unary = unary + _transitional_cost()[None, :]
     if evidence is not None:
-        unary = unary + anchors.anchor_costs(evidence)
+        unary = unary + anchors.anchor_costs(evidence, params.anchor_weights)
         unary = anchors.gate_transitional(unary, anchors.transitional_allowed(evidence, cranio_caudal))
     if not allow_transitional:
         unary[:, [LEVELS.index(t) for t in anatomy.TRANSITIONAL]] = np.inf
@@ -356,7 +416,7 @@ def _problem(centroids_ras, level_scores, detection_scores, locked, allow_transi
     unary = _unary_costs(n, level_scores, locked_idx, allow_transitional, params, evidence, cranio_caudal)
     skip = params.skip_base_cost + params.skip_score_cost * det
     if evidence is not None:                    # a point seen as the sacrum or C2 is a vertebra, not a stray detection
-        skip = skip + anchors.skip_costs(evidence)
+        skip = skip + anchors.skip_costs(evidence, params.anchor_weights)
     skip[list(locked_idx)] = _FORBIDDEN              # finite: keeps prefix sums free of inf - inf
     return points, chain, unary, skip, default_caudal, locked_idx
 
@@ -432,8 +492,11 @@ def _sequence_cost(points: np.ndarray, unary: np.ndarray, skip: np.ndarray, labe
         return np.full(len(scales), np.inf)
     sigma = np.maximum(params.step_log_sigma / np.sqrt(np.maximum(steps[a, b], 1)), 0.05)
     d = np.log(np.maximum(np.linalg.norm(points[i] - points[j], axis=1), 1e-3))
-    z = (d[None, :] - log_expected[a, b][None, :] - np.log(scales)[:, None]) / sigma[None, :]
-    return cost + float((missing[a, b] * params.missing_cost).sum()) + _robust_misfit(z, params.misfit_dof).sum(axis=1)
+    expected = log_expected[a, b][None, :] + np.log(scales)[:, None]
+    z = (d[None, :] - expected) / sigma[None, :]
+    cramped = _cramped_gap_cost(d[None, :], expected, missing[a, b][None, :], params).sum(axis=1)
+    return (cost + float((missing[a, b] * params.missing_cost).sum()) + _robust_misfit(z, params.misfit_dof).sum(axis=1)
+            + cramped)
 
 
 def _assign_chain(points, chain, unary, skip, default_caudal, params) -> list[int] | None:
