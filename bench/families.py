@@ -109,7 +109,9 @@ def load_models_first(family: str) -> None:
     segmenter_for("auto")
 
 
-def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
+def run_family(family: str, suites: list[str], limit, threads: int = 1, save=None) -> dict:
+    """The family on every suite; ``save(out)`` after each suite, so a run stopped late keeps the
+    suites it finished."""
     import os
 
     import torch
@@ -161,6 +163,8 @@ def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
         summary["s1_named"] = f"{sum(s1)}/{len(s1)}" if s1 else None
         summary["loadavg_1min_max"] = max(r["loadavg_1min"] for r in rows)
         out["suites"][suite] = summary
+        if save is not None:
+            save(out)
     return out
 
 
@@ -182,11 +186,15 @@ def main(argv=None) -> int:
     suites = suite_names(args.suites)
     parts = Path(args.out).with_suffix("").parent / (Path(args.out).stem + "_parts")
     if args.one:
-        # One file per family, written as soon as it is done: families can be re-run or reused
-        # one by one (--reuse) and a late failure loses nothing.
+        # One file per family, rewritten after each suite: families can be re-run or reused one
+        # by one (--reuse) and a late failure loses only the suite it was in.
         parts.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(run_family(args.families, suites, args.limit, args.threads), default=_plain)
-        (parts / f"{args.families}.json").write_text(text)
+        part = parts / f"{args.families}.json"
+
+        def save(out):
+            part.write_text(json.dumps(out, default=_plain))
+
+        run_family(args.families, suites, args.limit, args.threads, save)
         return 0
     report = {"data": {"real": "../shared/data/mri-lumbar validation split (every 4th case by name)",
                        "real_ct": "TotalSegmentator example CT (S1-T11 field of view; T12-L5 labels of "
