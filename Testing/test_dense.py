@@ -270,6 +270,43 @@ def test_ensemble_fuses_level_evidence_of_matched_bodies_only():
     assert vertebrae[1].level_scores == even                   # 36 mm away: not the same vertebra
 
 
+def test_ensemble_asks_the_dense_family_about_mask_rcnn_bodies_only():
+    """The fuse stage hands the dense family Mask R-CNN's centroids as its focus and pools the
+    evidence it returns (a recording family stands in for the dense detector)."""
+    from pathlib import Path
+
+    from SpineLabelLib.core.options import RunOptions
+    from SpineLabelLib.core.result import SpineResult, Vertebra
+    from SpineLabelLib.core.volume import Volume
+    from SpineLabelLib.models.families import ModelFamily, register_family
+    from SpineLabelLib.models.maskrcnn.infer import DetectionOutput
+    from SpineLabelLib.models.registry import LoadedModel
+    from SpineLabelLib.stages.base import RunContext
+    from SpineLabelLib.stages.fuse import FuseDenseEvidence
+
+    asked = {}
+
+    def run(view, network, options, progress=None, cancel=None, masks=True, focus_ras=None):
+        asked.update(masks=masks, focus=np.array(focus_ras))
+        body = {"instance": 1, "centroid_ras": np.array([1.0, 0.0, 99.0]), "score": 0.9,
+                "level_probs": {"L1": 0.1, "L2": 0.9}}
+        return DetectionOutput(np.zeros(view.volume.array.shape, np.uint16), [body], {})
+
+    register_family(ModelFamily(name="test-focus-recorder", role="detector", build_network=lambda a: None, run=run))
+    dense = LoadedModel("recorder", "0", Path("."), {"architecture": {"family": "test-focus-recorder"},
+                                                     "sha256": "0" * 64}, None)
+    result = SpineResult("case", image=Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 1.0, 1.5, 1.0])))
+    result.modality = "ct"
+    even = {"L1": 0.5, "L2": 0.5}
+    result.vertebrae = [Vertebra("L1", np.array([0.0, 0.0, 100.0]), instance=1, level_scores=dict(even)),
+                        Vertebra("L2", np.array([-3.0, 0.0, 65.0]), instance=2, level_scores=dict(even))]
+    FuseDenseEvidence(dense).run(result, RunContext(RunOptions(model="ensemble")))
+    assert asked["masks"] is False
+    assert np.allclose(asked["focus"], [[0.0, 0.0, 100.0], [-3.0, 0.0, 65.0]])
+    assert result.notes["fuse"]["matched"] == 1 and result.vertebrae[0].level == "L2"
+    assert "recorder" in [m["name"] for m in result.models]
+
+
 @pytest.mark.parametrize("with_t13", [False, True])
 def test_transitional_level_needs_a_whole_segment_of_votes(with_t13):
     names = ["T11", "T12", "T13", "L1", "L2"] if with_t13 else ["T11", "T12", "L1", "L2"]

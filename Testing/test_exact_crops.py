@@ -283,3 +283,40 @@ def test_stage_two_computes_the_index_on_every_vote_and_skips_slices_without(air
     assert without.any() and not computed[without].any()     # the air's slices are skipped
     spine = voting & (index > 0)
     assert np.isfinite(index[computed]).all() and (index[voting] > 10).mean() > 0.9 and spine.any()
+
+
+# --- the ensemble's focus: the dense pass around Mask R-CNN's bodies only -------------------------
+def test_focus_slices_cover_the_points_left_right_extent_plus_the_margin():
+    from SpineLabelLib.core.volume import canonical_grid
+    from SpineLabelLib.models.dense.infer import focus_slices
+
+    volume = _oblique((40, 60, 50), (0.9, 1.3, 2.5), (7, -5, 12), (-30.0, 20.0, -40.0))
+    grid = canonical_grid(volume, 2.0)
+    points = volume.kji_to_ras(np.array([[10, 20, 25], [30, 40, 20]], float))
+    x = grid.ras_to_kji(points)[:, 0]
+    focus = focus_slices(grid, points, margin_mm=10.0)
+    assert focus.start <= x.min() - 5 + 1 and focus.stop - 1 >= x.max() + 5 - 1     # 10 mm = 5 slices
+    assert focus.stop - focus.start <= x.max() - x.min() + 10 + 3                  # and not much more
+    assert focus_slices(grid, np.zeros((0, 3))) is None and focus_slices(grid, None) is None
+
+
+def test_stage_one_with_a_focus_votes_only_there_and_as_the_whole_grid_does(air_padded_case):
+    from SpineLabelLib.models.dense import infer
+
+    network, image = air_padded_case
+    whole = infer.column_probability(network, image)
+    spine = np.flatnonzero((whole >= 0.5).any(axis=(1, 2)))
+    focus = slice(int(spine.min()) + 4, int(spine.max()) - 4)        # narrower than the column: a real cut
+    focused = infer.column_probability(network, image, focus=focus)
+    outside = np.ones(image.shape[0], bool)
+    outside[focus] = False
+    assert not focused[outside].any()                                # nothing votes beyond the focus
+    inside, inside_whole = focused[focus] >= 0.5, whole[focus] >= 0.5
+    assert inside_whole.sum() > 1000
+    # The focus keeps TILE_CONTEXT voxels of context each side: the votes there are the whole grid's
+    # but for the few voxels whose view reached the cut.
+    assert (inside == inside_whole).mean() > 0.999
+    assert (inside & inside_whole).sum() >= 0.98 * inside_whole.sum()
+    box = infer.focus_box((slice(0, 40), slice(0, 9), slice(2, 7)), slice(50, 70), divisor=4)
+    assert box[0] == slice(16, 40) and box[1:] == (slice(0, 9), slice(2, 7))       # start on the poolings
+    assert infer.focus_box((slice(0, 10), slice(0, 9), slice(0, 9)), slice(60, 70), divisor=4) is None

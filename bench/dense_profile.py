@@ -1,11 +1,12 @@
 """Where a detector's time goes on one phantom case (one torch thread, as the benches); prints JSON.
 
     python bench/dense_profile.py [--model vertebra-dense-detector|vertebra-detector|ensemble]
-        [--levels C3-L5] [--modality ct] [--real vb2-06] [--out bench/out/dense_profile.json]
+        [--levels C3-L5] [--modality ct] [--real vb2-06] [--suite lidc] [--out bench/out/dense_profile.json]
 
 The case is the one of bench/detect_eval.py's phantom suites with these levels (same seed, spacing,
 rotation, lordosis), so the numbers are those of the bench's slowest CT case; with --real, a case
-of the real lumbar MRI validation split instead. The whole of
+of the real lumbar MRI validation split instead; with --suite, the first case of that suite of
+bench/robustness.py (lidc: the real 512 x 512 chest CT). The whole of
 `find_bodies` (locate, refine, and for the ensemble fuse) runs under cProfile with CPU time as its
 clock; the report gives, per part, the CPU seconds spent inside it (cumulative, so parts nest:
 `level_index` is inside `detect_dense`), the total CPU and wall seconds and the load average (the
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="C3-L5")
     parser.add_argument("--modality", default="ct")
     parser.add_argument("--real", default=None, help="a real MRI validation case (e.g. vb2-06) instead of a phantom")
+    parser.add_argument("--suite", default=None, help="the first case of a bench/robustness.py suite (e.g. lidc)")
     parser.add_argument("--top", type=int, default=25, help="also list the N functions with most own CPU time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (SPINELABEL_THREADS)")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "dense_profile.json"))
@@ -89,7 +91,11 @@ def main(argv=None) -> int:
     from SpineLabelLib.core.result import SpineResult
     from SpineLabelLib.models.registry import load_model
 
-    if args.real:
+    if args.suite:
+        import robustness  # bench/robustness.py: its suites' cases, one definition
+
+        case_id, image, _ = next(iter(robustness.CASES[args.suite](1)))
+    elif args.real:
         case_id, image, _ = next(c for c in detect_eval.real_cases(None) if c[0] == args.real)
     else:
         case_id, image, _ = phantom_case(args.levels, args.modality)

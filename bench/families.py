@@ -17,6 +17,8 @@ Seconds: per case `seconds` (wall) and `cpu_seconds` (this process's CPU time: a
 with --threads 2 it can exceed the wall time), and per suite their maxima; the models are loaded
 before the first case so no case pays for it. The machine's load average is recorded beside them:
 wall seconds on a shared machine depend on the other jobs, CPU seconds with one thread much less.
+peak_rss_gb: on Linux the case's own peak (VmHWM reset before it; the loaded models, the input
+image and its truth are resident and count), elsewhere the process's peak so far.
 """
 from __future__ import annotations
 
@@ -98,6 +100,25 @@ def region_identification(result: SpineResult, truth_codes: np.ndarray) -> dict:
     return counts
 
 
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's peak resident set (VmHWM), so a case's peak is its own and not
+    that of an earlier case or of the bench's truth preparation (the lidc truth alone is ~2 GB)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gb(reset: bool) -> float:
+    """The peak resident set since `reset_peak_rss` (VmHWM), else the process's peak so far."""
+    if reset:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def load_models_first(family: str) -> None:
     """Load (and hash-check) the family's models before the first case: no case pays for it."""
     from SpineLabelLib.models.registry import load_model, segmenter_for
@@ -109,7 +130,9 @@ def load_models_first(family: str) -> None:
     segmenter_for("auto")
 
 
-def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
+def run_family(family: str, suites: list[str], limit, threads: int = 1, save=None) -> dict:
+    """The family on every suite; ``save(out)`` after each suite, so a run stopped late keeps the
+    suites it finished."""
     import os
 
     import torch
@@ -129,6 +152,7 @@ def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
         for case_id, image, truth in cases_of(suite, limit):
             load = os.getloadavg()[0]
             result = SpineResult(case_id, image=image)
+            reset = reset_peak_rss()
             wall, cpu = time.time(), time.process_time()
             find_bodies(result, options)
             argmax = {v.instance: v.level for v in result.vertebrae}
@@ -145,7 +169,7 @@ def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
                 s1.append(named)
             row.update(case=case_id, seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
                        loadavg_1min=round(load, 2),
-                       peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                       peak_rss_gb=round(peak_rss_gb(reset), 2), peak_rss_of="case" if reset else "process",
                        levels=[v.level for v in result.vertebrae], s1_named=named)
             rows.append(row)
             out["models"] = result.models
@@ -161,6 +185,8 @@ def run_family(family: str, suites: list[str], limit, threads: int = 1) -> dict:
         summary["s1_named"] = f"{sum(s1)}/{len(s1)}" if s1 else None
         summary["loadavg_1min_max"] = max(r["loadavg_1min"] for r in rows)
         out["suites"][suite] = summary
+        if save is not None:
+            save(out)
     return out
 
 
@@ -182,11 +208,15 @@ def main(argv=None) -> int:
     suites = suite_names(args.suites)
     parts = Path(args.out).with_suffix("").parent / (Path(args.out).stem + "_parts")
     if args.one:
-        # One file per family, written as soon as it is done: families can be re-run or reused
-        # one by one (--reuse) and a late failure loses nothing.
+        # One file per family, rewritten after each suite: families can be re-run or reused one
+        # by one (--reuse) and a late failure loses only the suite it was in.
         parts.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(run_family(args.families, suites, args.limit, args.threads), default=_plain)
-        (parts / f"{args.families}.json").write_text(text)
+        part = parts / f"{args.families}.json"
+
+        def save(out):
+            part.write_text(json.dumps(out, default=_plain))
+
+        run_family(args.families, suites, args.limit, args.threads, save)
         return 0
     report = {"data": {"real": "../shared/data/mri-lumbar validation split (every 4th case by name)",
                        "real_ct": "TotalSegmentator example CT (S1-T11 field of view; T12-L5 labels of "

@@ -21,10 +21,11 @@ def channels_last(network):
     return network
 
 
-def run(view, network, options, progress=None, cancel=None, masks=True):
+def run(view, network, options, progress=None, cancel=None, masks=True, focus_ras=None):
     from .infer import detect_dense
 
-    return detect_dense(view, view.modality, network, progress=progress, cancel=cancel, masks=masks)
+    return detect_dense(view, view.modality, network, progress=progress, cancel=cancel, masks=masks,
+                        focus_ras=focus_ras)
 
 
 FAMILY = register_family(ModelFamily(
