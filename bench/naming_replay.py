@@ -112,19 +112,13 @@ def vertebrae_of(case: dict) -> list[Vertebra]:
 
 def name_case(case: dict, params: LabellingParams, policy: NamingPolicy) -> tuple[list[str], dict]:
     """Levels and verdict as NameLevels gives them (evidence already gathered at caching)."""
-    from SpineLabelLib.naming import sacrum
-    from SpineLabelLib.naming.confidence import assess_vertebrae
-    from SpineLabelLib.naming.labelling import relabel_vertebrae
+    from SpineLabelLib.stages.name_levels import name_vertebrae
 
     vertebrae = vertebrae_of(case)
     if not vertebrae:
         return [], {"uncertain": True, "confidence": 0.0, "reason": "no vertebra found"}
-    for v, name in zip(vertebrae, relabel_vertebrae(vertebrae, params)):
-        v.level = name
-    naming = assess_vertebrae(vertebrae, params, policy)
-    if sacrum.disc_decided(SpineResult(case["case"], vertebrae=vertebrae), params):
-        naming.update(uncertain=True, reason=sacrum.DISC_DECIDED_MESSAGE)
-    return [v.level for v in vertebrae], naming
+    result = name_vertebrae(SpineResult(case["case"], vertebrae=vertebrae), params, policy)
+    return [v.level for v in result.vertebrae], result.naming
 
 
 def replay_case(case: dict, params: LabellingParams, policy: NamingPolicy) -> dict:
@@ -141,15 +135,15 @@ def replay_case(case: dict, params: LabellingParams, policy: NamingPolicy) -> di
 
 
 def summarise(rows: list[dict]) -> dict:
-    named = [r for r in rows if r["matched"]]
-    wrong = [r for r in named if r["identified"] < r["matched"]]
-    right = [r for r in named if r["identified"] >= r["matched"]]   # identified may exceed Dice-matched
+    from robustness import warning_summary
+
     bodies = sum(r["truth"] for r in rows)
+    warning = warning_summary(rows)
     return {"cases": len(rows), "bodies": bodies,
             "id_rate": round(sum(r["identified"] for r in rows) / bodies, 3) if bodies else None,
-            "cases_right": f"{len(right)}/{len(named)}",
-            "wrong_flagged": f"{sum(r['uncertain'] for r in wrong)}/{len(wrong)}",
-            "right_flagged": f"{sum(r['uncertain'] for r in right)}/{len(right)}"}
+            "cases_right": f"{warning['right_cases']}/{warning['right_cases'] + warning['wrong_cases']}",
+            "wrong_flagged": f"{warning['wrong_warned']}/{warning['wrong_cases']}",
+            "right_flagged": f"{warning['right_warned']}/{warning['right_cases']}"}
 
 
 def parse_pairs(text: str, kind):

@@ -295,8 +295,12 @@ def pooled_score_weight(n_points: int, params: LabellingParams) -> float:
     return params.score_weight * min(1.0, pooled)
 
 
-def _score_weights(scores: np.ndarray, chain: np.ndarray | None, params: LabellingParams) -> np.ndarray:
-    """(n,) weight of each point's score cost: pooled over the chain's points sure of one level."""
+def _score_weights(scores: np.ndarray, chain: np.ndarray | None, params: LabellingParams,
+                   evidence: AnchorEvidence | None) -> np.ndarray:
+    """(n,) weight of each point's score cost: pooled over the chain's points sure of one level when an
+    anchor that can fix the count is in view, else every point its own `score_weight`."""
+    if not anchors.any_seen(evidence, chain):
+        return np.full(len(scores), params.score_weight)
     sure = scores.max(axis=1) >= params.score_pool_confident
     in_chain = np.zeros(len(scores), bool)
     in_chain[np.arange(len(scores)) if chain is None else chain] = True
@@ -317,8 +321,7 @@ def _unary_costs(n: int, level_scores: np.ndarray | None, locked_idx: dict[int, 
     else:
         scores = np.clip(np.asarray(level_scores, dtype=float), 0, None)
         scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-        weights = _score_weights(scores, cranio_caudal, params) if anchors.any_seen(evidence, cranio_caudal) else \
-            np.full(n, params.score_weight)
+        weights = _score_weights(scores, cranio_caudal, params, evidence)
         unary = -weights[:, None] * np.log(np.clip(scores, params.score_floor, None))
         if evidence is not None:
             unary = _sacral_scores_freed(unary, evidence)
@@ -555,8 +558,9 @@ def relabel_vertebrae(vertebrae: list[Vertebra], params: LabellingParams = DEFAU
     return out
 
 
-def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS) -> SpineResult:
-    """Relabel `result.vertebrae` in place by anatomical order; changes go to the correction record."""
+def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS, policy=None) -> SpineResult:
+    """Relabel `result.vertebrae` in place by anatomical order; changes go to the correction record.
+    ``policy``: the `confidence.NamingPolicy` of the verdict (None: its default)."""
     names = relabel_vertebrae(result.vertebrae, params)
     changes = []
     for v, name in zip(result.vertebrae, names):
@@ -567,9 +571,9 @@ def relabel_result(result: SpineResult, params: LabellingParams = DEFAULT_PARAMS
     if changes:      # one entry per relabelling: these follow from the order, they are not a person's edits
         result.record("relabel", by="anatomical order", changes=changes,
                       anchors=[v.level for v in result.vertebrae if v.locked and v.level])
-    from .confidence import assess_vertebrae
+    from .confidence import DEFAULT_POLICY, assess_vertebrae
 
-    result.naming = assess_vertebrae(result.vertebrae, params)
+    result.naming = assess_vertebrae(result.vertebrae, params, policy or DEFAULT_POLICY)
     return result
 
 

@@ -19,14 +19,25 @@ class NameLevels:
     share = 0.02
 
     def run(self, result: SpineResult, context: RunContext) -> None:
-        from ..naming import anchors, sacrum
-        from ..naming.labelling import relabel_result
+        from ..naming import anchors
 
         if not result.vertebrae:
             raise NoSpineFoundError("no vertebra found (is this a spine CT or MRI?)")
         anchors.gather_evidence(result)
-        relabel_result(result)
-        if sacrum.disc_decided(result):
-            result.naming.update(uncertain=True, reason=sacrum.DISC_DECIDED_MESSAGE, decided_by="sacrum discs")
+        name_vertebrae(result)
         if result.naming.get("uncertain"):
             result.warnings.append(result.naming["reason"])
+
+
+def name_vertebrae(result: SpineResult, params=None, policy=None) -> SpineResult:
+    """Levels and verdict from the evidence already gathered: relabel by anatomical order, assess, and
+    flag a naming the discs' sign of the sacrum alone decided. ``params`` / ``policy``: the labelling's
+    `LabellingParams` and `NamingPolicy` (None: their defaults; bench/naming_replay.py varies them)."""
+    from ..naming import sacrum
+    from ..naming.labelling import DEFAULT_PARAMS, relabel_result
+
+    params = params or DEFAULT_PARAMS
+    relabel_result(result, params, policy)
+    if sacrum.disc_decided(result, params):
+        result.naming.update(uncertain=True, reason=sacrum.DISC_DECIDED_MESSAGE, decided_by="sacrum discs")
+    return result
