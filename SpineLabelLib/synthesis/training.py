@@ -73,7 +73,7 @@ def make_sampler(cases, weights, config, seed: int):
             return image, labels
 
     return MixSampler(cases, config.train_size, config.slice_offset, seed=seed, weights=weights,
-                      bottom_cut=0.15, bias_field=0.3)
+                      bottom_cut=0.15, bias_field=0.3, thick_slices=0.5, bone_density=0.4)
 
 
 def parse_shares(text: str) -> dict[str, float]:

@@ -1,0 +1,57 @@
+"""The training-time CT appearance augmentations: thicker axial slices and less dense bone."""
+import numpy as np
+
+from SpineLabelLib.models.maskrcnn.data import (SOFT_TISSUE_LEVEL, Case, SliceSampler,
+                                                 scale_bone_contrast, thicken_axial_slices)
+
+
+def _striped_slice(rows=120, columns=40, period=8):
+    """Three channels of bright bodies and dark discs alternating along the rows (head to feet)."""
+    profile = np.where((np.arange(rows) // (period // 2)) % 2 == 0, 0.6, 0.2).astype(np.float32)
+    return np.repeat(profile[None, :, None], columns, axis=2).repeat(3, axis=0)
+
+
+def test_thick_slices_blur_only_along_the_superior_inferior_axis():
+    image = _striped_slice()
+    thick = thicken_axial_slices(image, 4.0)
+    assert thick.shape == image.shape and thick.dtype == np.float32
+    # Discs 4 px apart at 4 px slices: the stripes lose most of their contrast...
+    assert np.ptp(thick[0, 20:100, 5]) < 0.5 * np.ptp(image[0, 20:100, 5])
+    # ...the mean intensity is kept, and nothing changes across the columns (anterior-posterior).
+    assert abs(thick[0, 20:100].mean() - image[0, 20:100].mean()) < 0.02
+    np.testing.assert_allclose(thick[:, :, 0], thick[:, :, -1], atol=1e-6)
+
+
+def test_thin_factor_keeps_a_smooth_image():
+    rows = np.linspace(0, 1, 100, dtype=np.float32)
+    image = np.repeat(rows[None, :, None], 10, axis=2).repeat(3, axis=0)
+    thick = thicken_axial_slices(image, 1.5)
+    np.testing.assert_allclose(thick[:, 10:90], image[:, 10:90], atol=0.01)
+
+
+def test_bone_contrast_scales_only_what_is_denser_than_soft_tissue():
+    image = np.array([[[0.0, SOFT_TISSUE_LEVEL * 0.5, SOFT_TISSUE_LEVEL, 0.8]]] * 3, np.float32)
+    out = scale_bone_contrast(image, 0.5)
+    np.testing.assert_allclose(out[0, 0, :3], image[0, 0, :3])
+    np.testing.assert_allclose(out[0, 0, 3], SOFT_TISSUE_LEVEL + 0.5 * (0.8 - SOFT_TISSUE_LEVEL), rtol=1e-6)
+
+
+def _case(ct: bool) -> Case:
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 96, 64)).astype(np.float32)
+    labels = np.zeros((12, 96, 64), np.uint8)
+    labels[:, 20:40, 20:44] = 20
+    labels[:, 50:70, 20:44] = 21
+    return Case(image=image, labels=labels, blank_top=False, name="case", ct=ct)
+
+
+def test_sampler_applies_ct_appearance_to_ct_cases_only_and_reproducibly():
+    kwargs = dict(size=64, slice_offset=1, thick_slices=1.0, bone_density=1.0)
+    first = SliceSampler([_case(True)], seed=3, **kwargs).sample()
+    again = SliceSampler([_case(True)], seed=3, **kwargs).sample()
+    np.testing.assert_array_equal(first[0], again[0])
+    plain = SliceSampler([_case(True)], seed=3, size=64, slice_offset=1).sample()
+    assert not np.allclose(first[0], plain[0])
+    mri = SliceSampler([_case(False)], seed=3, **kwargs).sample()
+    mri_plain = SliceSampler([_case(False)], seed=3, size=64, slice_offset=1).sample()
+    np.testing.assert_array_equal(mri[0], mri_plain[0])
