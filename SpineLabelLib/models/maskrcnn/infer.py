@@ -271,11 +271,19 @@ def body_centre_mm(body: Body, spacing: float) -> np.ndarray:
                      ((boxes[:, 0] + boxes[:, 2]) / 2).mean()]) * spacing
 
 
+#: How much further (mm per mm) a body beyond the confident bodies may stand off their curve's
+#: straight continuation: the column bends (thoracic kyphosis, a scoliotic curve) where nothing
+#: confident pins the curve down.
+EXTRAPOLATION_SLACK = 0.3
+
+
 def drop_off_spine(bodies: list[Body], spacing: float, max_off_mm: float = 20.0,
                    strong_score: float = 0.9) -> list[Body]:
     """Vertebral bodies form a smooth column: fit left-right and antero-posterior position as
     quadratics of the superior-inferior position through the confident bodies, and drop bodies
-    further than max_off_mm from that curve (bowel, psoas, posterior elements seen as bodies)."""
+    further than max_off_mm from that curve (bowel, psoas, posterior elements seen as bodies).
+    Beyond the confident bodies the curve is continued straight, and the allowance grows with
+    the distance: a quadratic extrapolated 10 cm up a chest CT leaves the real column."""
     if len(bodies) < 4:
         return bodies
     centres = np.array([body_centre_mm(b, spacing) for b in bodies])
@@ -284,11 +292,16 @@ def drop_off_spine(bodies: list[Body], spacing: float, max_off_mm: float = 20.0,
         strong = np.ones(len(bodies), bool)
     degree = 2 if strong.sum() >= 5 else 1
     s = centres[:, 1]
+    span = s[strong].min(), s[strong].max()
+    nearest_end = np.clip(s, *span)
+    beyond = np.abs(s - nearest_end)
     off = np.zeros(len(bodies))
     for axis in (0, 2):
         fit = np.polyfit(s[strong], centres[strong, axis], degree)
-        off += (centres[:, axis] - np.polyval(fit, s)) ** 2
-    return [b for b, distance in zip(bodies, np.sqrt(off)) if distance <= max_off_mm]
+        expected = np.polyval(fit, nearest_end) + np.polyval(np.polyder(fit), nearest_end) * (s - nearest_end)
+        off += (centres[:, axis] - expected) ** 2
+    allowed = max_off_mm + EXTRAPOLATION_SLACK * beyond
+    return [b for b, distance, limit in zip(bodies, np.sqrt(off), allowed) if distance <= limit]
 
 
 # --- fusion -----------------------------------------------------------------------------------
