@@ -23,7 +23,7 @@ DEFAULT_DISC_SEGMENTER = "intervertebral-disc-segmenter"
 #: SHA-256 of the weights shipped with this release. A model card can be edited together with its
 #: weights; this table lives in the code, so a bundled model swapped on disk is still refused.
 BUNDLED_SHA256 = {
-    "vertebra-detector": "2228ecdfca30b4939c8d02b07a62fdddd398fa61165c7c7d8f61dc5d5aca6a99",
+    "vertebra-detector": "33736c17779c15569ca94d723b1cc45b7ae542725cc199919a5286833ad97037",
     "vertebral-body-segmenter": "fe384e9b320a4a06bb30b48a55d7024018ecdd3699b44da0d0162f6eb0bd1a33",
     "vertebra-dense-detector": "71efdca087160a3b389075de9495ff210b8b742414508dbdffe1d334ea31aec2",
     "intervertebral-disc-segmenter": "08e7ac5c3ad294a9e4424594575b5af8a687e55379c56e4e298d11cea8fd8457",
