@@ -415,3 +415,73 @@ def test_spinelabel_train_fine_tunes_the_dense_detector_from_a_dataset(tmp_path)
     for stage in ("detection", "identification"):
         assert any(not torch.equal(tuned[k], initial[k]) for k in tuned if k.startswith(stage) and k.endswith("weight"))
     assert read_card(tmp_path / "tuned")["sha256"] == card["sha256"]
+
+
+def _column_one_level_apart(sacrum_discs: float = 0.6):
+    """Six lumbosacral bodies 32 mm apart; Mask R-CNN's evidence names them L1..S1 (right, and the
+    discs' sign says the lowest is the sacrum), the dense detector's sees them one level higher
+    (T12..L5: it missed the sacrum), as on the disc MRI; the discs' sign of the sacrum is weak."""
+    from SpineLabelLib.core.result import SpineResult, Vertebra
+    from SpineLabelLib.models.dense.ensemble import DENSE, MASK_RCNN
+
+    right, off = ["L1", "L2", "L3", "L4", "L5", "S1"], ["T12", "L1", "L2", "L3", "L4", "L5"]
+
+    def peaked(level, neighbour, p):
+        return {level: p, neighbour: 1.0 - p}
+
+    result = SpineResult("column")
+    rows = []
+    for k, (a, b) in enumerate(zip(right, off)):
+        mask = peaked(a, off[k], 0.8)
+        dense = peaked(b, a, 0.95)           # the dense family is the more confident, and wrong
+        v = Vertebra(a, np.array([0.0, 20.0, 90.0 - 32.0 * k]), instance=k + 1, level_scores=dict(mask))
+        v.evidence = {"rib": None, "sacrum": None, "c2": None}
+        if k == len(right) - 1:
+            v.evidence.update(sacrum=sacrum_discs, sacrum_discs=sacrum_discs)
+        result.vertebrae.append(v)
+        rows.append({"instance": k + 1, MASK_RCNN: mask, DENSE: dense})
+    return result, rows
+
+
+def test_ensemble_weighs_down_the_family_whose_levels_contradict_the_anchors():
+    """At equal weights the dense family's confident shift wins and the column is named one level
+    high; weighed by fit, Mask R-CNN's anchored evidence counts more and it is named L1..S1."""
+    import copy
+
+    from SpineLabelLib.models.dense.ensemble import DENSE, MASK_RCNN, pool, weigh_families
+    from SpineLabelLib.naming.labelling import relabel_result
+
+    result, rows = _column_one_level_apart()
+    even = copy.deepcopy(result)
+    for v, row in zip(even.vertebrae, rows):
+        v.level_scores = pool(row[MASK_RCNN], row[DENSE])
+    relabel_result(even)
+    assert [v.level for v in even.vertebrae] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    result.notes["fuse"] = {"family_scores": rows}
+    summary = weigh_families(result)
+    assert summary["fit_nll"][DENSE] > summary["fit_nll"][MASK_RCNN]
+    assert summary["mask_rcnn_weight"] > 0.55
+    relabel_result(result)
+    assert [v.level for v in result.vertebrae] == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    weigh_families(result)       # re-derived from the record: weighing again changes nothing
+    for v, row in zip(result.vertebrae, rows):
+        assert v.level_scores == pytest.approx(pool(row[MASK_RCNN], row[DENSE], summary["mask_rcnn_weight"]), abs=1e-3)
+
+
+def test_ensemble_weights_are_even_when_both_families_fit_alike():
+    from SpineLabelLib.models.dense.ensemble import DENSE, MASK_RCNN, weigh_families
+
+    result, rows = _column_one_level_apart()
+    for row in rows:
+        row[DENSE] = dict(row[MASK_RCNN])
+    result.notes["fuse"] = {"family_scores": rows}
+    assert weigh_families(result)["mask_rcnn_weight"] == pytest.approx(0.5)
+
+
+def test_ensemble_weighing_needs_the_fuse_record():
+    from SpineLabelLib.models.dense.ensemble import weigh_families
+
+    result, _ = _column_one_level_apart()
+    before = [dict(v.level_scores) for v in result.vertebrae]
+    assert weigh_families(result) is None
+    assert [v.level_scores for v in result.vertebrae] == before

@@ -2,7 +2,9 @@
 
 Mask R-CNN (with the body segmenter) gives the bodies, masks and centroids; the dense detector,
 run on the sagittal slices around those bodies only (its ``focus_ras``), adds its level
-distribution, pooled per matched body (`models.dense.ensemble.fuse_level_evidence`).
+distribution, pooled per matched body at equal weights (`models.dense.ensemble.fuse_level_evidence`);
+each family's own evidence is kept in notes["fuse"]["family_scores"] for the naming stage, which
+re-pools it with the case's weights once the anchors are known (`ensemble.weigh_families`).
 needs: image, vertebrae. gives: vertebrae (level scores), models, notes["fuse"].
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ class FuseDenseEvidence:
         self.dense_model = dense_model        # a LoadedModel, or None for the bundled dense detector
 
     def run(self, result: SpineResult, context: RunContext) -> None:
-        from ..models.dense.ensemble import fuse_level_evidence
+        from ..models.dense.ensemble import family_scores, fuse_level_evidence
         from ..models.families import family_of_card
         from ..models.registry import load_model
 
@@ -38,7 +40,9 @@ class FuseDenseEvidence:
         output = family_of_card(dense.card).run(result.canonical_view(), dense.network, context.options,
                                                 context.progress, context.cancel, masks=False,
                                                 focus_ras=focus)
+        families = family_scores(result.vertebrae, output.bodies)   # each family's own, for the naming's weights
         matched = fuse_level_evidence(result.vertebrae, output.bodies)
         record_models(result, dense)
         result.notes[self.name] = {"dense_bodies": len(output.bodies), "matched": matched,
-                                   "dense_levels": [b.get("vote_level") for b in output.bodies]}
+                                   "dense_levels": [b.get("vote_level") for b in output.bodies],
+                                   "family_scores": families}
