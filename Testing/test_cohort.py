@@ -253,8 +253,11 @@ def test_two_workers_stopped_half_way_and_restarted_do_every_case_once_like_one_
     queued = [*cases[:2], *map(str, fillers), *cases[2:]]
     command = [sys.executable, "-m", "SpineLabelLib", "run", *queued, "--out", str(out), "-q", "--workers", "2",
                "--model", str(slow), "--segmenter", "none"]
+    # A shell starts background jobs with SIGINT ignored, and Python then never turns Ctrl-C into
+    # KeyboardInterrupt: the child gets SIGINT's default back so the test means the same under `cmd &`.
     first = subprocess.Popen(command, env=_cohort_env(blob_plugin_path), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # Stopped when the first case is done.
     while time.monotonic() < deadline and not list((out / MARKER_FOLDER).glob("*.json")):

@@ -444,8 +444,9 @@ def _column_one_level_apart(sacrum_discs: float = 0.6):
 
 
 def test_ensemble_weighs_down_the_family_whose_levels_contradict_the_anchors():
-    """At equal weights the dense family's confident shift wins and the column is named one level
-    high; weighed by fit, Mask R-CNN's anchored evidence counts more and it is named L1..S1."""
+    """At equal weights (S1 pooled like any level) the dense family's confident shift wins and the
+    column is named one level high; weighed by fit, Mask R-CNN's anchored evidence counts more and
+    it is named L1..S1."""
     import copy
 
     from SpineLabelLib.models.dense.ensemble import DENSE, MASK_RCNN, pool, weigh_families
@@ -454,7 +455,7 @@ def test_ensemble_weighs_down_the_family_whose_levels_contradict_the_anchors():
     result, rows = _column_one_level_apart()
     even = copy.deepcopy(result)
     for v, row in zip(even.vertebrae, rows):
-        v.level_scores = pool(row[MASK_RCNN], row[DENSE])
+        v.level_scores = pool(row[MASK_RCNN], row[DENSE], silent=())
     relabel_result(even)
     assert [v.level for v in even.vertebrae] == ["T12", "L1", "L2", "L3", "L4", "L5"]
     result.notes["fuse"] = {"family_scores": rows}
@@ -485,3 +486,18 @@ def test_ensemble_weighing_needs_the_fuse_record():
     before = [dict(v.level_scores) for v in result.vertebrae]
     assert weigh_families(result) is None
     assert [v.level_scores for v in result.vertebrae] == before
+
+
+def test_pooling_keeps_mask_rcnns_s1_where_the_dense_family_is_silent():
+    """S1 is no target of the dense family: its near-zero S1 must not veto Mask R-CNN's sacrum."""
+    from SpineLabelLib.models.dense.ensemble import pool
+
+    ours = {"L5": 0.1, "S1": 0.9}
+    theirs = {"L4": 0.3, "L5": 0.7, "S1": 0.0}
+    pooled = pool(ours, theirs)
+    assert pooled["S1"] == pytest.approx(0.9)
+    assert pooled["L5"] == pytest.approx(0.1)
+    assert sum(pooled.values()) == pytest.approx(1.0)
+    assert pool(ours, theirs, silent=())["S1"] == pytest.approx(0.0)     # pooled as a level, S1 is vetoed
+    mixed = pool({"L4": 0.5, "L5": 0.3, "S1": 0.2}, {"L4": 0.1, "L5": 0.9})
+    assert mixed["S1"] == pytest.approx(0.2) and mixed["L5"] > mixed["L4"]

@@ -53,13 +53,25 @@ def match_dense_bodies(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_
     return matched
 
 
-def pool(ours: dict, theirs: dict, weight_ours: float = 0.5) -> dict | None:
+#: Levels the dense family is silent on: S1 is not one of its training targets (S1 = 25 only ends
+#: L5's bin of the level axis), so its near-zero S1 probability is no evidence against a sacrum that
+#: Mask R-CNN sees. Pooled as zero it halved Mask R-CNN's S1 sighting on ivd-11 and shifted the case.
+DENSE_SILENT_LEVELS = ("S1",)
+
+
+def pool(ours: dict, theirs: dict, weight_ours: float = 0.5,
+         silent: tuple[str, ...] = DENSE_SILENT_LEVELS) -> dict | None:
     """Weighted geometric mean of two level distributions over ``ours``'s levels, normalised
-    (None when they share no level)."""
+    (None when they share no level). Levels in ``silent`` keep ``ours``'s probability; the rest
+    share what is left."""
+    kept = {name: float(p) for name, p in ours.items() if name in silent}
     fused = {name: float(p) ** weight_ours * float(theirs.get(name, 0.0)) ** (1.0 - weight_ours)
-             for name, p in ours.items()}
+             for name, p in ours.items() if name not in silent}
     total = sum(fused.values())
-    return {name: p / total for name, p in fused.items()} if total > 0 else None
+    if total <= 0:
+        return None
+    rest = 1.0 - sum(kept.values())
+    return {**{name: p / total * rest for name, p in fused.items()}, **kept}
 
 
 def fuse_level_evidence(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_MM) -> int:
