@@ -28,7 +28,7 @@ class FuseDenseEvidence:
         self.dense_model = dense_model        # a LoadedModel, or None for the bundled dense detector
 
     def run(self, result: SpineResult, context: RunContext) -> None:
-        from ..models.dense.ensemble import family_scores, fuse_level_evidence
+        from ..models.dense.ensemble import family_scores, fuse_level_evidence, match_dense_bodies
         from ..models.families import family_of_card
         from ..models.registry import load_model
 
@@ -40,8 +40,9 @@ class FuseDenseEvidence:
         output = family_of_card(dense.card).run(result.canonical_view(), dense.network, context.options,
                                                 context.progress, context.cancel, masks=False,
                                                 focus_ras=focus)
-        families = family_scores(result.vertebrae, output.bodies)   # each family's own, for the naming's weights
-        matched = fuse_level_evidence(result.vertebrae, output.bodies)
+        matches = match_dense_bodies(result.vertebrae, output.bodies)
+        families = family_scores(result.vertebrae, matches)     # each family's own, for the naming's weights
+        matched = fuse_level_evidence(result.vertebrae, output.bodies, matches=matches)
         record_models(result, dense)
         result.notes[self.name] = {"dense_bodies": len(output.bodies), "matched": matched,
                                    "dense_levels": [b.get("vote_level") for b in output.bodies],

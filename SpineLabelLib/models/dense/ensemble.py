@@ -74,21 +74,21 @@ def pool(ours: dict, theirs: dict, weight_ours: float = 0.5,
     return {**{name: p / total * rest for name, p in fused.items()}, **kept}
 
 
-def fuse_level_evidence(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_MM) -> int:
+def fuse_level_evidence(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_MM,
+                        matches: dict[int, dict] | None = None) -> int:
     """Pool each vertebra's level scores with its matched dense body's at equal weights (the naming
-    stage re-pools with the case's weights, `weigh_families`); returns how many matched."""
-    matched = 0
-    for n, theirs in match_dense_bodies(vertebrae, dense_bodies, max_match_mm).items():
-        matched += _set_scores(vertebrae[n], pool(vertebrae[n].level_scores, theirs))
-    return matched
+    stage re-pools with the case's weights, `weigh_families`); returns how many matched.
+    ``matches``: `match_dense_bodies`'s answer when the caller already has it."""
+    if matches is None:
+        matches = match_dense_bodies(vertebrae, dense_bodies, max_match_mm)
+    return sum(_set_scores(vertebrae[n], pool(vertebrae[n].level_scores, theirs)) for n, theirs in matches.items())
 
 
-def family_scores(vertebrae, dense_bodies, max_match_mm: float = MAX_MATCH_MM) -> list[dict]:
+def family_scores(vertebrae, matches: dict[int, dict]) -> list[dict]:
     """Per vertebra its instance and each family's own level evidence (plain floats, so the record
     survives a result snapshot): what `weigh_families` weighs. Call before fusing."""
-    matched = match_dense_bodies(vertebrae, dense_bodies, max_match_mm)
     return [{"instance": int(v.instance), MASK_RCNN: {k: float(p) for k, p in (v.level_scores or {}).items()},
-             DENSE: matched.get(n)} for n, v in enumerate(vertebrae)]
+             DENSE: matches.get(n)} for n, v in enumerate(vertebrae)]
 
 
 def weigh_families(result, params=None) -> dict | None:
@@ -100,7 +100,7 @@ def weigh_families(result, params=None) -> dict | None:
     record = (result.notes.get("fuse") or {}).get("family_scores")
     by_instance = {r["instance"]: r for r in record or [] if r["instance"]}
     rows = [by_instance.get(v.instance) for v in result.vertebrae]
-    matched = [n for n, r in enumerate(rows) if r is not None and r[DENSE] and r[MASK_RCNN]]
+    matched = {n for n, r in enumerate(rows) if r is not None and r[DENSE] and r[MASK_RCNN]}
     if not matched:
         return None
     params = params or DEFAULT_PARAMS
@@ -108,7 +108,7 @@ def weigh_families(result, params=None) -> dict | None:
     own[DENSE] = [r[DENSE] if n in matched else s for n, (r, s) in enumerate(zip(rows, own[MASK_RCNN]))]
     fit = {family: labelling_fit(result.vertebrae, scores, params) for family, scores in own.items()}
     weight = 1.0 / (1.0 + math.exp(-(fit[DENSE] - fit[MASK_RCNN]) / len(matched)))
-    for n in matched:
+    for n in sorted(matched):
         _set_scores(result.vertebrae[n], pool(own[MASK_RCNN][n], own[DENSE][n], weight))
         _set_sacrum(result.vertebrae[n], result.vertebrae[n].level_scores)
     summary = {"mask_rcnn_weight": round(weight, 3), "fit_nll": {k: round(c, 3) for k, c in fit.items()}}
