@@ -55,3 +55,55 @@ def test_sampler_applies_ct_appearance_to_ct_cases_only_and_reproducibly():
     mri = SliceSampler([_case(False)], seed=3, **kwargs).sample()
     mri_plain = SliceSampler([_case(False)], seed=3, size=64, slice_offset=1).sample()
     np.testing.assert_array_equal(mri[0], mri_plain[0])
+
+
+def test_prepared_cases_remember_their_modality_so_fine_tuning_augments_real_ct(tmp_path):
+    from SpineLabelLib.core.volume import Volume, make_affine
+    from SpineLabelLib.models.maskrcnn.data import CT_APPEARANCE, prepare_case
+    from SpineLabelLib.training.recipes import DetectorRecipe
+
+    image = np.full((30, 40, 20), 40.0, np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[10:18, 10:30, 5:15] = 20
+    affine = make_affine((1.0, 1.0, 2.0), np.eye(3))
+    for modality in ("ct", "mr"):
+        prepare_case(Volume(image, affine), Volume(labels, affine), 1.25, tmp_path / f"{modality}.npz", "real",
+                     modality=modality)
+    assert Case.load(tmp_path / "ct.npz").ct and not Case.load(tmp_path / "mr.npz").ct
+    # `spinelabel train`'s detector recipe applies the same CT appearance draws as the synthesis mix,
+    # unless its caller says otherwise.
+    sampler = DetectorRecipe([Case.load(tmp_path / "ct.npz")]).sampler(_Config(), seed=0)
+    assert (sampler.thick_slices, sampler.bone_density) == (CT_APPEARANCE["thick_slices"], CT_APPEARANCE["bone_density"])
+    sampler = DetectorRecipe([Case.load(tmp_path / "ct.npz")], augment={"thick_slices": 0.0}).sampler(_Config(), seed=0)
+    assert sampler.thick_slices == 0.0 and sampler.bone_density == CT_APPEARANCE["bone_density"]
+
+
+class _Config:
+    train_size = 64
+    slice_offset = 1
+
+
+def test_s1_is_a_detector_class_and_unlabelled_sacrum_below_real_labels_is_blanked():
+    from SpineLabelLib.core import anatomy
+    from SpineLabelLib.models.maskrcnn.data import make_target
+
+    s1, l5 = anatomy.code_of("S1"), anatomy.code_of("L5")
+    labels = np.zeros((96, 64), np.uint8)
+    labels[20:40, 20:44], labels[50:70, 20:44] = l5, s1
+    target = make_target(labels)
+    assert sorted(target["labels"].tolist()) == [anatomy.ORDER.index("L5") + 1, anatomy.ORDER.index("S1") + 1]
+
+    def real_case(with_s1: bool) -> Case:
+        image = np.ones((12, 96, 64), np.float32)
+        codes = np.zeros((12, 96, 64), np.uint8)
+        codes[:, 20:40, 20:44] = l5
+        if with_s1:
+            codes[:, 50:70, 20:44] = s1
+        return Case(image=image, labels=codes, blank_top=True, name="real")
+
+    kwargs = dict(size=96, slice_offset=1, augment=False)
+    without = SliceSampler([real_case(False)], seed=1, **kwargs)
+    with_s1 = SliceSampler([real_case(True)], seed=1, **kwargs)
+    image, _ = without._blank_below(*without.slice_stack(without.cases[0], 5), without.bottoms[0])
+    assert image[:, 45:].max() == 0 and image[:, 25:40].min() == 1     # below L5: not shown
+    assert with_s1.bottoms[0] is None                                    # the sacrum is a target there

@@ -211,3 +211,24 @@ def test_skipped_slices_are_interpolated_between_computed_ones():
     assert np.allclose(every[:, 0, 0], image[2:11, 0, 0], atol=1e-3)
     assert np.allclose(skipping, every, atol=1e-3)     # linear in x, so interpolation is exact
     assert np.allclose(skipping[[0, 3, 6, 8], 0, 0], image[[2, 5, 8, 10], 0, 0], atol=1e-3)
+
+
+def test_half_precision_weights_are_half_the_file_and_give_the_same_probabilities(tmp_path):
+    from SpineLabelLib.models.registry import load_model
+
+    torch.manual_seed(0)
+    state = build_model(TINY).state_dict()
+    base = {"name": "tiny-segmenter", "version": "0.0.1", "task": "test", "modality": ["ct", "mr"], "levels": []}
+    full = export_weights(state, TINY, tmp_path / "full", base)
+    half = export_weights(state, TINY, tmp_path / "half", {**base, "weights_dtype": "float16"})
+    assert full["weights_dtype"] == "float32" and half["weights_dtype"] == "float16"
+    assert half["weights_bytes"] < 0.6 * full["weights_bytes"]
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        outputs = [load_model(tmp_path / folder).network(image) for folder in ("full", "half")]
+    assert next(load_model(tmp_path / "half").network.parameters()).dtype == torch.float32
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-2)
+    assert not torch.equal(outputs[0], torch.zeros_like(outputs[0]))
+    with pytest.raises(ModelError, match="weights_dtype 'int4'"):
+        export_weights(state, TINY, tmp_path / "bad", {**base, "weights_dtype": "int4"})
+    assert not (tmp_path / "bad").exists()

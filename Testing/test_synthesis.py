@@ -203,3 +203,16 @@ def test_training_shares_override_named_groups_and_refuse_unknown_ones():
     assert parse_shares("") == SHARES
     with pytest.raises(ValueError, match="unknown group 'chest'"):
         parse_shares("chest=0.5")
+
+
+def test_training_from_scratch_keeps_the_bundled_architecture_but_none_of_its_weights():
+    from SpineLabelLib.models.registry import load_model
+    from SpineLabelLib.synthesis.training import SCRATCH, initial_state
+
+    bundled = load_model("vertebra-detector")
+    config, weights, origin = initial_state(SCRATCH)
+    assert weights is None and "scratch" in origin
+    assert config.to_dict() == bundled.network.config.to_dict()
+    config, weights, origin = initial_state("vertebra-detector")
+    assert weights is not None and set(weights) == set(bundled.network.state_dict())
+    assert bundled.version in origin

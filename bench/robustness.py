@@ -19,6 +19,8 @@ Suites (truth):
                  identification is what these labels support best (body outlines are derived)
   synth_heldout  SynthSeg-style CT and T2 images from the verse012 and lidc-0001 label maps (held out)
   phantoms       bench/detect_eval.py PHANTOM_SUITES (ct, mr, fractures)
+  site_vb2/vb3   every case of one lumbar MRI study, for a model trained without it (leave one site
+                 out; not in the default suites: every bundled model saw both studies)
 Metrics: bench/detect_eval.py's (recall: Dice >= 0.5; id_rate: VerSe rule, closest detection within
 20 mm with the same level, after the order-respecting labelling; loc_error_mm; dice), plus S1:
 on cases whose truth has S1, whether a detection named S1 lies within 20 mm of it. seconds and
@@ -89,17 +91,30 @@ def synthetic_cases(limit=None):
             yield f"synth-{source.name}-{contrast}-{seed}", case.image, case.labels.array
 
 
+def site_cases(study: str):
+    """Every case of one lumbar MRI study (vb2: Zukic et al. 1.5 T T2; vb3: MyoSegmenTUM 3 T T1),
+    for a model trained without that study (leave-one-site-out; `synthesis.training --init scratch`)."""
+    def cases(limit=None):
+        names = sorted(p.name[: -len("_mri.nii.gz")] for p in detect_eval.MRI.glob(f"{study}-*_mri.nii.gz"))
+        for name in names[:limit]:
+            yield (name, detect_eval.load_volume(detect_eval.MRI / f"{name}_mri.nii.gz"),
+                   detect_eval.load_volume(detect_eval.MRI / f"{name}_seg.nii.gz").array)
+    return cases
+
+
 def phantom_cases(limit=None):
     for suite in ("ct", "mr", "fractures"):
         yield from detect_eval.phantom_cases(suite, limit)
 
 
 CASES = {"mri_val": lambda limit: detect_eval.real_cases(limit), "verse012": verse012_cases, "lidc": lidc_cases,
-         "discs": disc_cases, "synth_heldout": synthetic_cases, "phantoms": phantom_cases}
+         "discs": disc_cases, "synth_heldout": synthetic_cases, "phantoms": phantom_cases,
+         "site_vb2": site_cases("vb2"), "site_vb3": site_cases("vb3")}
 TRUTH = {"mri_val": "manual body masks", "verse012": "manual whole-vertebra masks cut to bodies",
          "lidc": "TotalSegmentator v2 vertebrae (automatic) cut to bodies",
          "discs": "bodies between manual disc masks (derived)", "synth_heldout": "synthesis labels",
-         "phantoms": "phantom labels"}
+         "phantoms": "phantom labels", "site_vb2": "manual body masks (every vb2 case)",
+         "site_vb3": "manual body masks (every vb3 case)"}
 
 
 # --- running ------------------------------------------------------------------------------------

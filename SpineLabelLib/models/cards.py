@@ -10,6 +10,10 @@ from ..io.summary import sha256_file
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
+#: How a card may store its floating-point weights (card key "weights_dtype"; float32 if absent).
+#: float16 halves the file (the extension's repository stays under the catalog's 100 MB); the
+#: network still computes in float32: weights are widened when loaded.
+WEIGHTS_DTYPES = ("float32", "float16")
 REQUIRED_CARD_FIELDS = ("name", "version", "task", "modality", "levels", "weights", "sha256", "architecture")
 
 
@@ -48,12 +52,29 @@ def load_network(directory: Path, card: dict | None = None):
     family = family_of_card(card)
     try:
         network = family.build_network(card["architecture"])
-        network.load_state_dict(load_file(str(weights)), strict=True)
+        network.load_state_dict(_widened(load_file(str(weights))), strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{weights}: weights do not fit the card's architecture ({first})") from None
     network.eval()
     return family.prepare_network(network) if family.prepare_network else network
+
+
+def _widened(tensors: dict) -> dict:
+    """float16-stored weights as float32 (the network computes in float32 on the CPU)."""
+    import torch
+
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
+
+
+def _stored(tensors: dict, dtype: str) -> dict:
+    import torch
+
+    if dtype not in WEIGHTS_DTYPES:
+        raise ModelError(f"weights_dtype {dtype!r} not supported; one of {', '.join(WEIGHTS_DTYPES)}")
+    if dtype == "float32":
+        return tensors
+    return {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
 
 
 def export_checkpoint(checkpoint: Path, out: Path, config_class, card: dict, history_key: str,
@@ -86,13 +107,14 @@ def export_weights(state_dict: dict, config, directory: Path, card: dict) -> dic
 
     from ..core.paths import atomic_path, atomic_write_text
 
+    dtype = card.get("weights_dtype", "float32")
+    tensors = _stored({key: value.detach().contiguous().clone() for key, value in state_dict.items()}, dtype)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().contiguous().clone() for key, value in state_dict.items()}
     weights = directory / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp))
-    card = {**card, "weights": WEIGHTS_FILE, "sha256": sha256_of(weights),
+    card = {**card, "weights": WEIGHTS_FILE, "weights_dtype": dtype, "sha256": sha256_of(weights),
             "weights_bytes": weights.stat().st_size, "architecture": config.to_dict()}
     atomic_write_text(directory / CARD_FILE, json.dumps(card, indent=2) + "\n")
     return card

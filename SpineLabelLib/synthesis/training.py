@@ -1,20 +1,19 @@
-"""Fine-tune the vertebra detector on the mix `synthesis.cases` prepares, with S1 as a class.
+"""Fine-tune (or train from scratch) the vertebra detector on the mix `synthesis.cases` prepares.
 
     PYTHONPATH=<frozen copy> nohup nice -n 5 python -m SpineLabelLib.synthesis.training \
         --data checkpoints/data_mix --out checkpoints/detector_mix --minutes 90 > train.log 2>&1 &
 
 What differs from `detector.train fit`:
-- S1 is a detected class (the network always had the class; `detector.data` maps S1 to background
-  because the real masks never labelled it). Here the sacrum's first segment is a target wherever
-  a case labels it (synthetic images from TotalSegmentator maps, the real TotalSegmentator CT,
-  phantoms).
-- Real lumbar MRI masks stop at L5 while S1 is visible below: left in, it would teach "S1 is
-  background". `cases` draws S1 there by a shape prior (`sacrum_prior`); a case still without S1
-  (prior not credible) is blanked below the lowest labelled body (a field of view ending there),
-  as it is already blanked above the topmost one.
+- S1 is a target wherever a case labels it (as in every detector training: the detector's classes,
+  `models.maskrcnn.data.DETECTOR_CLASS_OF_CODE`): synthetic images from TotalSegmentator maps,
+  the real TotalSegmentator CT, phantoms, the disc MRI.
+- Real lumbar MRI masks stop at L5 while S1 is visible below: `cases` draws S1 there by a shape
+  prior (`sacrum_prior`); a case still without S1 (prior not credible) is blanked below the lowest
+  labelled body by the sampler, as it is already blanked above the topmost one.
 - Draws come from groups by file prefix with fixed shares (`SHARES`); the folder is rescanned
   every few hundred iterations, so cases written while training runs join the mix.
-- Starts from a model folder's weights (default: the bundled vertebra-detector).
+- Starts from a model folder's weights (default: the bundled vertebra-detector), or from random
+  weights (`--init scratch`, for leave-one-site-out runs: every bundled model saw every site).
 Training is the shared loop (`training.loop`) with the detector recipe; its checkpoints are the one
 checkpoint format, so `python -m SpineLabelLib.training.detector export` turns them into a model folder.
 """
@@ -24,56 +23,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ..core import anatomy
+#: --init value for random weights (the bundled detector's architecture).
+SCRATCH = "scratch"
 
 #: Share of training draws per group (file-name prefix); renormalised over non-empty groups.
 SHARES = {"real": 0.33, "ctreal": 0.10, "synth": 0.35, "phantom": 0.12, "vidphantom": 0.10}
 
 
-def enable_s1_class() -> None:
-    """Make S1 a target class in this process (see the module docstring)."""
-    from ..models.maskrcnn import data
-
-    data.CLASS_OF_CODE[anatomy.code_of("S1")] = anatomy.ORDER.index("S1") + 1
-
-
-def bottom_boundary(labels: np.ndarray) -> np.ndarray:
-    """Per column (A-P), the last row (S-I) holding any label in the slab; gaps filled from neighbours."""
-    any_label = labels.max(axis=0) > 0
-    has = any_label.any(axis=0)
-    last = np.where(has, any_label.shape[0] - 1 - any_label[::-1].argmax(axis=0), -1)
-    columns = np.arange(last.size)
-    if has.any():
-        last = np.interp(columns, columns[has], last[has]).astype(int)
-    return last
-
-
 def make_sampler(cases, weights, config, seed: int):
-    from ..models.maskrcnn.data import SliceSampler
+    from ..models.maskrcnn.data import CT_APPEARANCE, SliceSampler
 
-    class MixSampler(SliceSampler):
-        """SliceSampler that also blanks real slices below the lowest labelled body when the
-        case does not label S1."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            s1 = anatomy.code_of("S1")
-            self.bottoms = {id(c): bottom_boundary(c.labels) for c in self.cases
-                            if c.blank_top and not (c.labels == s1).any()}
-
-        def slice_stack(self, case, x):
-            image, labels = super().slice_stack(case, x)
-            bottom = self.bottoms.get(id(case))
-            if bottom is not None:
-                rows = np.arange(image.shape[1])[:, None]
-                keep = rows <= (bottom[None, :] + int(self.rng.integers(1, 4)))
-                image, labels = image * keep[None], labels * keep
-            return image, labels
-
-    return MixSampler(cases, config.train_size, config.slice_offset, seed=seed, weights=weights,
-                      bottom_cut=0.15, bias_field=0.3, thick_slices=0.5, bone_density=0.4)
+    return SliceSampler(cases, config.train_size, config.slice_offset, seed=seed, weights=weights,
+                        bottom_cut=0.15, bias_field=0.3, **CT_APPEARANCE)
 
 
 def parse_shares(text: str) -> dict[str, float]:
@@ -131,12 +92,22 @@ def mix_recipe(data: Path, eval_every: int, shares: dict[str, float] | None = No
     return MixRecipe()
 
 
-def fit(args) -> None:
-    """Fine-tune on the shared training loop (`training.loop`), S1 a class in this process."""
+def initial_state(init: str):
+    """(network config, weights or None, what it is) for ``--init``: a model's weights, or with
+    `SCRATCH` the bundled detector's architecture and random weights -- a leave-one-site-out run
+    must not start from weights that saw the left-out site, and every bundled model saw them all."""
     from ..models.registry import load_model
+
+    if init == SCRATCH:
+        return load_model("vertebra-detector").network.config, None, "scratch (bundled architecture, random weights)"
+    model = load_model(init)
+    return model.network.config, model.network.state_dict(), f"{model.name} {model.version} ({model.directory})"
+
+
+def fit(args) -> None:
+    """Fine-tune on the shared training loop (`training.loop`)."""
     from ..training.loop import LoopOptions, fit as fit_loop, load_checkpoint
 
-    enable_s1_class()
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     recipe = mix_recipe(data, args.eval_every, parse_shares(args.shares))
@@ -144,9 +115,8 @@ def fit(args) -> None:
     if saved is not None:
         config, initial_weights = recipe.config(saved.state.config), None
     else:
-        init = load_model(args.init)
-        config, initial_weights = init.network.config, init.network.state_dict()
-        print(f"initialised from {init.summary()}", flush=True)
+        config, initial_weights, origin = initial_state(args.init)
+        print(f"initialised from {origin}", flush=True)
     recipe.validation = recipe.validation_slices(data, config.slice_offset)
     print(f"pool {recipe.counts}, {len(recipe.validation)} validation slices", flush=True)
     options = LoopOptions(iterations=args.iterations, minutes=args.minutes, lr=args.lr, batch=args.batch,
@@ -161,7 +131,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m SpineLabelLib.synthesis.training", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--init", default="vertebra-detector", help="model name or folder to start from")
+    parser.add_argument("--init", default="vertebra-detector", help="model name or folder to start from, or 'scratch' (random weights)")
     parser.add_argument("--iterations", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=90.0)
     parser.add_argument("--batch", type=int, default=4)

@@ -35,7 +35,8 @@ def add_export_command(commands, name: str) -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--name", default=name)
     e.add_argument("--version", default="0.1.0")
-    e.add_argument("--card", default="", help="JSON file merged into the model card (data, split, metrics)")
+    e.add_argument("--card", default="", help="JSON file merged into the model card (data, split, metrics; "
+                   "\"weights_dtype\": \"float16\" stores the weights at half the size)")
     return e
 
 

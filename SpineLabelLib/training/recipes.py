@@ -59,10 +59,12 @@ class DetectorRecipe(_SliceRecipe):
         return build_model(config)
 
     def sampler(self, config, seed: int):
-        from ..models.maskrcnn.data import SliceSampler
+        from ..models.maskrcnn.data import CT_APPEARANCE, SliceSampler
 
+        # Real CT cases (Case.ct, from the modality their .npz records) are also shown at thicker
+        # slices and lighter bone, as in the synthesis mix; the caller's settings win.
         return SliceSampler(self.cases, config.train_size, config.slice_offset, seed=seed, weights=self.weights,
-                            **self.augment)
+                            **{**CT_APPEARANCE, **self.augment})
 
     def batch(self, sampler, size: int):
         import torch
@@ -128,7 +130,7 @@ def evaluate_slices(model, slices) -> dict:
     """Share of ground-truth bodies found (mask IoU >= 0.5) and of those with the right level."""
     import torch
 
-    from ..models.maskrcnn.data import CLASS_OF_CODE
+    from ..models.maskrcnn.data import DETECTOR_CLASS_OF_CODE as CLASS_OF_CODE
 
     model.eval()
     found = correct = total = 0

@@ -2,7 +2,7 @@
 
 The real masks label L1-L5 (or T11-L5) only, yet the vertebrae above are visible: everything
 above the topmost labelled body (less a few millimetres of disc) is left out of the loss instead of
-being taught as background. The sacrum is background, as for the detector.
+being taught as background. The sacrum is background here (the detector outlines S1).
 """
 from __future__ import annotations
 

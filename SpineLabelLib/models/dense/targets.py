@@ -18,7 +18,7 @@ training cases) is not shifted; a count-based axis (T13 = 20, L1 = 21 ...) would
 lumbar target of the rare transitional spines by one and teach the network that the same-looking
 L1 is sometimes 20 and sometimes 21. Rounding to the nearest axis value gives T13 and L6 bins of
 half width, which is about how rare they are. S1 is on the axis so the L5 bin ends half-way to it,
-but it is not a target (the sacrum is background, as for the Mask R-CNN detector); an S1
+but it is not a target of this family (the Mask R-CNN detector finds the sacrum); an S1
 centroid, when known, only ends L5's segment.
 """
 from __future__ import annotations

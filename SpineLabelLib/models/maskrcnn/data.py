@@ -7,8 +7,9 @@ augmented 3-channel slices (neighbours n-d, n, n+d) with per-level instance targ
 Real lumbar MRI masks label only some levels (L1-L5 or T11-L5), yet the vertebrae above are
 visible. Left in, they would teach "a body there is background". Each real slice is therefore
 blanked above the topmost labelled body (plus a disc-sized margin), which looks like a field of
-view ending there -- a situation the detector must handle anyway. The unlabelled sacrum is kept:
-the sacrum is background everywhere (phantom S1 labels are dropped too), so it is consistent.
+view ending there -- a situation the detector must handle anyway. S1 is a detector class; a real
+case that labels no S1 is likewise blanked below its lowest body, so its unlabelled sacrum is not
+taught as background.
 """
 from __future__ import annotations
 
@@ -20,11 +21,20 @@ import numpy as np
 from ...core import anatomy
 from ...core.volume import Volume, resample_to_canonical
 
-#: VerSe code -> class index (1-based position in anatomy.ORDER); S1 is treated as background.
+#: VerSe code -> class index (1-based position in anatomy.ORDER) of the vertebral bodies above the
+#: sacrum; S1 maps to background here (the body segmenter's foreground).
 CLASS_OF_CODE = np.zeros(256, dtype=np.int64)
 for _name in anatomy.ORDER:
     if _name != "S1":
         CLASS_OF_CODE[anatomy.code_of(_name)] = anatomy.ORDER.index(_name) + 1
+
+#: The detector's targets: every level, S1 included -- the sacrum's first segment is a naming
+#: anchor, so every detector training (the synthesis mix and `spinelabel train`) keeps it a class.
+#: Real cases whose labels stop above a visible sacrum are blanked below their lowest body
+#: (`SliceSampler`), so that they never teach "the sacrum is background".
+S1_CODE = anatomy.code_of("S1")
+DETECTOR_CLASS_OF_CODE = CLASS_OF_CODE.copy()
+DETECTOR_CLASS_OF_CODE[S1_CODE] = anatomy.ORDER.index("S1") + 1
 
 
 # Intensities are normalised as at inference (one definition: core.canonical).
@@ -55,7 +65,7 @@ def prepare_case(image: Volume, labels: Volume, spacing: float, out_path: Path, 
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as stream:
             np.savez_compressed(stream, image=intensity, labels=codes[low:high],
-                                kind=np.array(kind), spacing=np.array(spacing))
+                                kind=np.array(kind), spacing=np.array(spacing), modality=np.array(modality))
     return {"file": out_path.name, "shape": list(intensity.shape),
             "levels": [anatomy.name_of(c) for c in np.unique(codes) if c]}
 
@@ -72,7 +82,9 @@ class Case:
     def load(cls, path: Path) -> "Case":
         with np.load(path) as data:
             kind = str(data["kind"])
-            return cls(data["image"], data["labels"], kind == "real", path.stem)
+            # Files written before the modality was stored read as MRI (callers may still set .ct).
+            modality = str(data["modality"]) if "modality" in data.files else "mr"
+            return cls(data["image"], data["labels"], kind == "real", path.stem, ct=modality == "ct")
 
     @property
     def labelled_slices(self) -> np.ndarray:
@@ -90,6 +102,17 @@ def top_boundary(labels: np.ndarray) -> np.ndarray:
     return first
 
 
+def bottom_boundary(labels: np.ndarray) -> np.ndarray:
+    """Per column (A-P), the last row (S-I) holding any label in the slab; gaps filled from neighbours."""
+    any_label = labels.max(axis=0) > 0
+    has = any_label.any(axis=0)
+    last = np.where(has, any_label.shape[0] - 1 - any_label[::-1].argmax(axis=0), -1)
+    columns = np.arange(last.size)
+    if has.any():
+        last = np.interp(columns, columns[has], last[has]).astype(int)
+    return last
+
+
 class SliceSampler:
     """Draws augmented training slices: (3, size, size) float32 image and a Mask R-CNN target."""
 
@@ -104,6 +127,10 @@ class SliceSampler:
         weights = np.ones(len(cases)) if weights is None else np.asarray(weights, float)
         self.weights = weights / weights.sum()
         self.tops = [self._cuts(c.labels) if c.blank_top else None for c in cases]
+        # Real cases that label no S1: nothing below their lowest body is shown (the sacrum there
+        # is unlabelled, not background).
+        self.bottoms = [bottom_boundary(c.labels) if c.blank_top and not (c.labels == S1_CODE).any() else None
+                        for c in cases]
 
     @staticmethod
     def _cuts(labels: np.ndarray) -> list[np.ndarray]:
@@ -144,6 +171,8 @@ class SliceSampler:
             image, labels = self.mip_stack(case, x, int(self.rng.integers(6, 33)))
         else:
             image, labels = self.slice_stack(case, x)
+        if self.bottoms[index] is not None:
+            image, labels = self._blank_below(image, labels, self.bottoms[index])
         cuts = self.tops[index]
         if cuts is not None:
             # Half the time the cut is above a lower level, so that the first visible body is not
@@ -163,6 +192,11 @@ class SliceSampler:
         margin = int(self.rng.integers(1, 4))                 # pixels: part of a disc space
         rows = np.arange(image.shape[1])[:, None]
         keep = rows >= (top[None, :] - margin)
+        return image * keep[None], labels * keep
+
+    def _blank_below(self, image, labels, bottom):
+        rows = np.arange(image.shape[1])[:, None]
+        keep = rows <= (bottom[None, :] + int(self.rng.integers(1, 4)))
         return image * keep[None], labels * keep
 
     def _cut_below(self, image, labels):
@@ -224,6 +258,10 @@ class SliceSampler:
         return np.clip(image, -0.2, 1.2).astype(np.float32)
 
 
+#: The CT appearance augmentations every detector fine-tune applies to real CT cases (the
+#: synthesis mix and `spinelabel train`): share of draws with thicker slices / less dense bone.
+CT_APPEARANCE = {"thick_slices": 0.5, "bone_density": 0.4}
+
 #: Soft tissue (about 60 HU) on the -250..1000 HU scale of the CT window.
 SOFT_TISSUE_LEVEL = (60.0 + 250.0) / 1250.0
 
@@ -265,7 +303,7 @@ def make_target(labels: np.ndarray, min_pixels: int = 15) -> dict:
 
     boxes, classes, masks = [], [], []
     for code in np.unique(labels):
-        klass = CLASS_OF_CODE[int(code)] if code else 0
+        klass = DETECTOR_CLASS_OF_CODE[int(code)] if code else 0
         if klass == 0:
             continue
         mask = labels == code
