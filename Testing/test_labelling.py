@@ -99,6 +99,25 @@ def test_duplicate_and_outlier_get_empty_labels():
     assert [g for i, g in enumerate(got[:len(names)]) if i != l3] == [n for n in names if n != "L3"]
 
 
+def test_a_point_squeezed_between_neighbours_one_step_apart_is_spurious():
+    """Chest CT at 5 mm (lung-dx-a0001): a rib head beside T1, 17 mm lateral, half-way between C7
+    and T1, was named as a vertebra of its own and shifted every level below it."""
+    from SpineLabelLib.naming.labelling import order_along_spine
+
+    names = levels_between("C6", "T8")
+    points = spine_points(names)
+    c7, t1 = names.index("C7"), names.index("T1")
+    rib_head = (points[c7] + points[t1]) / 2 + np.array([17.0, 0.0, 0.0])
+    got = assign_levels(np.vstack([points, rib_head]), detection_scores=np.r_[np.ones(len(names)), 0.6],
+                        locked={0: "C6"})
+    assert got[-1] == "" and got[:-1] == names
+    # The same lateral offset on a vertebra whose neighbours stand two steps apart is a real (scoliotic)
+    # body, not a squeezed one.
+    bent = points.copy()
+    bent[t1] += np.array([17.0, 0.0, 0.0])
+    assert not order_along_spine(bent)[1].any()
+
+
 def test_low_detection_score_is_spurious():
     names = levels_between("L1", "L5")
     got = assign_levels(spine_points(names), region_scores(names), detection_scores=[1, 1, 0.01, 1, 1])

@@ -248,7 +248,11 @@ def gather_evidence(result) -> None:
     if not vertebrae:
         return
     points = np.array([v.centroid_ras for v in vertebrae]).reshape(-1, 3)
-    ribs = rib_evidence(result.image, points, result.modality) if result.image is not None else np.full(len(points), np.nan)
+    ribs = np.full(len(points), np.nan)
+    if result.image is not None:
+        # A spurious detection (e.g. a rib head beside the column) would tilt its neighbours' frames.
+        column = ~spurious_points(points)
+        ribs[column] = rib_evidence(result.image, points[column], result.modality)
     axis = c2_evidence(points, body_heights_mm(result))
     discs = disc_sacrum_evidence(result)
     for n, v in enumerate(vertebrae):
@@ -260,6 +264,13 @@ def gather_evidence(result) -> None:
                       "c2": float(c2) if c2 >= PRESENT else None}
         if np.isfinite(discs[n]):
             v.evidence["sacrum_discs"] = float(discs[n])     # its share of "sacrum" (`naming.sacrum.disc_decided`)
+
+
+def spurious_points(points: np.ndarray) -> np.ndarray:
+    """The points the labelling will judge spurious by geometry (`labelling.order_along_spine`)."""
+    from .labelling import order_along_spine
+
+    return order_along_spine(points)[1] if len(points) >= 4 else np.zeros(len(points), bool)
 
 
 def disc_sacrum_evidence(result) -> np.ndarray:

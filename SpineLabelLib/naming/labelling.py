@@ -90,6 +90,12 @@ class LabellingParams:
     gap_room_cost: float = 25.0
     anchor_weights: AnchorWeights = DEFAULT_WEIGHTS
     outlier_mm: float = 30.0          # off the spine's local course by more -> spurious
+    # A point between two neighbours that stand only one step apart (at most squeeze_step x the
+    # chain's median step) cannot be a vertebra of its own: off their joining segment by more than
+    # squeezed_off_mm it is spurious (a rib head or transverse process seen as a body; one on the
+    # segment may be a split body, which the assignment may skip).
+    squeeze_step: float = 1.3
+    squeezed_off_mm: float = 8.0
     min_detection_score: float = 0.05
     orientation_cost: float = 30.0    # flipping a perfectly vertical chain upside down
     caudal_l5_cost: float = 1.5       # default prior (no scores, no anchors): bottom point not L5
@@ -211,11 +217,23 @@ def _off_chain_mm(points: np.ndarray) -> np.ndarray:
     return off
 
 
-def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.outlier_mm
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _squeezed(points: np.ndarray, squeeze_step: float) -> np.ndarray:
+    """Inner points (chain order) whose two neighbours stand at most ``squeeze_step`` median steps apart."""
+    squeezed = np.zeros(len(points), dtype=bool)
+    if len(points) < 4:
+        return squeezed
+    median_step = float(np.median(np.linalg.norm(np.diff(points, axis=0), axis=1)))
+    across = np.linalg.norm(points[2:] - points[:-2], axis=1)
+    squeezed[1:-1] = across <= squeeze_step * median_step
+    return squeezed
+
+
+def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.outlier_mm,
+                      params: LabellingParams = DEFAULT_PARAMS) -> tuple[np.ndarray, np.ndarray]:
     """(order, is_outlier): point indices sorted along the spine chain (either direction), and a mask
-    of points far off the spine's course. The worst outlier is removed and the chain rebuilt, one at a
-    time, so an outlier cannot bend the chain or make its true neighbours look like outliers."""
+    of points far off the spine's course, or off it and squeezed between two neighbours one step
+    apart (`LabellingParams.squeezed_off_mm`). The worst outlier is removed and the chain rebuilt,
+    one at a time, so an outlier cannot bend the chain or make its true neighbours look like outliers."""
     points = np.asarray(points, dtype=float)
     outlier = np.zeros(len(points), dtype=bool)
     while True:
@@ -224,9 +242,10 @@ def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.out
         position = np.array([_project_on_polyline(p, points[path]) for p in points])
         chain = keep[np.argsort(position[keep], kind="stable")]
         off = _off_chain_mm(points[chain])
-        if len(chain) < 4 or off.max() <= outlier_mm:
+        limit = np.where(_squeezed(points[chain], params.squeeze_step), params.squeezed_off_mm, outlier_mm)
+        if len(chain) < 4 or (off <= limit).all():
             break
-        outlier[chain[int(np.argmax(off))]] = True
+        outlier[chain[int(np.argmax(off - limit))]] = True
     return np.argsort(position, kind="stable"), outlier
 
 
@@ -410,7 +429,7 @@ def _problem(centroids_ras, level_scores, detection_scores, locked, allow_transi
     if n == 0:
         return None
     det = np.ones(n) if detection_scores is None else np.clip(np.asarray(detection_scores, float), 0, 1)
-    order, outlier = order_along_spine(points, params.outlier_mm)
+    order, outlier = order_along_spine(points, params.outlier_mm, params)
     usable = ~outlier & (det >= params.min_detection_score)
     usable[list(locked_idx)] = True            # a person's point is never spurious
     chain = np.array([i for i in order if usable[i]], dtype=int)
