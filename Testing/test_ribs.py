@@ -60,3 +60,55 @@ def test_vertebra_frame_is_right_handed_and_follows_the_column():
     assert np.allclose(frame.T @ frame, np.eye(3))
     assert np.isclose(np.linalg.det(frame), 1.0)
     assert frame[2, 2] > 0.9 and frame[0, 0] > 0.99          # z cranial, x to the right
+
+
+def _thick_axial(volume, slice_mm: float):
+    """The phantom reconstructed at ``slice_mm`` axial slices: blurred along k, then resampled."""
+    from scipy import ndimage
+
+    from SpineLabelLib.core.volume import Volume, resample
+
+    sigma = slice_mm / 2.355 / float(np.linalg.norm(volume.ijk_to_ras[:3, 2]))
+    blurred = Volume(ndimage.gaussian_filter1d(volume.array.astype(np.float32), sigma, axis=0), volume.ijk_to_ras)
+    spacing = np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0)
+    return resample(blurred, (spacing[0], spacing[1], slice_mm))
+
+
+def test_at_thick_slices_the_first_rib_is_t1s_not_c7s():
+    """At 5 mm slices C7's box reaches T1's first rib (lung-dx-a0001, lidc-0001 at body centroids);
+    a rib counts for the vertebra its head is nearest."""
+    phantom = generate_phantom(["C5", "C6", "C7", "T1", "T2", "T3"], "ct", spacing=(0.8, 0.8, 1.0), seed=4,
+                               rotation_deg=(8, 0, 0))
+    names, points = truth_points(phantom)
+    evidence = rib_evidence(_thick_axial(phantom.image, 5.0), points, "ct")
+    assert [n for n, e in zip(names, evidence) if e >= 0.5] == ["T1", "T2", "T3"]
+
+
+def test_a_rib_belongs_to_the_vertebra_its_head_is_nearest():
+    from SpineLabelLib.naming.ribs import fill_between, owner_of
+
+    points = np.array([[0, 0, 50.0], [0, 0, 25.0], [0, 0, 0.0]])
+    frame = vertebra_frame(points, 1)
+    assert owner_of(6.0, frame, points, 1) == 1            # head in the upper half of its own body
+    assert owner_of(-18.0, frame, points, 1) == 2           # the next vertebra's rib reaching up
+    assert owner_of(30.0, frame, points, 1) == 0
+    assert owner_of(-18.0, vertebra_frame(points, 2), points, 2) is None   # below the last: not in the list
+    ribbed = np.array([[True, True], [False, False], [True, False], [False, False]])
+    assert fill_between(ribbed).any(axis=1).tolist() == [True, True, True, False]
+
+
+def test_a_body_cut_by_the_field_of_view_is_not_called_rib_less(thoracolumbar):
+    from SpineLabelLib.core.volume import Volume
+
+    names, points = truth_points(thoracolumbar)
+    image = thoracolumbar.image
+    k_of_t11 = int(round((np.linalg.inv(image.ijk_to_ras) @ np.r_[points[0], 1.0])[2]))
+    # Keep the slices from T11's centre down: the image ends there, T11's upper half is out of view.
+    k_grows_up = image.ijk_to_ras[2, 2] > 0
+    keep = slice(0, k_of_t11 + 1) if k_grows_up else slice(k_of_t11, None)
+    matrix = image.ijk_to_ras.copy()
+    matrix[:3, 3] = image.kji_to_ras(np.array([[float(keep.start or 0), 0, 0]]))[0]
+    cut = Volume(image.array[keep], matrix)
+    evidence = rib_evidence(cut, points, "ct")
+    assert not (evidence[0] < 0.5)                          # unknown or rib-bearing, never "no rib"
+    assert evidence[1] >= 0.5 and evidence[2] < 0.5

@@ -69,6 +69,26 @@ def judge(name: str, image, names: list[str], points: np.ndarray) -> dict:
             "seconds_per_vertebra": round(seconds / max(1, len(names)), 3)}
 
 
+def body_centroid_cases() -> list[dict]:
+    """As the pipeline sees them: body centroids (lidc-0001's whole vertebrae cut to bodies by the
+    synthesis rule) and the 5 mm chest CT lung-dx-a0001 with the levels read on it
+    (bench/annotations/lung-dx-a0001_levels.json: one reader, the detector's centroids)."""
+    from SpineLabelLib.synthesis.bodies import body_masks
+
+    rows = []
+    if (CT / REAL["lidc-0001"][0]).exists():
+        labels = body_masks(load_volume(CT / REAL["lidc-0001"][1]))
+        names, points = centroids_of(labels, False)
+        rows.append(judge("lidc-0001 body centroids", load_volume(CT / REAL["lidc-0001"][0]), names, points))
+    annotation = Path(__file__).resolve().parent / "annotations" / "lung-dx-a0001_levels.json"
+    image = CT / "lung-dx-a0001" / "lung-dx-a0001_ct.nii.gz"
+    if image.exists():
+        vertebrae = json.loads(annotation.read_text())["vertebrae"]
+        rows.append(judge("lung-dx-a0001 (5 mm, levels read)", load_volume(image), [v["level"] for v in vertebrae],
+                          np.array([v["centroid_ras"] for v in vertebrae])))
+    return rows
+
+
 def main() -> int:
     rows = []
     for name, (image_path, label_path) in REAL.items():
@@ -78,6 +98,7 @@ def main() -> int:
         labels = load_volume(CT / label_path)
         names, points = centroids_of(labels, name.startswith("totalsegmentator"))
         rows.append(judge(name, image, names, points))
+    rows.extend(body_centroid_cases())
     for name, (levels, kwargs) in PHANTOMS.items():
         phantom = generate_phantom(levels, "ct", seed=1, **kwargs)
         names = [v["level"] for v in phantom.truth["vertebrae"]]
@@ -85,7 +106,8 @@ def main() -> int:
         rows.append(judge(name, phantom.image, names, points))
     called = sum(r["with_evidence"] for r in rows)
     print(json.dumps({"data": "real CT in ../shared/data/ct with level maps (lidc-0001, totalsegmentator example, "
-                              "verse012) and CT phantoms; truth: T1-T12 bear ribs",
+                              "verse012; lidc-0001 also at body centroids), lung-dx-a0001 with levels read "
+                              "(bench/annotations) and CT phantoms; truth: T1-T12 bear ribs",
                       "accuracy_where_called": round(sum(r["correct"] for r in rows) / max(1, called), 4),
                       "vertebrae_called": called, "vertebrae_without_evidence": sum(r["without_evidence"] for r in rows),
                       "cases": rows}))

@@ -1,10 +1,13 @@
-"""What each detector finds on a CT without labels (issue 12: lung-dx-a0001, never trained on); prints JSON.
+"""What each detector finds on a CT without label maps (issue 12: lung-dx-a0001, never trained on); prints JSON.
 
-    python bench/unlabelled_ct.py CT.nii.gz --models vertebra-detector,FOLDER [--out FILE]
+    python bench/unlabelled_ct.py CT.nii.gz --models vertebra-detector,FOLDER [--levels ANNOTATION.json] [--out FILE]
 
 Per model: how many vertebrae were found and named, the levels from top to bottom, the naming
-confidence and warning, and seconds. With no truth, whether the count and levels are right is
-for a reader of the QC picture (`spinelabel run`) to judge; the numbers here are what they judge.
+confidence and warning, and seconds. With --levels (centroids with levels read on the image, e.g.
+bench/annotations/lung-dx-a0001_levels.json) also: recall (an annotated body with a detection
+within 20 mm), identification (that detection carries the annotated level, the VerSe rule),
+detections matching no annotated body, and whether a wrong naming carries the warning. Without
+it, whether the count and levels are right is for a reader of the QC picture to judge.
 """
 from __future__ import annotations
 
@@ -20,26 +23,57 @@ from SpineLabelLib.app.pipeline import detect, load_case  # noqa: E402
 from SpineLabelLib.core.options import RunOptions  # noqa: E402
 from SpineLabelLib.models.registry import load_model  # noqa: E402
 
+import numpy as np  # noqa: E402
 
-def describe(path: str, model: str) -> dict:
+MATCH_MM = 20.0
+
+
+def against_levels(result, annotation: dict) -> dict:
+    truth = annotation["vertebrae"]
+    found = [v for v in result.vertebrae if v.level]
+    points = np.array([v.centroid_ras for v in found]).reshape(-1, 3)
+    matched, identified, used = 0, 0, set()
+    for body in truth:
+        if not len(points):
+            break
+        distance = np.linalg.norm(points - np.asarray(body["centroid_ras"]), axis=1)
+        nearest = int(distance.argmin())
+        if distance[nearest] <= MATCH_MM:
+            matched += 1
+            used.add(nearest)
+            identified += found[nearest].level == body["level"]
+    right = identified == len(truth)
+    return {"annotated": len(truth), "recall": round(matched / len(truth), 3),
+            "id_rate": round(identified / len(truth), 3), "unmatched_detections": len(found) - len(used),
+            "named_right": right, "warned": bool(result.naming.get("uncertain"))}
+
+
+def describe(path: str, model: str, annotation: dict | None = None) -> dict:
     loaded = load_model(model)
     result = load_case(path)
     start = time.perf_counter()
     result = detect(result, RunOptions(model=model, modality="ct"))
     levels = [v.level for v in result.vertebrae]
-    return {"model": {k: loaded.card.get(k) for k in ("name", "version", "sha256")},
-            "found": len(levels), "named": sum(bool(level) for level in levels), "levels": levels,
-            "naming": result.naming, "seconds": round(time.perf_counter() - start, 1)}
+    row = {"model": {k: loaded.card.get(k) for k in ("name", "version", "sha256")},
+           "found": len(levels), "named": sum(bool(level) for level in levels), "levels": levels,
+           "naming": result.naming, "seconds": round(time.perf_counter() - start, 1)}
+    if annotation is not None:
+        row["against_levels_read"] = against_levels(result, annotation)
+    return row
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ct")
     parser.add_argument("--models", default="vertebra-detector")
+    parser.add_argument("--levels", help="JSON of centroids with levels read on this CT (bench/annotations)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    report = {"ct": Path(args.ct).name, "truth": "none (judged on the QC picture)",
-              "models": [describe(args.ct, m) for m in args.models.split(",") if m]}
+    annotation = json.loads(Path(args.levels).read_text()) if args.levels else None
+    truth = "none (judged on the QC picture)" if annotation is None else \
+        f"{Path(args.levels).name}: {annotation['method']}"
+    report = {"ct": Path(args.ct).name, "truth": truth,
+              "models": [describe(args.ct, m, annotation) for m in args.models.split(",") if m]}
     text = json.dumps(report, indent=1, default=str)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

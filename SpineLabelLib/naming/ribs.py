@@ -31,6 +31,9 @@ RIB_REACH_MM = 60.0          # lateral distance from the body centre a rib reach
 RIB_THICKNESS_MM = 16.0      # thicker than this far out: an iliac wing or sacral ala, not a rib
 BODY_HALF_WIDTH_MM = 18.0    # lateral edge of the body when no mask says otherwise
 SEED_WIDTH_MM = 20.0         # the seed zone: this far beyond the body edge, at the body's own level
+MEDIAL_END_MM = 10.0        # a rib's medial end: this far beyond the body edge
+HEAD_ABOVE_CENTRE = 0.25    # rib heads meet the column in the upper half of their body (steps above its centre)
+HEAD_Y_MM = (-40.0, 10.0)   # antero-posterior span of a rib's head, neck and tubercle beside the body
 BOX_LATERAL_MM = 110.0
 BOX_ANTERIOR_MM = (-80.0, 40.0)   # from behind the transverse processes to the front of the body
 P_BOTH, P_ONE, P_NONE = 0.95, 0.85, 0.1
@@ -72,15 +75,18 @@ def _sample(image: Volume, centre: np.ndarray, frame: np.ndarray, x: np.ndarray,
     return values.reshape(shape), inside
 
 
-def side_has_rib(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float, level_half_height: float
-                 ) -> bool:
-    """One side's bone (z, y, x>=0 order, x = distance from the body centre): a thin piece from the
-    seed zone out to RIB_REACH_MM."""
+def rib_heads(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float, level_half_height: float
+              ) -> list[float]:
+    """One side's bone (z, y, x>=0 order, x = distance from the body centre): for each thin piece from
+    the seed zone out to RIB_REACH_MM, the level (z, mm along the column) of its medial end, where the
+    rib head meets the column."""
     lateral = bone & (x[None, None, :] > half_width)
     pieces, count = ndimage.label(lateral)
     if count == 0:
-        return False
+        return []
     seed = (np.abs(z)[:, None, None] <= level_half_height) & (x[None, None, :] <= half_width + SEED_WIDTH_MM)
+    medial = x[None, None, :] <= half_width + MEDIAL_END_MM
+    heads = []
     for piece in np.unique(pieces[seed & lateral]):
         member = pieces == piece
         far = member & (x[None, None, :] >= 0.8 * RIB_REACH_MM)
@@ -89,32 +95,82 @@ def side_has_rib(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: flo
         columns = far.any(axis=0)                       # (y, x) columns the piece occupies far out
         thickness = far.sum(axis=0)[columns] * STEP_MM
         if np.percentile(thickness, 90) <= RIB_THICKNESS_MM:   # a rod throughout, not a plate in places
-            return True
-    return False
+            heads.append(float(z[np.nonzero(member & medial)[0]].mean()))
+    return heads
+
+
+def side_has_rib(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float, level_half_height: float
+                 ) -> bool:
+    return bool(rib_heads(bone, x, z, half_width, level_half_height))
+
+
+def owner_of(head_z: float, own_frame: np.ndarray, points: np.ndarray, n: int) -> int | None:
+    """The vertebra (index) a rib head at ``head_z`` mm along vertebra n's column axis belongs to:
+    the one whose expected rib head (`HEAD_ABOVE_CENTRE` steps above its centroid) is nearest, among
+    n and its neighbours. None when that is the next vertebra beyond either end of the list (out of
+    view or not found)."""
+    axis = own_frame[:, 2]
+    step = _neighbour_spacing(points, n)
+    levels = {m: float((points[m] - points[n]) @ axis) for m in (n - 1, n, n + 1) if 0 <= m < len(points)}
+    if n == 0:
+        levels[-1] = step                                # the vertebra above the first, if any
+    if n == len(points) - 1:
+        levels[len(points)] = -step                      # the vertebra below the last, if any
+    owner = min(levels, key=lambda m: abs(levels[m] + HEAD_ABOVE_CENTRE * step - head_z))
+    return owner if 0 <= owner < len(points) else None
+
+
+def fill_between(ribbed: np.ndarray) -> np.ndarray:
+    """Rib-bearing vertebrae are contiguous (T1-T12): one found without its own rib between two with
+    theirs lost it to the thresholds (a rib merged with the scapula, a thin rib at 5 mm slices)."""
+    own = ribbed.any(axis=1)
+    filled = ribbed.copy()
+    for n in range(1, len(own) - 1):
+        if not own[n] and own[n - 1] and own[n + 1]:
+            filled[n, 0] = True
+    return filled
 
 
 def rib_evidence(image: Volume, centroids_ras: np.ndarray, modality: str = "ct",
                  half_widths_mm: np.ndarray | None = None) -> np.ndarray:
-    """(N,) P(vertebra bears a rib) for centroids in cranio-caudal order; NaN where unknown."""
+    """(N,) P(vertebra bears a rib) for centroids in cranio-caudal order; NaN where unknown.
+
+    Each rib is credited to the vertebra its head is nearest, whichever vertebra's box found it: a
+    box reaches a rib of the vertebra below (at 5 mm slices the first rib touches C7's), which
+    must not make that vertebra rib-bearing."""
     points = np.asarray(centroids_ras, float).reshape(-1, 3)
     out = np.full(len(points), np.nan)
     if modality != "ct" or len(points) == 0:
         return out
     x = np.arange(0.0, BOX_LATERAL_MM + STEP_MM, STEP_MM)
     y = np.arange(BOX_ANTERIOR_MM[0], BOX_ANTERIOR_MM[1] + STEP_MM, STEP_MM)
+    seen = np.zeros((len(points), 2), bool)          # side in the field of view
+    head_seen = np.zeros((len(points), 2), bool)     # ... with the place of its rib head
+    ribbed = np.zeros((len(points), 2), bool)
     for n, centre in enumerate(points):
         spacing = _neighbour_spacing(points, n)
         z = np.arange(-1.5 * spacing, 0.6 * spacing + STEP_MM, STEP_MM)
         frame = vertebra_frame(points, n)
         half_width = BODY_HALF_WIDTH_MM if half_widths_mm is None else float(half_widths_mm[n])
-        sides = []
-        for sign in (1.0, -1.0):
+        # A body cut by the field of view's edge has its upper half, where the rib head is, out of view.
+        upper_body_seen = bool(_sample(image, centre, frame, np.zeros(1), np.zeros(1), np.array([0.4 * spacing]))[1].all())
+        for side, sign in enumerate((1.0, -1.0)):
             values, inside = _sample(image, centre, frame, sign * x, y, z)
             if inside[..., x >= RIB_REACH_MM].mean() < 0.5:
                 continue                                # this side is out of the field of view
-            sides.append(side_has_rib((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing))
-        if sides:
-            found = sum(sides)
+            seen[n, side] = True
+            head_rows = (z >= 0) & (z <= 0.4 * spacing)
+            # "No rib" needs the place of its own rib head in view (not so at the field of view's edge).
+            head_place = inside[head_rows][:, (y >= HEAD_Y_MM[0]) & (y <= HEAD_Y_MM[1])][..., x <= half_width + SEED_WIDTH_MM]
+            head_seen[n, side] = head_place.mean() >= 0.75 and upper_body_seen
+            for head in rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing):
+                owner = owner_of(head, frame, points, n)
+                if owner is not None:
+                    ribbed[owner, side] = True
+    ribbed = fill_between(ribbed & seen)
+    for n in np.flatnonzero(seen.any(axis=1)):
+        found = int(ribbed[n].sum())
+        if found or head_seen[n].any():
             out[n] = P_BOTH if found >= 2 else P_ONE if found == 1 else P_NONE
     return out
 
