@@ -146,7 +146,7 @@ def rib_evidence(image: Volume, centroids_ras: np.ndarray, modality: str = "ct",
     y = np.arange(BOX_ANTERIOR_MM[0], BOX_ANTERIOR_MM[1] + STEP_MM, STEP_MM)
     seen = np.zeros((len(points), 2), bool)          # side in the field of view
     head_seen = np.zeros((len(points), 2), bool)     # ... with the place of its rib head
-    ribbed = np.zeros((len(points), 2), bool)
+    found: dict[tuple[int, int], list[tuple[float, int | None]]] = {}   # (vertebra, side) -> (head, owner)
     for n, centre in enumerate(points):
         spacing = _neighbour_spacing(points, n)
         z = np.arange(-1.5 * spacing, 0.6 * spacing + STEP_MM, STEP_MM)
@@ -163,10 +163,14 @@ def rib_evidence(image: Volume, centroids_ras: np.ndarray, modality: str = "ct",
             # "No rib" needs the place of its own rib head in view (not so at the field of view's edge).
             head_place = inside[head_rows][:, (y >= HEAD_Y_MM[0]) & (y <= HEAD_Y_MM[1])][..., x <= half_width + SEED_WIDTH_MM]
             head_seen[n, side] = head_place.mean() >= 0.75 and upper_body_seen
-            for head in rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing):
-                owner = owner_of(head, frame, points, n)
-                if owner is not None:
-                    ribbed[owner, side] = True
+            heads = rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing)
+            found[n, side] = [(head, owner_of(head, frame, points, n)) for head in heads]
+    ribbed = np.zeros((len(points), 2), bool)
+    for (n, side), heads in found.items():
+        for head, owner in heads:
+            # A rib goes to the neighbour its head is nearest only if that neighbour's own box found a
+            # rib on this side too: the 12th rib's head can sit low beside T12 with L1 rib-less below.
+            ribbed[owner if owner is not None and found.get((owner, side)) else n, side] = True
     ribbed = fill_between(ribbed & seen)
     for n in np.flatnonzero(seen.any(axis=1)):
         found = int(ribbed[n].sum())
