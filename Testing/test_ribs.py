@@ -97,6 +97,15 @@ def test_a_rib_belongs_to_the_vertebra_its_head_is_nearest():
     assert fill_between(ribbed).any(axis=1).tolist() == [True, True, True, False]
 
 
+def test_a_rib_goes_to_a_neighbour_only_if_that_neighbour_sees_a_rib_there():
+    from SpineLabelLib.naming.ribs import credit_ribs
+
+    # C7's box (0) reaches T1's first rib (head nearest 1), and T1's box sees ribs too: T1's.
+    # T12's box (2) finds its low 12th rib nearest L1 (3), whose box finds none: it stays T12's.
+    found = {(0, 0): [(-17.0, 1)], (1, 0): [(6.0, 1)], (2, 1): [(-16.0, 3)], (3, 1): []}
+    assert credit_ribs(found, 4).tolist() == [[False, False], [True, False], [False, True], [False, False]]
+
+
 def test_a_body_cut_by_the_field_of_view_is_not_called_rib_less(thoracolumbar):
     from SpineLabelLib.core.volume import Volume
 

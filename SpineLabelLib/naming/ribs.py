@@ -120,6 +120,17 @@ def owner_of(head_z: float, own_frame: np.ndarray, points: np.ndarray, n: int) -
     return owner if 0 <= owner < len(points) else None
 
 
+def credit_ribs(found: dict, count: int) -> np.ndarray:
+    """(count, 2) rib-bearing per vertebra and side from {(vertebra, side): [(head, owner), ...]}.
+    A rib goes to the neighbour its head is nearest only if that neighbour's own box found a rib on
+    that side too: the 12th rib's head can sit low beside T12 with L1 rib-less below."""
+    ribbed = np.zeros((count, 2), bool)
+    for (n, side), heads in found.items():
+        for _head, owner in heads:
+            ribbed[owner if owner is not None and found.get((owner, side)) else n, side] = True
+    return ribbed
+
+
 def fill_between(ribbed: np.ndarray) -> np.ndarray:
     """Rib-bearing vertebrae are contiguous (T1-T12): one found without its own rib between two with
     theirs lost it to the thresholds (a rib merged with the scapula, a thin rib at 5 mm slices)."""
@@ -165,13 +176,7 @@ def rib_evidence(image: Volume, centroids_ras: np.ndarray, modality: str = "ct",
             head_seen[n, side] = head_place.mean() >= 0.75 and upper_body_seen
             heads = rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing)
             found[n, side] = [(head, owner_of(head, frame, points, n)) for head in heads]
-    ribbed = np.zeros((len(points), 2), bool)
-    for (n, side), heads in found.items():
-        for head, owner in heads:
-            # A rib goes to the neighbour its head is nearest only if that neighbour's own box found a
-            # rib on this side too: the 12th rib's head can sit low beside T12 with L1 rib-less below.
-            ribbed[owner if owner is not None and found.get((owner, side)) else n, side] = True
-    ribbed = fill_between(ribbed & seen)
+    ribbed = fill_between(credit_ribs(found, len(points)) & seen)
     for n in np.flatnonzero(seen.any(axis=1)):
         found = int(ribbed[n].sum())
         if found or head_seen[n].any():
