@@ -19,6 +19,7 @@ Suites (truth):
                  identification is what these labels support best (body outlines are derived)
   synth_heldout  SynthSeg-style CT and T2 images from the verse012 and lidc-0001 label maps (held out)
   phantoms       bench/detect_eval.py PHANTOM_SUITES (ct, mr, fractures)
+  lidc_5mm       lidc-0001 resampled to 5 mm axial slices (slice profile blur), truth resampled with it
   site_vb2/vb3   every case of one lumbar MRI study, for a model trained without it (leave one site
                  out; not in the default suites: every bundled model saw both studies)
 Metrics: bench/detect_eval.py's (recall: Dice >= 0.5; id_rate: VerSe rule, closest detection within
@@ -49,7 +50,7 @@ from SpineLabelLib.core import anatomy  # noqa: E402
 from SpineLabelLib.core.result import SpineResult  # noqa: E402
 
 DATA = BENCH.parent.parent / "shared" / "data"
-SUITES = ("mri_val", "verse012", "lidc", "discs", "synth_heldout", "phantoms")
+SUITES = ("mri_val", "verse012", "lidc", "lidc_5mm", "discs", "synth_heldout", "phantoms")
 
 
 # --- cases: (case id, image Volume, truth body codes on the image grid) -------------------------------
@@ -67,6 +68,33 @@ def lidc_cases(limit=None):
 
     source = lidc(DATA)
     yield source.name, source.image, body_masks(source.labels).array
+
+
+def thick_slices(volume, slice_mm: float, label: bool = False):
+    """A CT as if reconstructed at ``slice_mm`` axial slices: blurred along k by the slice profile,
+    then resampled (labels: nearest neighbour, no blur)."""
+    from scipy import ndimage
+
+    from SpineLabelLib.core.volume import Volume, resample
+
+    spacing = np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0)
+    if not label:
+        sigma = slice_mm / 2.355 / spacing[2]
+        volume = Volume(ndimage.gaussian_filter1d(volume.array.astype(np.float32), sigma, axis=0),
+                        volume.ijk_to_ras)
+    return resample(volume, (spacing[0], spacing[1], slice_mm), label=label)
+
+
+def lidc_thick_cases(limit=None):
+    """lidc-0001 as a 5 mm chest CT (its own slices are 2.5 mm): the detector saw it at 2.5 mm with
+    simulated thicker slices, so this tests the naming at 5 mm (ribs, spurious detections) more than
+    the detector."""
+    from SpineLabelLib.synthesis.bodies import body_masks
+    from SpineLabelLib.synthesis.sources import lidc
+
+    source = lidc(DATA)
+    yield (f"{source.name}-5mm", thick_slices(source.image, 5.0),
+           thick_slices(body_masks(source.labels), 5.0, label=True).array)
 
 
 def disc_cases(limit=None):
@@ -109,12 +137,13 @@ def phantom_cases(limit=None):
 
 CASES = {"mri_val": lambda limit: detect_eval.real_cases(limit), "verse012": verse012_cases, "lidc": lidc_cases,
          "discs": disc_cases, "synth_heldout": synthetic_cases, "phantoms": phantom_cases,
-         "site_vb2": site_cases("vb2"), "site_vb3": site_cases("vb3")}
+         "site_vb2": site_cases("vb2"), "site_vb3": site_cases("vb3"), "lidc_5mm": lidc_thick_cases}
 TRUTH = {"mri_val": "manual body masks", "verse012": "manual whole-vertebra masks cut to bodies",
          "lidc": "TotalSegmentator v2 vertebrae (automatic) cut to bodies",
          "discs": "bodies between manual disc masks (derived)", "synth_heldout": "synthesis labels",
          "phantoms": "phantom labels", "site_vb2": "manual body masks (every vb2 case)",
-         "site_vb3": "manual body masks (every vb3 case)"}
+         "site_vb3": "manual body masks (every vb3 case)",
+         "lidc_5mm": "TotalSegmentator v2 vertebrae (automatic) cut to bodies, resampled to 5 mm slices"}
 
 
 # --- running ------------------------------------------------------------------------------------
