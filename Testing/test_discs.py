@@ -274,3 +274,17 @@ def test_disc_segmenter_is_a_run_argument():
     add_run_arguments(parser)
     assert RunOptions.from_args(parser.parse_args(["--disc-segmenter", "none"])).disc_segmenter == "none"
     assert RunOptions.from_args(parser.parse_args([])).disc_segmenter == "auto"
+
+
+def test_a_disc_site_beyond_the_grid_places_nothing_and_does_not_fail():
+    """A probe below the lowest body at the image's lower edge (vb2-19 with a leave-one-site-out
+    detector) put the disc crop wholly below the grid; placing it raised a shape error."""
+    from SpineLabelLib.models.disc_unet.infer import _place
+
+    discs = np.zeros((4, 30, 30), np.uint16)
+    probability = np.zeros(discs.shape, np.float32)
+    crop = np.ones((4, 10, 10), np.float32)
+    _place(discs, probability, crop, np.arange(4), np.array([0.0, 40.0, 15.0]), 10, 10, 121)
+    assert not discs.any() and not probability.any()
+    _place(discs, probability, crop, np.arange(4), np.array([0.0, 27.0, 15.0]), 10, 10, 121)   # half inside
+    assert (discs[:, 22:, 10:20] == 121).all() and not discs[:, :22].any()

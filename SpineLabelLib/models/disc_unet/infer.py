@@ -103,6 +103,8 @@ def _place(discs, probability, crop_probability, xs, centre, rows, cols, value) 
     shape = discs.shape
     rs = slice(max(r0, 0), min(r0 + rows, shape[1]))
     cs = slice(max(c0, 0), min(c0 + cols, shape[2]))
+    if rs.stop <= rs.start or cs.stop <= cs.start:
+        return        # the site lies beyond the grid (a probe below a body at the image's lower edge)
     sub = (slice(None), slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
     target = (xs[:, None, None], np.arange(rs.start, rs.stop)[None, :, None], np.arange(cs.start, cs.stop)[None, None, :])
     p, m = crop_probability[sub], mask[sub]
