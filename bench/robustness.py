@@ -20,6 +20,7 @@ Suites (truth):
   synth_heldout  SynthSeg-style CT and T2 images from the verse012 and lidc-0001 label maps (held out)
   phantoms       bench/detect_eval.py PHANTOM_SUITES (ct, mr, fractures)
   lidc_5mm       lidc-0001 resampled to 5 mm axial slices (slice profile blur), truth resampled with it
+  lidc_cta       lidc-0001 with heart, aorta and great veins painted at 350 HU (a CT angiogram's look)
   site_vb2/vb3   every case of one lumbar MRI study, for a model trained without it (leave one site
                  out; not in the default suites: every bundled model saw both studies)
 Metrics: bench/detect_eval.py's (recall: Dice >= 0.5; id_rate: VerSe rule, closest detection within
@@ -50,7 +51,7 @@ from SpineLabelLib.core import anatomy  # noqa: E402
 from SpineLabelLib.core.result import SpineResult  # noqa: E402
 
 DATA = BENCH.parent.parent / "shared" / "data"
-SUITES = ("mri_val", "verse012", "lidc", "lidc_5mm", "discs", "synth_heldout", "phantoms")
+SUITES = ("mri_val", "verse012", "lidc", "lidc_5mm", "lidc_cta", "discs", "synth_heldout", "phantoms")
 
 
 # --- cases: (case id, image Volume, truth body codes on the image grid) -------------------------------
@@ -97,6 +98,27 @@ def lidc_thick_cases(limit=None):
            thick_slices(body_masks(source.labels), 5.0, label=True).array)
 
 
+#: TotalSegmentator v2 ids (lidc-0001_totalseg_structures.csv) of the blood pool a CT angiogram fills:
+#: heart, aorta, pulmonary veins, left atrial appendage, venae cavae.
+CONTRAST_FILLED = (51, 52, 53, 61, 62, 63)
+
+
+def lidc_cta_cases(limit=None):
+    """lidc-0001 as a CT angiogram of the chest: its heart, aorta and great veins (TotalSegmentator
+    output) filled with contrast at 350 +- 25 HU. The aorta runs beside the thoracic bodies as a
+    bone-bright tube; the detector never saw one."""
+    from SpineLabelLib.synthesis.bodies import body_masks
+    from SpineLabelLib.synthesis.sources import lidc
+
+    source = lidc(DATA)
+    structures = detect_eval.load_volume(DATA / "ct/lidc-0001/lidc-0001_totalseg.nii.gz").array
+    filled = np.isin(structures, CONTRAST_FILLED)
+    noise = np.random.default_rng(7).normal(0.0, 25.0, int(filled.sum()))
+    image = source.image.array.astype(np.float32).copy()
+    image[filled] = 350.0 + noise
+    yield f"{source.name}-cta", source.image.with_array(image), body_masks(source.labels).array
+
+
 def disc_cases(limit=None):
     from SpineLabelLib.synthesis.sources import disc_mri
 
@@ -137,13 +159,15 @@ def phantom_cases(limit=None):
 
 CASES = {"mri_val": lambda limit: detect_eval.real_cases(limit), "verse012": verse012_cases, "lidc": lidc_cases,
          "discs": disc_cases, "synth_heldout": synthetic_cases, "phantoms": phantom_cases,
-         "site_vb2": site_cases("vb2"), "site_vb3": site_cases("vb3"), "lidc_5mm": lidc_thick_cases}
+         "site_vb2": site_cases("vb2"), "site_vb3": site_cases("vb3"), "lidc_5mm": lidc_thick_cases,
+         "lidc_cta": lidc_cta_cases}
 TRUTH = {"mri_val": "manual body masks", "verse012": "manual whole-vertebra masks cut to bodies",
          "lidc": "TotalSegmentator v2 vertebrae (automatic) cut to bodies",
          "discs": "bodies between manual disc masks (derived)", "synth_heldout": "synthesis labels",
          "phantoms": "phantom labels", "site_vb2": "manual body masks (every vb2 case)",
          "site_vb3": "manual body masks (every vb3 case)",
-         "lidc_5mm": "TotalSegmentator v2 vertebrae (automatic) cut to bodies, resampled to 5 mm slices"}
+         "lidc_5mm": "TotalSegmentator v2 vertebrae (automatic) cut to bodies, resampled to 5 mm slices",
+         "lidc_cta": "TotalSegmentator v2 vertebrae (automatic) cut to bodies; vessels painted as contrast-filled"}
 
 
 # --- running ------------------------------------------------------------------------------------
