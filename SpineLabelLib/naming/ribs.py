@@ -14,9 +14,16 @@ percentile of the superior-inferior thickness of its lateral columns <= `RIB_THI
 crest beside L4-L5, measured on the TotalSegmentator example CT, is 18-38 mm there, ribs 6-16 mm). Fast: one small resample
 and one labelling per side and vertebra (a few milliseconds each).
 
+Such a piece is a rib *of the vertebra its head is nearest* (`owner_of`: the head's level, where the
+piece meets the column, against each vertebra's expected head a quarter step above its centre), not
+necessarily of the vertebra whose box found it: at 5 mm slices C7's box reaches T1's first rib
+(lung-dx-a0001; lidc-0001 at body centroids). It goes to that neighbour only if the neighbour's own box
+found a rib on that side (`credit_ribs`), and rib-bearing vertebrae are contiguous (`fill_between`).
+
 Probabilities: a rib on both sides 0.95, on one side 0.85 (a rib can be missed on one side, e.g.
 when the field of view is narrow), none 0.1; NaN when the box beside the body lies outside the image
-on both sides, or the image is not CT.
+on both sides, when no rib was found and the place of the vertebra's own rib head is out of view (a
+body cut by the field of view's edge), or when the image is not CT.
 """
 from __future__ import annotations
 
@@ -99,11 +106,6 @@ def rib_heads(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float,
     return heads
 
 
-def side_has_rib(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float, level_half_height: float
-                 ) -> bool:
-    return bool(rib_heads(bone, x, z, half_width, level_half_height))
-
-
 def owner_of(head_z: float, own_frame: np.ndarray, points: np.ndarray, n: int) -> int | None:
     """The vertebra (index) a rib head at ``head_z`` mm along vertebra n's column axis belongs to:
     the one whose expected rib head (`HEAD_ABOVE_CENTRE` steps above its centroid) is nearest, among
@@ -153,35 +155,48 @@ def rib_evidence(image: Volume, centroids_ras: np.ndarray, modality: str = "ct",
     out = np.full(len(points), np.nan)
     if modality != "ct" or len(points) == 0:
         return out
-    x = np.arange(0.0, BOX_LATERAL_MM + STEP_MM, STEP_MM)
-    y = np.arange(BOX_ANTERIOR_MM[0], BOX_ANTERIOR_MM[1] + STEP_MM, STEP_MM)
     seen = np.zeros((len(points), 2), bool)          # side in the field of view
-    head_seen = np.zeros((len(points), 2), bool)     # ... with the place of its rib head
+    head_seen = np.zeros((len(points), 2), bool)     # ... with the place of its own rib head
     found: dict[tuple[int, int], list[tuple[float, int | None]]] = {}   # (vertebra, side) -> (head, owner)
-    for n, centre in enumerate(points):
-        spacing = _neighbour_spacing(points, n)
-        z = np.arange(-1.5 * spacing, 0.6 * spacing + STEP_MM, STEP_MM)
-        frame = vertebra_frame(points, n)
+    for n in range(len(points)):
         half_width = BODY_HALF_WIDTH_MM if half_widths_mm is None else float(half_widths_mm[n])
-        # A body cut by the field of view's edge has its upper half, where the rib head is, out of view.
-        upper_body_seen = bool(_sample(image, centre, frame, np.zeros(1), np.zeros(1), np.array([0.4 * spacing]))[1].all())
-        for side, sign in enumerate((1.0, -1.0)):
-            values, inside = _sample(image, centre, frame, sign * x, y, z)
-            if inside[..., x >= RIB_REACH_MM].mean() < 0.5:
-                continue                                # this side is out of the field of view
-            seen[n, side] = True
-            head_rows = (z >= 0) & (z <= 0.4 * spacing)
-            # "No rib" needs the place of its own rib head in view (not so at the field of view's edge).
-            head_place = inside[head_rows][:, (y >= HEAD_Y_MM[0]) & (y <= HEAD_Y_MM[1])][..., x <= half_width + SEED_WIDTH_MM]
-            head_seen[n, side] = head_place.mean() >= 0.75 and upper_body_seen
-            heads = rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing)
-            found[n, side] = [(head, owner_of(head, frame, points, n)) for head in heads]
+        for side, (in_view, head_in_view, heads) in enumerate(look_beside(image, points, n, half_width)):
+            seen[n, side], head_seen[n, side] = in_view, head_in_view
+            if in_view:
+                found[n, side] = heads
     ribbed = fill_between(credit_ribs(found, len(points)) & seen)
     for n in np.flatnonzero(seen.any(axis=1)):
-        found = int(ribbed[n].sum())
-        if found or head_seen[n].any():
-            out[n] = P_BOTH if found >= 2 else P_ONE if found == 1 else P_NONE
+        sides = int(ribbed[n].sum())
+        if sides or head_seen[n].any():
+            out[n] = P_BOTH if sides >= 2 else P_ONE if sides == 1 else P_NONE
     return out
+
+
+def look_beside(image: Volume, points: np.ndarray, n: int, half_width: float) -> list[tuple]:
+    """Per side (right, left) of vertebra n: (side in view, its own rib head's place in view,
+    [(rib head level, owner index or None), ...])."""
+    x = np.arange(0.0, BOX_LATERAL_MM + STEP_MM, STEP_MM)
+    y = np.arange(BOX_ANTERIOR_MM[0], BOX_ANTERIOR_MM[1] + STEP_MM, STEP_MM)
+    spacing = _neighbour_spacing(points, n)
+    z = np.arange(-1.5 * spacing, 0.6 * spacing + STEP_MM, STEP_MM)
+    frame = vertebra_frame(points, n)
+    centre = points[n]
+    # A body cut by the field of view's edge has its upper half, where the rib head is, out of view.
+    upper_body_seen = bool(_sample(image, centre, frame, np.zeros(1), np.zeros(1), np.array([0.4 * spacing]))[1].all())
+    head_rows = (z >= 0) & (z <= 0.4 * spacing)
+    head_columns = (y >= HEAD_Y_MM[0]) & (y <= HEAD_Y_MM[1])
+    sides = []
+    for sign in (1.0, -1.0):
+        values, inside = _sample(image, centre, frame, sign * x, y, z)
+        if inside[..., x >= RIB_REACH_MM].mean() < 0.5:
+            sides.append((False, False, []))            # this side is out of the field of view
+            continue
+        # "No rib" needs the place of its own rib head in view (not so at the field of view's edge).
+        head_place = inside[head_rows][:, head_columns][..., x <= half_width + SEED_WIDTH_MM]
+        heads = rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing)
+        sides.append((True, bool(head_place.mean() >= 0.75 and upper_body_seen),
+                      [(head, owner_of(head, frame, points, n)) for head in heads]))
+    return sides
 
 
 def _neighbour_spacing(points: np.ndarray, n: int) -> float:
