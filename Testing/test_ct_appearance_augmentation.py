@@ -107,3 +107,21 @@ def test_s1_is_a_detector_class_and_unlabelled_sacrum_below_real_labels_is_blank
     image, _ = without._blank_below(*without.slice_stack(without.cases[0], 5), without.bottoms[0])
     assert image[:, 45:].max() == 0 and image[:, 25:40].min() == 1     # below L5: not shown
     assert with_s1.bottoms[0] is None                                    # the sacrum is a target there
+
+
+def test_contrast_remap_changes_mri_draws_only_and_keeps_the_anatomy_edges():
+    from SpineLabelLib.models.maskrcnn.data import remap_contrast
+
+    image = _striped_slice()
+    remapped = remap_contrast(image, np.random.default_rng(5))
+    np.testing.assert_array_equal(remapped, remap_contrast(image, np.random.default_rng(5)))
+    assert remapped.dtype == np.float32 and 0.0 <= remapped.min() and remapped.max() <= 1.0
+    # One intensity in, one out: bodies and discs stay where they were, only their brightness changes.
+    bright, dark = remapped[0, :4, 0], remapped[0, 4:8, 0]
+    assert np.ptp(bright) == 0 and np.ptp(dark) == 0
+    kwargs = dict(size=64, slice_offset=1, contrast_remap=1.0)
+    plain = dict(size=64, slice_offset=1)
+    assert not np.allclose(SliceSampler([_case(False)], seed=3, **kwargs).sample()[0],
+                           SliceSampler([_case(False)], seed=3, **plain).sample()[0])
+    np.testing.assert_array_equal(SliceSampler([_case(True)], seed=3, **kwargs).sample()[0],
+                                  SliceSampler([_case(True)], seed=3, **plain).sample()[0])

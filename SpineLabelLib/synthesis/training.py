@@ -30,11 +30,11 @@ SCRATCH = "scratch"
 SHARES = {"real": 0.33, "ctreal": 0.10, "synth": 0.35, "phantom": 0.12, "vidphantom": 0.10}
 
 
-def make_sampler(cases, weights, config, seed: int):
+def make_sampler(cases, weights, config, seed: int, contrast_remap: float = 0.0):
     from ..models.maskrcnn.data import CT_APPEARANCE, SliceSampler
 
     return SliceSampler(cases, config.train_size, config.slice_offset, seed=seed, weights=weights,
-                        bottom_cut=0.15, bias_field=0.3, **CT_APPEARANCE)
+                        bottom_cut=0.15, bias_field=0.3, contrast_remap=contrast_remap, **CT_APPEARANCE)
 
 
 def parse_shares(text: str) -> dict[str, float]:
@@ -66,7 +66,7 @@ def load_pool(data: Path, shares: dict[str, float] | None = None):
     return cases, weights, {g: len(p) for g, p in groups.items()}
 
 
-def mix_recipe(data: Path, eval_every: int, shares: dict[str, float] | None = None):
+def mix_recipe(data: Path, eval_every: int, shares: dict[str, float] | None = None, contrast_remap: float = 0.0):
     """The detector recipe on the mix: draws by group shares, real slices blanked below L5, the data
     folder rescanned after every second validation (cases written while training runs join)."""
     from ..training.recipes import DetectorRecipe
@@ -77,7 +77,7 @@ def mix_recipe(data: Path, eval_every: int, shares: dict[str, float] | None = No
             super().__init__(cases, weights)
 
         def sampler(self, config, seed: int):
-            return make_sampler(self.cases, self.weights, config, seed=seed)
+            return make_sampler(self.cases, self.weights, config, seed=seed, contrast_remap=contrast_remap)
 
         def refresh(self, sampler, config, iteration: int):
             if iteration % (2 * eval_every):
@@ -110,7 +110,7 @@ def fit(args) -> None:
 
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = mix_recipe(data, args.eval_every, parse_shares(args.shares))
+    recipe = mix_recipe(data, args.eval_every, parse_shares(args.shares), args.contrast_remap)
     saved = load_checkpoint(out / "last.pt")
     if saved is not None:
         config, initial_weights = recipe.config(saved.state.config), None
@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--save-minutes", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--contrast-remap", type=float, default=0.0,
+                        help="share of MRI draws shown through a random intensity map (models.maskrcnn.data.remap_contrast)")
     parser.add_argument("--shares", default="", help="draw shares per file group, e.g. ctreal=0.2 "
                         f"(default {', '.join(f'{g}={v}' for g, v in SHARES.items())})")
     fit(parser.parse_args(argv))

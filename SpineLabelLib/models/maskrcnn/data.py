@@ -119,10 +119,11 @@ class SliceSampler:
     def __init__(self, cases: list[Case], size: int, slice_offset: int, seed: int = 0,
                  weights: list[float] | None = None, augment: bool = True, bottom_cut: float = 0.0,
                  bias_field: float = 0.0, mip: float = 0.0, thick_slices: float = 0.0,
-                 bone_density: float = 0.0) -> None:
+                 bone_density: float = 0.0, contrast_remap: float = 0.0) -> None:
         self.cases, self.size, self.offset, self.augment = cases, size, slice_offset, augment
         self.bottom_cut, self.bias_field, self.mip = bottom_cut, bias_field, mip
         self.thick_slices, self.bone_density = thick_slices, bone_density
+        self.contrast_remap = contrast_remap
         self.rng = np.random.default_rng(seed)
         weights = np.ones(len(cases)) if weights is None else np.asarray(weights, float)
         self.weights = weights / weights.sum()
@@ -171,6 +172,8 @@ class SliceSampler:
             image, labels = self.mip_stack(case, x, int(self.rng.integers(6, 33)))
         else:
             image, labels = self.slice_stack(case, x)
+        if self.augment and self.contrast_remap and not case.ct and self.rng.random() < self.contrast_remap:
+            image = remap_contrast(image, self.rng)
         if self.bottoms[index] is not None:
             image, labels = self._blank_below(image, labels, self.bottoms[index])
         cuts = self.tops[index]
@@ -281,6 +284,14 @@ def thicken_axial_slices(image: np.ndarray, factor: float) -> np.ndarray:
     sampled = make_interp_spline(rows, blurred, k=1, axis=1)(slices)
     back = make_interp_spline(slices, sampled, k=1, axis=1)(np.clip(rows, 0, slices[-1]))
     return back.astype(np.float32)
+
+
+def remap_contrast(image: np.ndarray, rng, control_points: int = 5) -> np.ndarray:
+    """The same anatomy at another MRI contrast: intensities (0..1) through a random piecewise-linear
+    map, not necessarily monotonic (SynthSeg's random contrasts, applied to a real image). The
+    sacrum of a T1 water-fat study looked like nothing the T2-trained detector knew."""
+    levels = np.linspace(0.0, 1.0, control_points)
+    return np.interp(np.clip(image, 0.0, 1.0), levels, rng.random(control_points)).astype(np.float32)
 
 
 def scale_bone_contrast(image: np.ndarray, factor: float) -> np.ndarray:
