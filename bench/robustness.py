@@ -2,14 +2,15 @@
 phantoms; per model, with what each model saw in training stated. Prints JSON.
 
     python bench/robustness.py [--models vertebra-detector,checkpoints/detector_mix/export]
-        [--suites mri_val,verse012,lidc,discs,synth_heldout,phantoms] [--limit N] [--segmenter auto]
-        [--out bench/out/robustness.json]
+        [--suites mri_val,verse012,lidc,lidc_5mm,lidc_cta,discs,synth_heldout,phantoms] [--limit N]
+        [--segmenter auto] [--out bench/out/robustness.json]
 
-Leave-one-source-out, as far as two CPU cores allow in a session: ONE candidate model trained
-without verse012, lidc-0001 and the disc MRI (and without the lumbar MRI validation split) is
-tested on each of them; the bundled model never saw any of them (nor any real CT). What each model
-was trained on is written beside its numbers ("saw"), read from its model card or from the
-training folder's mix.json (`--mix`).
+Leave-one-source-out, as far as two CPU cores allow in a session: a candidate trained without
+verse012, lidc-0001 and the disc MRI (and without the lumbar MRI validation split) is tested on
+each of them, and models trained from scratch without one lumbar MRI study on that study
+(site_vb2, site_vb3). The bundled detector 0.6.0 was trained on verse012, lidc-0001 and the disc MRI.
+What each model was trained on is written beside its numbers ("saw"), read from its model card or
+from the training folder's mix.json (`--mix`).
 
 Suites (truth):
   mri_val        lumbar MRI validation split (manual body masks L1-L5 / T11-L5)
