@@ -37,6 +37,7 @@ import json
 import resource
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +65,19 @@ def verse012_cases(limit=None):
     yield source.name, source.image, body_masks(source.labels).array
 
 
-def lidc_cases(limit=None):
+@lru_cache(maxsize=1)
+def lidc_with_bodies():
+    """lidc-0001 and its vertebrae cut to bodies, read once for the three lidc suites."""
     from SpineLabelLib.synthesis.bodies import body_masks
     from SpineLabelLib.synthesis.sources import lidc
 
     source = lidc(DATA)
-    yield source.name, source.image, body_masks(source.labels).array
+    return source, body_masks(source.labels)
+
+
+def lidc_cases(limit=None):
+    source, bodies = lidc_with_bodies()
+    yield source.name, source.image, bodies.array
 
 
 def thick_slices(volume, slice_mm: float, label: bool = False):
@@ -91,12 +99,8 @@ def lidc_thick_cases(limit=None):
     """lidc-0001 as a 5 mm chest CT (its own slices are 2.5 mm): the detector saw it at 2.5 mm with
     simulated thicker slices, so this tests the naming at 5 mm (ribs, spurious detections) more than
     the detector."""
-    from SpineLabelLib.synthesis.bodies import body_masks
-    from SpineLabelLib.synthesis.sources import lidc
-
-    source = lidc(DATA)
-    yield (f"{source.name}-5mm", thick_slices(source.image, 5.0),
-           thick_slices(body_masks(source.labels), 5.0, label=True).array)
+    source, bodies = lidc_with_bodies()
+    yield f"{source.name}-5mm", thick_slices(source.image, 5.0), thick_slices(bodies, 5.0, label=True).array
 
 
 #: TotalSegmentator v2 ids (lidc-0001_totalseg_structures.csv) of the blood pool a CT angiogram fills:
@@ -108,16 +112,13 @@ def lidc_cta_cases(limit=None):
     """lidc-0001 as a CT angiogram of the chest: its heart, aorta and great veins (TotalSegmentator
     output) filled with contrast at 350 +- 25 HU. The aorta runs beside the thoracic bodies as a
     bone-bright tube; the detector never saw one."""
-    from SpineLabelLib.synthesis.bodies import body_masks
-    from SpineLabelLib.synthesis.sources import lidc
-
-    source = lidc(DATA)
+    source, bodies = lidc_with_bodies()
     structures = detect_eval.load_volume(DATA / "ct/lidc-0001/lidc-0001_totalseg.nii.gz").array
     filled = np.isin(structures, CONTRAST_FILLED)
     noise = np.random.default_rng(7).normal(0.0, 25.0, int(filled.sum()))
     image = source.image.array.astype(np.float32).copy()
     image[filled] = 350.0 + noise
-    yield f"{source.name}-cta", source.image.with_array(image), body_masks(source.labels).array
+    yield f"{source.name}-cta", source.image.with_array(image), bodies.array
 
 
 def disc_cases(limit=None):

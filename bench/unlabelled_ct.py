@@ -25,27 +25,25 @@ from SpineLabelLib.models.registry import load_model  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-MATCH_MM = 20.0
+from SpineLabelLib.training.evaluation import IDENTIFICATION_MM, identified  # noqa: E402
 
 
 def against_levels(result, annotation: dict) -> dict:
-    truth = annotation["vertebrae"]
+    """Recall (an annotated body with a named detection within IDENTIFICATION_MM) and identification
+    (`training.evaluation.identified`, the VerSe rule) against centroids with levels read."""
+    truth_points = np.array([b["centroid_ras"] for b in annotation["vertebrae"]], float)
+    truth_levels = [b["level"] for b in annotation["vertebrae"]]
     found = [v for v in result.vertebrae if v.level]
-    points = np.array([v.centroid_ras for v in found]).reshape(-1, 3)
-    matched, identified, used = 0, 0, set()
-    for body in truth:
-        if not len(points):
-            break
-        distance = np.linalg.norm(points - np.asarray(body["centroid_ras"]), axis=1)
-        nearest = int(distance.argmin())
-        if distance[nearest] <= MATCH_MM:
-            matched += 1
-            used.add(nearest)
-            identified += found[nearest].level == body["level"]
-    right = identified == len(truth)
-    return {"annotated": len(truth), "recall": round(matched / len(truth), 3),
-            "id_rate": round(identified / len(truth), 3), "unmatched_detections": len(found) - len(used),
-            "named_right": right, "warned": bool(result.naming.get("uncertain"))}
+    points = np.array([v.centroid_ras for v in found], float).reshape(-1, 3)
+    hits = identified(truth_points, truth_levels, points, [v.level for v in found])
+    if len(points):
+        distance = np.linalg.norm(truth_points[:, None] - points[None], axis=2)
+        near, nearest = distance.min(axis=1) < IDENTIFICATION_MM, set(distance.argmin(axis=1).tolist())
+    else:
+        near, nearest = np.zeros(len(truth_levels), bool), set()
+    return {"annotated": len(truth_levels), "recall": round(float(near.mean()), 3),
+            "id_rate": round(float(hits.mean()), 3), "unmatched_detections": len(found) - len(nearest),
+            "named_right": bool(hits.all()), "warned": bool(result.naming.get("uncertain"))}
 
 
 def describe(path: str, model: str, annotation: dict | None = None) -> dict:

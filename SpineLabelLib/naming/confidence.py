@@ -158,7 +158,7 @@ def assess(names: list[str], centroids_ras, level_scores=None, detection_scores=
     if not any(names):
         return {"confidence": 0.0, "uncertain": True, "reason": "no vertebra named", "anchors": []}
     points = np.asarray(centroids_ras, float).reshape(-1, 3)
-    order = _cranio_caudal(order_along_spine(points, params.outlier_mm, params)[0], points)
+    order = _cranio_caudal(order_along_spine(points, params)[0], points)
     costs = alternative_costs(names, order, centroids_ras=points, level_scores=level_scores,
                               detection_scores=detection_scores, locked=locked, evidence=evidence, params=params)
     confidence = confidence_from_costs(costs, policy.temperature)

@@ -228,12 +228,13 @@ def _squeezed(points: np.ndarray, squeeze_step: float) -> np.ndarray:
     return squeezed
 
 
-def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.outlier_mm,
-                      params: LabellingParams = DEFAULT_PARAMS) -> tuple[np.ndarray, np.ndarray]:
+def order_along_spine(points: np.ndarray, params: LabellingParams = DEFAULT_PARAMS
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(order, is_outlier): point indices sorted along the spine chain (either direction), and a mask
-    of points far off the spine's course, or off it and squeezed between two neighbours one step
-    apart (`LabellingParams.squeezed_off_mm`). The worst outlier is removed and the chain rebuilt,
-    one at a time, so an outlier cannot bend the chain or make its true neighbours look like outliers."""
+    of points far off the spine's course (`LabellingParams.outlier_mm`), or off it and squeezed
+    between two neighbours one step apart (`squeezed_off_mm`). The worst outlier is removed and the
+    chain rebuilt, one at a time, so an outlier cannot bend the chain or make its true neighbours
+    look like outliers."""
     points = np.asarray(points, dtype=float)
     outlier = np.zeros(len(points), dtype=bool)
     while True:
@@ -242,7 +243,7 @@ def order_along_spine(points: np.ndarray, outlier_mm: float = DEFAULT_PARAMS.out
         position = np.array([_project_on_polyline(p, points[path]) for p in points])
         chain = keep[np.argsort(position[keep], kind="stable")]
         off = _off_chain_mm(points[chain])
-        limit = np.where(_squeezed(points[chain], params.squeeze_step), params.squeezed_off_mm, outlier_mm)
+        limit = np.where(_squeezed(points[chain], params.squeeze_step), params.squeezed_off_mm, params.outlier_mm)
         if len(chain) < 4 or (off <= limit).all():
             break
         outlier[chain[int(np.argmax(off - limit))]] = True
@@ -429,7 +430,7 @@ def _problem(centroids_ras, level_scores, detection_scores, locked, allow_transi
     if n == 0:
         return None
     det = np.ones(n) if detection_scores is None else np.clip(np.asarray(detection_scores, float), 0, 1)
-    order, outlier = order_along_spine(points, params.outlier_mm, params)
+    order, outlier = order_along_spine(points, params)
     usable = ~outlier & (det >= params.min_detection_score)
     usable[list(locked_idx)] = True            # a person's point is never spurious
     chain = np.array([i for i in order if usable[i]], dtype=int)

@@ -140,7 +140,7 @@ def fill_between(ribbed: np.ndarray) -> np.ndarray:
     filled = ribbed.copy()
     for n in range(1, len(own) - 1):
         if not own[n] and own[n - 1] and own[n + 1]:
-            filled[n, 0] = True
+            filled[n, 0] = True         # counted as one side: P_ONE, not P_BOTH
     return filled
 
 

@@ -60,7 +60,7 @@ def load_pool(data: Path, shares: dict[str, float] | None = None):
     for group, paths in groups.items():
         for path in paths:
             case = Case.load(path)
-            case.ct = group == "ctreal"
+            case.ct = group == "ctreal"       # the mix's recipe: only real CT gets the CT draws
             cases.append(case)
             weights.append(active.get(group, 0.0) / total / len(paths))
     return cases, weights, {g: len(p) for g, p in groups.items()}

@@ -130,7 +130,7 @@ def evaluate_slices(model, slices) -> dict:
     """Share of ground-truth bodies found (mask IoU >= 0.5) and of those with the right level."""
     import torch
 
-    from ..models.maskrcnn.data import DETECTOR_CLASS_OF_CODE as CLASS_OF_CODE
+    from ..models.maskrcnn.data import DETECTOR_CLASS_OF_CODE
 
     model.eval()
     found = correct = total = 0
@@ -139,7 +139,7 @@ def evaluate_slices(model, slices) -> dict:
             output = model([torch.from_numpy(image)])[0]
             masks = (output["masks"][:, 0] > 0.5).numpy()
             for code in np.unique(labels):
-                if code == 0 or CLASS_OF_CODE[code] == 0:
+                if code == 0 or DETECTOR_CLASS_OF_CODE[code] == 0:
                     continue
                 truth = labels == code
                 total += 1
@@ -151,7 +151,7 @@ def evaluate_slices(model, slices) -> dict:
                 best = int(iou.argmax())
                 if iou[best] >= 0.5:
                     found += 1
-                    correct += int(int(output["labels"][best]) == CLASS_OF_CODE[code])
+                    correct += int(int(output["labels"][best]) == DETECTOR_CLASS_OF_CODE[code])
     model.train()
     return {"recall": found / max(total, 1), "identified": float(correct) / max(total, 1), "bodies": total}
 
