@@ -216,3 +216,35 @@ def test_training_from_scratch_keeps_the_bundled_architecture_but_none_of_its_we
     config, weights, origin = initial_state("vertebra-detector")
     assert weights is not None and set(weights) == set(bundled.network.state_dict())
     assert bundled.version in origin
+
+
+def test_corrected_cases_from_the_export_join_the_mix_by_their_modality(tmp_path):
+    """The product's loop feeds the synthesis trainer: an exported CT goes to the real-CT group (its
+    thick-slice and bone draws), an exported MRI to the real-MRI group, named by the export's case id."""
+    from SpineLabelLib.dataset import export_case
+    from SpineLabelLib.models.maskrcnn.data import Case
+    from SpineLabelLib.phantom import generate_phantom
+    from SpineLabelLib.synthesis.cases import prepare_corrected
+    from SpineLabelLib.synthesis.training import load_pool
+
+    dataset, mix = tmp_path / "dataset", tmp_path / "mix"
+    mix.mkdir()
+    for modality, seed in (("ct", 3), ("t2", 4)):
+        phantom = generate_phantom(["T12", "L1", "L2"], modality, spacing=(1.6, 1.3, 2.4), seed=seed,
+                                   crop_to_spine=True, rotation_deg=(5.0, -3.0, 2.0))
+        labels = phantom.labels.array.copy()
+        labels[(labels == 0) & (np.indices(labels.shape)[0] == labels.shape[0] // 2)] = 100 + anatomy.code_of("L1")
+        export_case(dataset, phantom.image, Volume(labels, phantom.labels.ijk_to_ras),  # with a "disc" label
+                    modality="ct" if modality == "ct" else "mr")
+    manifest = {}
+    prepare_corrected(dataset, mix, manifest)
+
+    ct, mr = mix / "ctreal_corrected-spl_0001.npz", mix / "real_corrected-spl_0002.npz"
+    assert sorted(p.name for p in mix.iterdir()) == [ct.name, mr.name]      # no staging left behind
+    assert Case.load(ct).ct and not Case.load(mr).ct
+    assert Case.load(ct).blank_top                       # unlabelled vertebrae above may be in view
+    assert set(np.unique(Case.load(ct).labels)) - {0} == {anatomy.code_of(n) for n in ("T12", "L1", "L2")}
+    assert manifest["corrected"]["cases"]["spl_0001"] == {"modality": "ct", "levels": ["T12", "L1", "L2"],
+                                                          "file": ct.name}
+    cases, _, counts = load_pool(mix)
+    assert {g: n for g, n in counts.items() if n} == {"ctreal": 1, "real": 1}

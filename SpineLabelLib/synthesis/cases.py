@@ -9,6 +9,8 @@ Writes into --out (skipping files that exist, so it can run while training reads
   ctreal_<source>.npz               real CT with body masks cut from its whole-vertebra labels
                                     (the TotalSegmentator example; verse012 and lidc-0001 unless held out)
   real_<ivd-case>.npz               the disc MRI unless held out: bodies L1..S1 between its manual discs
+  ctreal_corrected-<id>.npz /       the cases of a dataset written by 'spinelabel export' (--corrected):
+  real_corrected-<id>.npz           the product's loop (detect, correct, export) feeding this trainer
   synth_<source>_<contrast>_<seed>.npz  SynthSeg-style images from the label maps (`generate.synthesise`)
   phantom_<seed>.npz                domain-randomised phantoms (detector.train.phantom_parameters), S1 kept
   mix.json                          which source went where and what was held out
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +59,26 @@ def prepare_real_ct(sources, out: Path, manifest: dict) -> None:
             summary = prepare_case(source.image, labels, SPACING, target, "ct", modality="ct")
             print("prepared", target.name, summary["levels"], flush=True)
         manifest.setdefault("real_ct", {})[source.name] = source.licence
+
+
+def prepare_corrected(dataset: Path, out: Path, manifest: dict) -> None:
+    """Corrected cases from the product's export, by their modality: CT joins the real-CT group (its
+    thick-slice and bone-density draws), MRI the real-MRI group. Named by the dataset's case id, which
+    the export made (never from patient data)."""
+    from ..training.finetune import case_modality, prepare_cases, read_dataset
+
+    cases, manifest_sha = read_dataset(dataset)
+    staging = out / ".corrected"
+    prepared = prepare_cases(cases, [], staging, SPACING)
+    entries = manifest.setdefault("corrected", {"dataset_manifest_sha256": manifest_sha, "cases": {}})
+    for case in cases:
+        modality = case_modality(case)
+        target = out / f"{'ctreal' if modality == 'ct' else 'real'}_corrected-{case.case_id}.npz"
+        prepared[case.case_id].replace(target)
+        entries["cases"][case.case_id] = {"modality": modality, "levels": case.manifest_entry.get("levels", []),
+                                          "file": target.name}
+        print("prepared", target.name, flush=True)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_disc_mri(sources, out: Path, manifest: dict) -> None:
@@ -114,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--first-round", type=int, default=0,
                         help="start at this round (two processes can share the rounds of one folder)")
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HOLD_OUT))
+    parser.add_argument("--corrected", metavar="DATASET",
+                        help="also a dataset folder written by 'spinelabel export' (corrected cases)")
     parser.add_argument("--no-s1-prior", action="store_true",
                         help="leave the real MRI's sacrum unlabelled (the trainer then blanks below L5)")
     args = parser.parse_args(argv)
@@ -127,6 +152,8 @@ def main(argv=None) -> int:
     prepare_real_ct([read(root) for name, read in readers.items() if name not in held_out], out, manifest)
     if "mri-discs" not in held_out:
         prepare_disc_mri(disc_mri(root), out, manifest)
+    if args.corrected:
+        prepare_corrected(Path(args.corrected), out, manifest)
     _record(manifest, out)
     label_maps = [s for s in verse_label_maps(root) + [totalseg_example(root)] if s.name not in held_out]
     for round_ in range(args.first_round, args.rounds):

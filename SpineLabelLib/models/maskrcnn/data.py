@@ -56,6 +56,8 @@ def prepare_case(image: Volume, labels: Volume, spacing: float, out_path: Path, 
     canonical = resample_to_canonical(image, spacing)
     canonical_labels = resample_to_canonical(labels, spacing, label=True)
     codes = canonical_labels.array.astype(np.uint8)
+    # A corrected export also holds its discs (100 + the level above): no detector class, background.
+    codes[~np.isin(codes, list(anatomy.NAME_BY_CODE))] = 0
     present = np.flatnonzero(codes.reshape(codes.shape[0], -1).max(axis=1))
     if present.size == 0:
         raise ValueError(f"{out_path.name}: no labelled voxel")
