@@ -69,6 +69,7 @@ def prepare_corrected(dataset: Path, out: Path, manifest: dict) -> None:
 
     cases, manifest_sha = read_dataset(dataset)
     staging = out / ".corrected"
+    shutil.rmtree(staging, ignore_errors=True)       # nothing cached from an interrupted run
     prepared = prepare_cases(cases, [], staging, SPACING)
     entries = manifest.setdefault("corrected", {"dataset_manifest_sha256": manifest_sha, "cases": {}})
     for case in cases:

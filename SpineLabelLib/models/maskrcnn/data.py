@@ -64,12 +64,13 @@ def prepare_case(image: Volume, labels: Volume, spacing: float, out_path: Path, 
     low = max(0, present[0] - margin_slices)
     high = min(codes.shape[0], present[-1] + margin_slices + 1)
     intensity = normalise_intensity(canonical.array, modality)[low:high].astype(np.float16)
+    summary = {"file": out_path.name, "shape": list(intensity.shape),
+               "levels": [anatomy.name_of(c) for c in np.unique(codes) if c]}
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as stream:
             np.savez_compressed(stream, image=intensity, labels=codes[low:high],
                                 kind=np.array(kind), spacing=np.array(spacing), modality=np.array(modality))
-    return {"file": out_path.name, "shape": list(intensity.shape),
-            "levels": [anatomy.name_of(c) for c in np.unique(codes) if c]}
+    return summary
 
 
 @dataclass
