@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from SpineLabelLib.phantom import generate_phantom
+from SpineLabelLib.phantom.reconstruction import thick_slices
 from SpineLabelLib.naming.ribs import rib_evidence, vertebra_frame
 
 
@@ -62,25 +63,13 @@ def test_vertebra_frame_is_right_handed_and_follows_the_column():
     assert frame[2, 2] > 0.9 and frame[0, 0] > 0.99          # z cranial, x to the right
 
 
-def _thick_axial(volume, slice_mm: float):
-    """The phantom reconstructed at ``slice_mm`` axial slices: blurred along k, then resampled."""
-    from scipy import ndimage
-
-    from SpineLabelLib.core.volume import Volume, resample
-
-    sigma = slice_mm / 2.355 / float(np.linalg.norm(volume.ijk_to_ras[:3, 2]))
-    blurred = Volume(ndimage.gaussian_filter1d(volume.array.astype(np.float32), sigma, axis=0), volume.ijk_to_ras)
-    spacing = np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0)
-    return resample(blurred, (spacing[0], spacing[1], slice_mm))
-
-
 def test_at_thick_slices_the_first_rib_is_t1s_not_c7s():
     """At 5 mm slices C7's box reaches T1's first rib (lung-dx-a0001, lidc-0001 at body centroids);
     a rib counts for the vertebra its head is nearest."""
     phantom = generate_phantom(["C5", "C6", "C7", "T1", "T2", "T3"], "ct", spacing=(0.8, 0.8, 1.0), seed=4,
                                rotation_deg=(8, 0, 0))
     names, points = truth_points(phantom)
-    evidence = rib_evidence(_thick_axial(phantom.image, 5.0), points, "ct")
+    evidence = rib_evidence(thick_slices(phantom.image, 5.0), points, "ct")
     assert [n for n, e in zip(names, evidence) if e >= 0.5] == ["T1", "T2", "T3"]
 
 

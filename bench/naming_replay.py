@@ -13,7 +13,9 @@ centroid) and how many the detections found (Dice >= 0.5, bench/robustness.py's 
 depend on the names). The replay then runs only the naming stage as `stages.name_levels.NameLevels` does
 after `gather_evidence` (`relabel_vertebrae`, `assess_vertebrae`, `sacrum.disc_decided`) with the given
 `LabellingParams` (--params), `AnchorWeights` (--weights, into `LabellingParams.anchor_weights`) and
-`NamingPolicy` (--policy), values as `key=value` pairs separated by commas.
+`NamingPolicy` (--policy), values as `key=value` pairs separated by commas. The cached rib evidence was
+gathered with the default `LabellingParams` (its rib frames skip the points those judge spurious): --params
+that change `outlier_mm` or `squeeze_*` replay the naming with them, not the rib evidence.
 
 Per suite: id_rate (identified truth bodies / truth bodies, VerSe rule, S1 not scored, as robustness.py),
 cases_right (every found body named right, of the cases with a body found; identification may exceed the

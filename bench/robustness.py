@@ -80,25 +80,12 @@ def lidc_cases(limit=None):
     yield source.name, source.image, bodies.array
 
 
-def thick_slices(volume, slice_mm: float, label: bool = False):
-    """A CT as if reconstructed at ``slice_mm`` axial slices: blurred along k by the slice profile,
-    then resampled (labels: nearest neighbour, no blur)."""
-    from scipy import ndimage
-
-    from SpineLabelLib.core.volume import Volume, resample
-
-    spacing = np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0)
-    if not label:
-        sigma = slice_mm / 2.355 / spacing[2]
-        volume = Volume(ndimage.gaussian_filter1d(volume.array.astype(np.float32), sigma, axis=0),
-                        volume.ijk_to_ras)
-    return resample(volume, (spacing[0], spacing[1], slice_mm), label=label)
-
-
 def lidc_thick_cases(limit=None):
     """lidc-0001 as a 5 mm chest CT (its own slices are 2.5 mm): the detector saw it at 2.5 mm with
     simulated thicker slices, so this tests the naming at 5 mm (ribs, spurious detections) more than
     the detector."""
+    from SpineLabelLib.phantom.reconstruction import thick_slices
+
     source, bodies = lidc_with_bodies()
     yield f"{source.name}-5mm", thick_slices(source.image, 5.0), thick_slices(bodies, 5.0, label=True).array
 

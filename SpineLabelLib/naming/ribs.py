@@ -106,13 +106,14 @@ def rib_heads(bone: np.ndarray, x: np.ndarray, z: np.ndarray, half_width: float,
     return heads
 
 
-def owner_of(head_z: float, own_frame: np.ndarray, points: np.ndarray, n: int) -> int | None:
+def owner_of(head_z: float, own_frame: np.ndarray, points: np.ndarray, n: int, step: float | None = None
+             ) -> int | None:
     """The vertebra (index) a rib head at ``head_z`` mm along vertebra n's column axis belongs to:
     the one whose expected rib head (`HEAD_ABOVE_CENTRE` steps above its centroid) is nearest, among
     n and its neighbours. None when that is the next vertebra beyond either end of the list (out of
-    view or not found)."""
+    view or not found). ``step``: n's spacing to its neighbours, when the caller has it."""
     axis = own_frame[:, 2]
-    step = _neighbour_spacing(points, n)
+    step = _neighbour_spacing(points, n) if step is None else step
     levels = {m: float((points[m] - points[n]) @ axis) for m in (n - 1, n, n + 1) if 0 <= m < len(points)}
     if n == 0:
         levels[-1] = step                                # the vertebra above the first, if any
@@ -195,7 +196,7 @@ def look_beside(image: Volume, points: np.ndarray, n: int, half_width: float) ->
         head_place = inside[head_rows][:, head_columns][..., x <= half_width + SEED_WIDTH_MM]
         heads = rib_heads((values >= BONE_HU) & inside, x, z, half_width, 0.4 * spacing)
         sides.append((True, bool(head_place.mean() >= 0.75 and upper_body_seen),
-                      [(head, owner_of(head, frame, points, n)) for head in heads]))
+                      [(head, owner_of(head, frame, points, n, spacing)) for head in heads]))
     return sides
 
 
