@@ -43,6 +43,7 @@ def main(argv=None) -> int:
                          "train_cases": mix.get("real_mri", {}).get("train")},
             "real_ct": mix.get("real_ct"),
             "real_disc_mri": mix.get("real_disc_mri"),
+            "corrected": mix.get("corrected"),
             "synthetic": {"generator": "SpineLabelLib.synthesis.generate.synthesise (TorchIO, SynthSeg-style; CT in HU, T1, T2, random)",
                           "label_maps": mix.get("synthetic")},
             "phantoms": mix.get("phantoms"),

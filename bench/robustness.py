@@ -231,7 +231,8 @@ def what_it_saw(loaded, mix: Path | None) -> dict:
     if mix is not None and mix.is_file() and card.get("sha256") != _bundled_sha():
         data = json.loads(mix.read_text())
         return {"trained_on": {"real_mri": data.get("real_mri", {}).get("train"), "real_ct": data.get("real_ct"),
-                               "synthetic_from": sorted(data.get("synthetic", {})), "phantoms": data.get("phantoms")},
+                               "synthetic_from": sorted(data.get("synthetic", {})), "phantoms": data.get("phantoms"),
+                               "corrected": data.get("corrected", {}).get("cases")},
                 "held_out": data.get("held_out", []) + ["mri-lumbar validation split"]}
     data = card.get("training_data", {})
     return {"trained_on": {k: v.get("source", v.get("generator")) if isinstance(v, dict) else v for k, v in data.items()},
