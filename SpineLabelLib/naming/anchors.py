@@ -235,14 +235,12 @@ def c2_evidence(points: np.ndarray, heights: np.ndarray) -> np.ndarray:
     return out
 
 
-def gather_evidence(result, params=None) -> None:
+def gather_evidence(result) -> None:
     """Fill `Vertebra.evidence` of a detected result: ribs (CT, `ribs`), the sacrum from the detector's S1
     score when it is sure (>= 0.5: a positive sighting; a low score is not taken as proof of absence, the
     detector may not know the sacrum) combined with the discs on MRI (`sacrum`: a disc above, none below,
     bone below; a clear disc below says "not S1"), C2 from the body heights (independent of the detector's
-    C2 score, which the assignment already weighs). Vertebrae must be cranio-caudally sorted. ``params``:
-    the `LabellingParams` the naming will use (None: the defaults), so that the rib frames skip the
-    points it will judge spurious."""
+    C2 score, which the assignment already weighs). Vertebrae must be cranio-caudally sorted."""
     from .ribs import rib_evidence
     from .sacrum import combine
 
@@ -253,7 +251,7 @@ def gather_evidence(result, params=None) -> None:
     ribs = np.full(len(points), np.nan)
     if result.image is not None:
         # A spurious detection (e.g. a rib head beside the column) would tilt its neighbours' frames.
-        column = ~spurious_points(points, params)
+        column = ~spurious_points(points)
         ribs[column] = rib_evidence(result.image, points[column], result.modality)
     axis = c2_evidence(points, body_heights_mm(result))
     discs = disc_sacrum_evidence(result)
@@ -268,14 +266,11 @@ def gather_evidence(result, params=None) -> None:
             v.evidence["sacrum_discs"] = float(discs[n])     # its share of "sacrum" (`naming.sacrum.disc_decided`)
 
 
-def spurious_points(points: np.ndarray, params=None) -> np.ndarray:
-    """The points the labelling will judge spurious by geometry (`labelling.order_along_spine` with the
-    labelling's `LabellingParams`; None: the defaults)."""
-    from .labelling import DEFAULT_PARAMS, order_along_spine
+def spurious_points(points: np.ndarray) -> np.ndarray:
+    """The points the labelling will judge spurious by geometry (`labelling.order_along_spine`)."""
+    from .labelling import order_along_spine
 
-    if len(points) < 4:
-        return np.zeros(len(points), bool)
-    return order_along_spine(points, params or DEFAULT_PARAMS)[1]
+    return order_along_spine(points)[1] if len(points) >= 4 else np.zeros(len(points), bool)
 
 
 def disc_sacrum_evidence(result) -> np.ndarray:

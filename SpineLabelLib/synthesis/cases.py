@@ -65,7 +65,9 @@ def prepare_corrected(dataset: Path, out: Path, manifest: dict) -> None:
     """Corrected cases from the product's export, by their modality: CT joins the real-CT group (its
     thick-slice and bone-density draws), MRI the real-MRI group. Named by the dataset's case id, which
     the export made (never from patient data)."""
-    from ..training.finetune import case_modality, prepare_cases, read_dataset
+    import numpy as np
+
+    from ..training.finetune import prepare_cases, read_dataset
 
     cases, manifest_sha = read_dataset(dataset)
     staging = out / ".corrected"
@@ -73,7 +75,8 @@ def prepare_corrected(dataset: Path, out: Path, manifest: dict) -> None:
     prepared = prepare_cases(cases, [], staging, SPACING)
     entries = manifest.setdefault("corrected", {"dataset_manifest_sha256": manifest_sha, "cases": {}})
     for case in cases:
-        modality = case_modality(case)
+        with np.load(prepared[case.case_id]) as data:      # the modality prepare_cases decided
+            modality = str(data["modality"])
         target = out / f"{'ctreal' if modality == 'ct' else 'real'}_corrected-{case.case_id}.npz"
         prepared[case.case_id].replace(target)
         entries["cases"][case.case_id] = {"modality": modality, "levels": case.manifest_entry.get("levels", []),
